@@ -1,0 +1,30 @@
+"""The `sync-worker` command: thin over the library.
+
+Each sub-command lives in a module of this package named for what it does, and is registered
+here. A `ConfigError` from any of them is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from sync_worker.settings import ConfigError
+
+app = typer.Typer(
+    name="sync-worker",
+    help="Sync merchant user updates to the Recur billing API, reliably.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        app()
+    except ConfigError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

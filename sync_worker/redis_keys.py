@@ -1,0 +1,113 @@
+"""Every Redis key recur-sync uses, each with what it holds.
+
+All keys share one prefix so an operator can see ours at a glance (`SCAN MATCH rs:*`).
+Celery's own keys (the `sync` and `control` queues, `unacked`, `_kombu.*`) are not listed:
+kombu owns them.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rs:"
+
+# Webhook intake.
+EVENT_SEEN = PREFIX + "event:"
+"""event:{event_id} -> user id; SET NX marks an accepted event id (dedup), expires after the TTL."""
+
+# The pending store: work accepted but not yet applied. See pending.py for the hash layout.
+PENDING = PREFIX + "pending:"
+"""pending:{user_id} -> hash of the merged desired fields, version, event ids, attempts."""
+
+DUE = PREFIX + "due"
+"""zset user_id -> unix time at which its pending change should be sent."""
+
+INFLIGHT = PREFIX + "inflight"
+"""zset user_id -> unix time at which the claim of a worker on it lapses (its lease)."""
+
+LEASE = PREFIX + "lease:"
+"""lease:{user_id} -> token of the claim that may send for that user now."""
+
+# Applied state (the ledger).
+LEDGER = PREFIX + "ledger:"
+"""ledger:{user_id} -> hash: per-field applied values and their event timestamps."""
+
+LEDGER_INDEX = PREFIX + "ledger-index"
+"""set of user ids that have a ledger entry (reconciliation walks it for missing customers)."""
+
+# Dead letters. See dlq.py for the layout.
+DEAD_LETTER = PREFIX + "dlq:"
+"""dlq:{id} -> hash of one dead letter."""
+
+DEAD_LETTERS = PREFIX + "dlq-index"
+"""zset dead letter id -> unix time of its last failure."""
+
+DEAD_LETTER_REPLAYING = PREFIX + "dlq-replaying:"
+"""dlq-replaying:{id} -> guard that stops the same entry being replayed twice at once."""
+
+# Flow control shared by every worker and the reconciliation.
+PAUSED = PREFIX + "paused"
+"""JSON {reason, status, since}: set on 401/403; nothing is claimed while it exists."""
+
+RATE_BUCKET = PREFIX + "rate-bucket"
+"""hash {tokens, ts}: the token bucket of calls to Recur."""
+
+COOLDOWN = PREFIX + "cooldown"
+"""unix time until which nobody calls Recur (set from a 429's Retry-After); expires by itself."""
+
+# Counters kept in Redis so every process adds to the same numbers (see metrics.py).
+STATS = PREFIX + "stats"
+"""hash counter name -> integer."""
+
+# Workers.
+WORKER_HEARTBEAT = PREFIX + "worker:"
+"""worker:{hostname} -> JSON about a live worker; expires unless refreshed."""
+
+SWEEP_LOCK = PREFIX + "sweep-lock"
+"""held by the process that is sweeping now, so sweeps across workers do not overlap."""
+
+# Reconciliation.
+RECONCILE_LOCK = PREFIX + "reconcile:lock"
+"""token of the running reconciliation; renewed while it runs."""
+
+RECONCILE_CHECKPOINT = PREFIX + "reconcile:checkpoint"
+"""hash: cursor after the last finished page and the counts so far, for resuming a crashed run."""
+
+RECONCILE_PROGRESS = PREFIX + "reconcile:progress"
+"""JSON progress of the running reconciliation."""
+
+RECONCILE_REPORTS = PREFIX + "reconcile:reports"
+"""list of JSON reports, newest first, trimmed to RECONCILE_REPORTS_KEPT."""
+
+
+def event_seen(event_id: str) -> str:
+    """The dedup marker of one event id."""
+    return EVENT_SEEN + event_id
+
+
+def pending(user_id: str) -> str:
+    """The pending hash of one user."""
+    return PENDING + user_id
+
+
+def lease(user_id: str) -> str:
+    """The lease token key of one user."""
+    return LEASE + user_id
+
+
+def ledger(user_id: str) -> str:
+    """The applied-state hash of one user."""
+    return LEDGER + user_id
+
+
+def dead_letter(entry_id: str) -> str:
+    """The hash of one dead letter."""
+    return DEAD_LETTER + entry_id
+
+
+def dead_letter_replaying(entry_id: str) -> str:
+    """The replay guard of one dead letter."""
+    return DEAD_LETTER_REPLAYING + entry_id
+
+
+def worker_heartbeat(hostname: str) -> str:
+    """The heartbeat key of one worker."""
+    return WORKER_HEARTBEAT + hostname

@@ -1,0 +1,210 @@
+"""Settings: the one place that reads the environment (and `.env`).
+
+Each entry point builds one `Settings` with `load_settings()` and passes it down; there is no
+module-level instance. A bad value fails at start-up with `ConfigError`, whose message is one
+line naming the variable and what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_BODY_BYTES = 64 * 1024
+RECONCILE_PAGE_SIZE = 100
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; `str()` is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of recur-sync, read from the environment and `.env`."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Fixed by the product contract.
+    recur_api_url: AnyHttpUrl = Field(default=AnyHttpUrl("https://api.recur.tw"))
+    recur_secret_key: SecretStr | None = None
+    redis_url: str = "redis://localhost:6379/0"
+    webhook_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    web_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Web.
+    web_host: str = "127.0.0.1"
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    event_dedup_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+
+    # Debounce.
+    debounce_window_seconds: float = Field(default=2.0, ge=0)
+    debounce_max_wait_seconds: float = Field(default=30.0, gt=0)
+
+    # Calls to Recur.
+    recur_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    recur_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    rate_limit_per_second: float = Field(default=50.0, gt=0)
+    rate_limit_burst: int = Field(default=50, ge=1)
+
+    # Retries: a few quick attempts inside the task, then back to the pending store.
+    retry_fast_attempts: int = Field(default=3, ge=1, le=10)
+    retry_fast_max_seconds: float = Field(default=10.0, gt=0)
+    retry_backoff_base_seconds: float = Field(default=5.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    retry_budget_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+    # Worker.
+    worker_concurrency: int = Field(default=16, ge=1, le=512)
+    sync_batch_size: int = Field(default=20, ge=1, le=1000)
+    dispatch_interval_seconds: float = Field(default=0.1, gt=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+    auth_probe_interval_seconds: float = Field(default=30.0, gt=0)
+
+    # Dead letters.
+    dlq_retention_days: float = Field(default=30.0, gt=0)
+
+    # Reconciliation.
+    reconcile_schedule: str = "0 3 * * *"
+    reconcile_timezone: str = "UTC"
+    reconcile_reports_kept: int = Field(default=30, ge=1)
+
+    # Logs.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("recur_secret_key")
+    @classmethod
+    def _secret_key_is_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        if raw.startswith("pk_"):
+            raise ValueError(
+                "a publishable key (pk_...) cannot read or update customers; "
+                "use a secret key (sk_test_... or sk_live_...)"
+            )
+        if not raw.startswith("sk_"):
+            raise ValueError("must be a Recur secret key starting with sk_test_ or sk_live_")
+        return SecretStr(raw)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_is_standard(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value().strip()
+        encoded = raw.removeprefix("whsec_")
+        try:
+            decoded = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ followed by base64") from None
+        if len(decoded) < 16:
+            raise ValueError("is too short: use at least 16 random bytes")
+        return SecretStr(raw)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        schemes = ("redis://", "rediss://", "unix://", "sentinel://")
+        if not value.startswith(schemes):
+            raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
+        return value
+
+    @field_validator("reconcile_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("reconcile_schedule")
+    @classmethod
+    def _five_field_cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must be a cron expression of five fields, e.g. '0 3 * * *'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.debounce_window_seconds > self.debounce_max_wait_seconds:
+            raise ValueError(
+                "DEBOUNCE_WINDOW_SECONDS must not exceed DEBOUNCE_MAX_WAIT_SECONDS"
+            )
+        longest_call = (
+            self.recur_connect_timeout_seconds + self.recur_read_timeout_seconds
+        ) * self.retry_fast_attempts + self.retry_fast_max_seconds
+        if self.lease_seconds <= longest_call:
+            raise ValueError(
+                f"LEASE_SECONDS must exceed the longest sync attempt ({longest_call:.0f} s), "
+                "or a slow request could race a newer one"
+            )
+        if self.visibility_timeout_seconds <= self.lease_seconds:
+            raise ValueError("VISIBILITY_TIMEOUT_SECONDS must exceed LEASE_SECONDS")
+        if self.retry_backoff_base_seconds > self.retry_backoff_max_seconds:
+            raise ValueError(
+                "RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS"
+            )
+        return self
+
+    @property
+    def test_mode(self) -> bool:
+        """True for an `sk_test_` key: the sync talks to Recur's test environment."""
+        key = self.recur_secret_key
+        return key is not None and key.get_secret_value().startswith("sk_test_")
+
+    @property
+    def mode_label(self) -> str:
+        """`test`, `live` or `unset`, for logs and `status`."""
+        if self.recur_secret_key is None:
+            return "unset"
+        return "test" if self.test_mode else "live"
+
+    def require_secret_key(self) -> str:
+        """The Recur secret key, or `ConfigError` when it is not set."""
+        if self.recur_secret_key is None:
+            raise ConfigError(
+                "RECUR_SECRET_KEY: not set; it must be a Recur secret key (sk_test_... or sk_live_...)"
+            )
+        return self.recur_secret_key.get_secret_value()
+
+    def require_webhook_secret(self) -> str:
+        """The Standard Webhooks secret, or `ConfigError` when it is not set."""
+        if self.webhook_secret is None:
+            raise ConfigError("WEBHOOK_SECRET: not set; it must be whsec_ followed by base64")
+        return self.webhook_secret.get_secret_value()
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not location:
+        return message
+    variable = "_".join(location).upper()
+    return f"{variable}: {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; raise `ConfigError` with one line if one is bad."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None

@@ -1,0 +1,6 @@
+"""Fixtures shared by the whole suite live in tests/fixtures/, one module per service."""
+
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.sandbox",
+]
