@@ -145,9 +145,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.debounce_window_seconds > self.debounce_max_wait_seconds:
-            raise ValueError(
-                "DEBOUNCE_WINDOW_SECONDS must not exceed DEBOUNCE_MAX_WAIT_SECONDS"
-            )
+            raise ValueError("DEBOUNCE_WINDOW_SECONDS must not exceed DEBOUNCE_MAX_WAIT_SECONDS")
         longest_call = (
             self.recur_connect_timeout_seconds + self.recur_read_timeout_seconds
         ) * self.retry_fast_attempts + self.retry_fast_max_seconds
@@ -159,9 +157,7 @@ class Settings(BaseSettings):
         if self.visibility_timeout_seconds <= self.lease_seconds:
             raise ValueError("VISIBILITY_TIMEOUT_SECONDS must exceed LEASE_SECONDS")
         if self.retry_backoff_base_seconds > self.retry_backoff_max_seconds:
-            raise ValueError(
-                "RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS"
-            )
+            raise ValueError("RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS")
         return self
 
     @property
@@ -181,7 +177,8 @@ class Settings(BaseSettings):
         """The Recur secret key, or `ConfigError` when it is not set."""
         if self.recur_secret_key is None:
             raise ConfigError(
-                "RECUR_SECRET_KEY: not set; it must be a Recur secret key (sk_test_... or sk_live_...)"
+                "RECUR_SECRET_KEY: not set; it must be a Recur secret key "
+                "(sk_test_... or sk_live_...)"
             )
         return self.recur_secret_key.get_secret_value()
 

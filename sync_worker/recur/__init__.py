@@ -1,0 +1,1 @@
+"""The Recur Customers API: client, models, errors and retry policy."""

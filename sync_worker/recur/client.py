@@ -1,0 +1,172 @@
+"""RecurClient: one pooled httpx client per process, one typed method per endpoint we use.
+
+Nothing outside this package sees an httpx exception: transport failures are translated into
+the RecurError tree here, most specific first, and error statuses by `error_from_response`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from sync_worker import __version__
+from sync_worker.recur.errors import (
+    RecurError,
+    RecurTimeout,
+    RecurTransportError,
+    error_from_response,
+)
+from sync_worker.recur.models import Customer, CustomerPage, CustomerPatch
+from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings
+
+Throttle = Callable[[], None]
+"""Called before every request; blocks until the shared rate limit allows one more."""
+
+
+class RecurClient:
+    """A client of the Recur Customers API authenticated with a secret key."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        secret_key: str,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        max_connections: int = 100,
+        transport: httpx.BaseTransport | None = None,
+        throttle: Throttle | None = None,
+    ) -> None:
+        self._throttle = throttle
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={
+                "Authorization": f"Bearer {secret_key}",
+                "User-Agent": f"recur-sync/{__version__}",
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        throttle: Throttle | None = None,
+    ) -> RecurClient:
+        """A client configured from the settings (the secret key is required)."""
+        return cls(
+            base_url=str(settings.recur_api_url),
+            secret_key=settings.require_secret_key(),
+            connect_timeout=settings.recur_connect_timeout_seconds,
+            read_timeout=settings.recur_read_timeout_seconds,
+            max_connections=max(settings.worker_concurrency * 2, 10),
+            transport=transport,
+            throttle=throttle,
+        )
+
+    def __enter__(self) -> RecurClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def update_customer_by_external_id(self, external_id: str, patch: CustomerPatch) -> Customer:
+        """`PATCH /v1/customers/external/{external_id}`: the customer as Recur now has it."""
+        payload = self._request("PATCH", _external_path(external_id), json=patch.body())
+        return Customer.model_validate(payload)
+
+    def get_customer_by_external_id(self, external_id: str) -> Customer:
+        """`GET /v1/customers/external/{external_id}`."""
+        return Customer.model_validate(self._request("GET", _external_path(external_id)))
+
+    def list_customers(
+        self,
+        *,
+        limit: int = RECONCILE_PAGE_SIZE,
+        starting_after: str | None = None,
+        email: str | None = None,
+        status: str | None = None,
+    ) -> CustomerPage:
+        """One page of `GET /v1/customers`."""
+        params: dict[str, str | int] = {"limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        if email is not None:
+            params["email"] = email
+        if status is not None:
+            params["status"] = status
+        return CustomerPage.model_validate(self._request("GET", "/v1/customers", params=params))
+
+    def iter_pages(
+        self, *, starting_after: str | None = None, limit: int = RECONCILE_PAGE_SIZE
+    ) -> Iterator[CustomerPage]:
+        """Every page from `starting_after` on, fetched lazily: memory stays one page."""
+        cursor = starting_after
+        while True:
+            page = self.list_customers(limit=limit, starting_after=cursor)
+            yield page
+            if not page.has_more or not page.data:
+                return
+            cursor = page.next_cursor or page.data[-1].id
+
+    def iter_customers(
+        self, *, starting_after: str | None = None, limit: int = RECONCILE_PAGE_SIZE
+    ) -> Iterator[Customer]:
+        """Every customer from `starting_after` on, lazily."""
+        for page in self.iter_pages(starting_after=starting_after, limit=limit):
+            yield from page.data
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> Any:
+        if self._throttle is not None:
+            self._throttle()
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as error:
+            raise RecurTimeout(
+                f"{method} {path} timed out: {type(error).__name__}", method=method, path=path
+            ) from error
+        except httpx.TransportError as error:
+            raise RecurTransportError(
+                f"{method} {path} failed: {type(error).__name__}: {error}", method=method, path=path
+            ) from error
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError as error:
+                raise RecurError(
+                    f"{method} {path} -> {response.status_code} with a body that is not JSON",
+                    method=method,
+                    path=path,
+                ) from error
+        raise error_from_response(response, method=method, path=path)
+
+
+def _external_path(external_id: str) -> str:
+    return f"/v1/customers/external/{quote(external_id, safe='')}"

@@ -1,0 +1,169 @@
+"""The errors a call to Recur can end in, and the one place that maps responses onto them.
+
+    SyncWorkerError
+    └── RecurError
+        ├── RecurTransportError          no response (connect, read, pool, protocol)   transient
+        │   └── RecurTimeout
+        └── RecurStatusError             .status .code .message .request_id .body (trimmed)
+            ├── BadRequest 400 · Unauthorized 401 · Forbidden 403
+            ├── NotFound 404 · Conflict 409 · ValidationFailed 422
+            ├── RateLimited 429 .retry_after                                     transient
+            └── ServerError 5xx .retry_after                                      transient
+
+`error_from_response()` is the only code that reads status codes; `is_transient()` is the only
+code that decides what is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+BODY_KEPT = 500
+"""How much of an error body an exception keeps: enough to debug, never a whole payload."""
+
+
+class SyncWorkerError(Exception):
+    """The root of every error recur-sync raises on purpose."""
+
+
+class RecurError(SyncWorkerError):
+    """A call to Recur did not succeed."""
+
+    def __init__(self, message: str, *, method: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+
+
+class RecurTransportError(RecurError):
+    """No response came back: connection refused or reset, protocol error, pool exhausted."""
+
+
+class RecurTimeout(RecurTransportError):
+    """Recur did not answer within the configured timeout."""
+
+
+class RecurStatusError(RecurError):
+    """Recur answered with an error status."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{method} {path} -> {status} {code}: {message}", method=method, path=path)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.body = body
+        self.retry_after = retry_after
+
+
+class BadRequest(RecurStatusError):
+    """400 invalid_request: the request was malformed."""
+
+
+class Unauthorized(RecurStatusError):
+    """401 unauthorized: the key is missing, wrong or not a secret key."""
+
+
+class Forbidden(RecurStatusError):
+    """403: the key may not do this."""
+
+
+class NotFound(RecurStatusError):
+    """404 resource_not_found: no customer has that id or external id."""
+
+
+class Conflict(RecurStatusError):
+    """409 conflict: the external id is used by another customer."""
+
+
+class ValidationFailed(RecurStatusError):
+    """422 validation_error: the external id holds characters other than [A-Za-z0-9_-]."""
+
+
+class RateLimited(RecurStatusError):
+    """429: too many requests; `retry_after` says how long to wait when Recur said it."""
+
+
+class ServerError(RecurStatusError):
+    """5xx: Recur failed; worth another try."""
+
+
+STATUS_ERRORS: dict[int, type[RecurStatusError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: ValidationFailed,
+    429: RateLimited,
+}
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str]:
+    try:
+        payload = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "http_error", response.reason_phrase or "error"
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            code = str(error.get("code") or "http_error")
+            message = str(error.get("message") or response.reason_phrase or "error")
+            return code, message
+    return "http_error", response.reason_phrase or "error"
+
+
+def error_from_response(response: httpx.Response, *, method: str, path: str) -> RecurStatusError:
+    """The exception for an error response, with its documented code and message."""
+    status = response.status_code
+    code, message = _error_fields(response)
+    cls = STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else RecurStatusError
+    return cls(
+        method=method,
+        path=path,
+        status=status,
+        code=code,
+        message=message,
+        request_id=response.headers.get("x-request-id"),
+        body=response.text[:BODY_KEPT],
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for what another try may fix: no response, 429 and every 5xx."""
+    return isinstance(error, RecurTransportError | RateLimited | ServerError)
