@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from sync_worker.cli.sandbox import sandbox
 from sync_worker.settings import ConfigError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("sandbox")(sandbox)
 
 
 def main() -> None:
