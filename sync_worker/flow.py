@@ -1,0 +1,122 @@
+"""Flow control shared through Redis by every worker and the reconciliation.
+
+- A token bucket bounds calls to Recur per second across all processes, so adding workers never
+  floods the API. It reads Redis' own clock, so machines with skewed clocks agree.
+- A cool-down, set from a 429's `Retry-After`, stops everybody, not only the worker that was told.
+- A pause, set on 401/403, stops claiming work until the key is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis
+
+from sync_worker import redis_keys as keys
+
+_TAKE = """
+-- KEYS: bucket, cooldown. ARGV: rate, burst. Returns seconds to wait ('0' when a token was taken).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = tonumber(redis.call('GET', KEYS[2]) or '0')
+if until_ > now then return tostring(until_ - now) end
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = '0'
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = tostring((1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], 60000)
+return wait
+"""
+
+_COOL_DOWN = """
+-- KEYS: cooldown. ARGV: seconds. Only ever extends the cool-down.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local until_ = now + tonumber(ARGV[1])
+if until_ > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], tostring(until_), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1)
+end
+return tostring(until_)
+"""
+
+
+class Throttled(Exception):
+    """No call may be made for longer than the caller may wait; try again after `wait`."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limited for {wait:.2f} s")
+        self.wait = wait
+
+
+class FlowControl:
+    """The shared rate limit, cool-down and pause."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rate_per_second: float,
+        burst: int,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._redis = client
+        self._rate = rate_per_second
+        self._burst = burst
+        self._sleep = sleep
+        self._take = client.register_script(_TAKE)
+        self._cool = client.register_script(_COOL_DOWN)
+
+    def try_acquire(self) -> float:
+        """Take a token now (0.0) or say how many seconds until one may be taken."""
+        wait = self._take(keys=[keys.RATE_BUCKET, keys.COOLDOWN], args=[self._rate, self._burst])
+        return float(cast(bytes, wait))
+
+    def acquire(self, *, max_wait: float) -> None:
+        """Block until a call may be made; `Throttled` if that would take longer than `max_wait`."""
+        waited = 0.0
+        while True:
+            wait = self.try_acquire()
+            if wait <= 0:
+                return
+            if waited + wait > max_wait:
+                raise Throttled(wait)
+            self._sleep(wait)
+            waited += wait
+
+    def cool_down(self, seconds: float) -> None:
+        """Stop every caller for `seconds` (from a 429's Retry-After)."""
+        self._cool(keys=[keys.COOLDOWN], args=[max(seconds, 0.001)])
+
+    def cooldown_remaining(self) -> float:
+        """Seconds left of the shared cool-down, 0 when there is none."""
+        raw = self._redis.get(keys.COOLDOWN)
+        if raw is None:
+            return 0.0
+        return max(0.0, float(cast(bytes, raw)) - time.time())
+
+    def pause(self, *, reason: str, status: int | None, message: str) -> bool:
+        """Pause the sync for everybody; True if this call paused it (it was running)."""
+        record = {"reason": reason, "status": status, "message": message, "since": time.time()}
+        return bool(self._redis.set(keys.PAUSED, json.dumps(record), nx=True))
+
+    def resume(self) -> bool:
+        """Lift the pause; True if it was paused."""
+        return bool(self._redis.delete(keys.PAUSED))
+
+    def paused(self) -> dict[str, Any] | None:
+        """Why the sync is paused, or None when it runs."""
+        raw = self._redis.get(keys.PAUSED)
+        if raw is None:
+            return None
+        return cast(dict[str, Any], json.loads(cast(bytes, raw)))

@@ -1,0 +1,81 @@
+"""Structured logs: one event per line, JSON when not on a terminal, readable when it is.
+
+Configured once per entry point with `configure_logging(settings)`. A processor drops any value
+that looks like a secret, so a careless `log.info(..., headers=...)` cannot leak a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from sync_worker.settings import Settings
+
+_SECRET_VALUE = re.compile(r"(sk|pk|rk)_(test|live)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+|Bearer \S+")
+_SECRET_KEYS = {"authorization", "secret_key", "webhook_secret", "admin_token", "password"}
+
+
+def redact(text: str) -> str:
+    """`text` with every key, webhook secret and bearer token replaced."""
+    return _SECRET_VALUE.sub("[redacted]", text)
+
+
+def _redact_event(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+        elif isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def configure_logging(settings: Settings, *, stream: Any = None) -> None:
+    """Route structlog and the standard library (Celery, uvicorn) through one renderer."""
+    output = stream if stream is not None else sys.stderr
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not output.isatty()
+    )
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=output.isatty())
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact_event,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structured logger for a module."""
+    return structlog.stdlib.get_logger(name)

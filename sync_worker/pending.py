@@ -1,0 +1,570 @@
+"""The pending store: every accepted change not yet applied, the debounce, and the stale guard.
+
+This, not the Celery queue, is the source of truth for work to do. Celery messages only carry
+claims; a lost message or a killed worker costs a lease, after which the sweeper offers the
+user again.
+
+Layout (keys in redis_keys.py):
+- `pending:{user}` hash: `v:{field}` the desired value (JSON), `t:{field}` its event time (ms),
+  `e:{field}` the event that set it; `version`, `first_seen`, `due`, `attempts`, `retry_since`,
+  `last_error` (JSON), `replay_of` (JSON list of dead-letter ids being replayed).
+- `pending-events:{user}` list: the event ids the pending change covers (last 100).
+- `due` zset: user -> when to send. `inflight` zset: user -> when its claim lapses.
+  A user is in at most one of them.
+- `lease:{user}`: the token of the one claim allowed to send for that user.
+- `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
+
+Every transition is one Lua script, so that a crash between two writes cannot leave a user
+half-moved, and two workers can never both hold a user. A field is merged only when its event
+time is at least the pending one and the applied one: an event older than what was already
+applied changes nothing, across retries, replays and workers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from sync_worker import redis_keys as keys
+from sync_worker.events import UserEvent
+
+EVENTS_KEPT = 100
+PENDING_EVENTS = keys.PREFIX + "pending-events:"
+
+_ACCEPT = """
+-- KEYS: event_seen, pending, ledger, due, inflight, events
+-- ARGV: event_id, user, now, window, max_wait, dedup_ttl, ts, events_kept, (field, value)...
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[6]) then return {0, 0} end
+local ts = tonumber(ARGV[7])
+local changed = 0
+for i = 9, #ARGV, 2 do
+  local f = ARGV[i]
+  local applied = tonumber(redis.call('HGET', KEYS[3], 't:' .. f))
+  local pending = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
+  if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
+    redis.call('HSET', KEYS[2], 'v:' .. f, ARGV[i + 1], 't:' .. f, ARGV[7], 'e:' .. f, ARGV[1])
+    changed = 1
+  end
+end
+if changed == 0 then return {1, 0} end
+redis.call('RPUSH', KEYS[6], ARGV[1])
+redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+local now = tonumber(ARGV[3])
+local first = tonumber(redis.call('HGET', KEYS[2], 'first_seen'))
+if first == nil then
+  first = now
+  redis.call('HSET', KEYS[2], 'first_seen', ARGV[3])
+end
+local due = math.min(now + tonumber(ARGV[4]), first + tonumber(ARGV[5]))
+redis.call('HSET', KEYS[2], 'due', tostring(due))
+if not redis.call('ZSCORE', KEYS[5], ARGV[2]) then
+  if tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') > 0 then
+    redis.call('ZADD', KEYS[4], 'NX', due, ARGV[2])
+  else
+    redis.call('ZADD', KEYS[4], due, ARGV[2])
+  end
+end
+return {1, version}
+"""
+
+_CLAIM = """
+-- KEYS: due, inflight. ARGV: now, lease_expiry, limit, token_prefix, lease_prefix
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i, u in ipairs(users) do
+  redis.call('ZREM', KEYS[1], u)
+  redis.call('ZADD', KEYS[2], ARGV[2], u)
+  local token = ARGV[4] .. ':' .. i
+  redis.call('SET', ARGV[5] .. u, token)
+  out[#out + 1] = u
+  out[#out + 1] = token
+end
+return out
+"""
+
+_SNAPSHOT = """
+-- KEYS: pending, lease, inflight, events. ARGV: user, token, lease_expiry
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return false end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  return {}
+end
+redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1])
+return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[4], 0, -1)}
+"""
+
+_RENEW = """
+-- KEYS: lease, inflight. ARGV: user, token, lease_expiry
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
+# Shared tail of the scripts that finish a claim: drop the fields that were sent (unless a newer
+# event replaced them meanwhile), release the claim, and offer the user again if anything is left.
+_SETTLE = """
+local function settle(pending, lease, inflight, due, events, user, token, now, sent, n_events)
+  for f, ts in pairs(sent) do
+    if tonumber(redis.call('HGET', pending, 't:' .. f)) == ts then
+      redis.call('HDEL', pending, 'v:' .. f, 't:' .. f, 'e:' .. f)
+    end
+  end
+  local owned = redis.call('GET', lease) == token
+  if owned then
+    redis.call('ZREM', inflight, user)
+    redis.call('DEL', lease)
+  end
+  for _, k in ipairs(redis.call('HKEYS', pending)) do
+    if string.sub(k, 1, 2) == 't:' then
+      redis.call('HSET', pending, 'attempts', 0, 'first_seen', now)
+      redis.call('HDEL', pending, 'retry_since', 'last_error', 'replay_of')
+      redis.call('LTRIM', events, n_events, -1)
+      if owned then
+        local at = tonumber(redis.call('HGET', pending, 'due') or now)
+        redis.call('ZADD', due, at, user)
+      end
+      return 'more'
+    end
+  end
+  redis.call('DEL', pending, events)
+  return 'done'
+end
+"""
+
+_APPLIED = (
+    _SETTLE
+    + """
+-- KEYS: pending, lease, inflight, due, events, ledger, ledger_index, dlq_index
+-- ARGV: user, token, now, sent_json {field: ts}, values_json {field: value}, n_events,
+--       resolved_json [dead letter ids], dlq_prefix
+local sent = cjson.decode(ARGV[4])
+local values = cjson.decode(ARGV[5])
+for f, ts in pairs(sent) do
+  local lt = tonumber(redis.call('HGET', KEYS[6], 't:' .. f))
+  if lt == nil or ts >= lt then
+    redis.call('HSET', KEYS[6], 'v:' .. f, values[f], 't:' .. f, string.format('%d', ts))
+  end
+end
+redis.call('HSET', KEYS[6], 'applied_at', ARGV[3])
+redis.call('SADD', KEYS[7], ARGV[1])
+for _, id in ipairs(cjson.decode(ARGV[7])) do
+  redis.call('DEL', ARGV[8] .. id)
+  redis.call('ZREM', KEYS[8], id)
+end
+return settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], sent,
+              tonumber(ARGV[6]))
+"""
+)
+
+_DEAD = (
+    _SETTLE
+    + """
+-- KEYS: pending, lease, inflight, due, events, dlq_index
+-- ARGV: user, token, now, sent_json, n_events, replay_of_json, new_id, dlq_prefix,
+--       common_json {field: value}, created_json {field: value}
+local common = cjson.decode(ARGV[9])
+local function write(key, fields)
+  for k, v in pairs(fields) do redis.call('HSET', key, k, v) end
+end
+local updated = 0
+for _, id in ipairs(cjson.decode(ARGV[6])) do
+  local key = ARGV[8] .. id
+  if redis.call('EXISTS', key) == 1 then
+    write(key, common)
+    redis.call('HINCRBY', key, 'replay_count', 1)
+    redis.call('ZADD', KEYS[6], ARGV[3], id)
+    updated = updated + 1
+  end
+end
+local id = ''
+if updated == 0 then
+  id = ARGV[7]
+  write(ARGV[8] .. id, common)
+  write(ARGV[8] .. id, cjson.decode(ARGV[10]))
+  redis.call('ZADD', KEYS[6], ARGV[3], id)
+end
+local state = settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3],
+                     cjson.decode(ARGV[4]), tonumber(ARGV[5]))
+return {id, state}
+"""
+)
+
+_HAND_BACK = """
+-- KEYS: pending, lease, inflight, due. ARGV: user, token, now, at, error_json, count_attempt
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return false end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ARGV[3]} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if ARGV[6] == '1' then
+  attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('HSETNX', KEYS[1], 'retry_since', ARGV[3])
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[5])
+end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+return {attempts, redis.call('HGET', KEYS[1], 'retry_since') or ARGV[3]}
+"""
+
+_REQUEUE_EXPIRED = """
+-- KEYS: inflight, due. ARGV: now, lease_prefix, pending_prefix, limit
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, u in ipairs(users) do
+  redis.call('ZREM', KEYS[1], u)
+  redis.call('DEL', ARGV[2] .. u)
+  if redis.call('EXISTS', ARGV[3] .. u) == 1 then
+    redis.call('ZADD', KEYS[2], 'NX', ARGV[1], u)
+  end
+end
+return #users
+"""
+
+_RESTORE = """
+-- KEYS: pending, ledger, due, inflight. ARGV: user, now, fields_json {f: [value, ts]}, replay_id
+-- Returns -1 when that dead letter is already being replayed, else how many fields merged.
+local replaying = cjson.decode(redis.call('HGET', KEYS[1], 'replay_of') or '[]')
+for _, id in ipairs(replaying) do
+  if id == ARGV[4] then return -1 end
+end
+local merged = 0
+for f, pair in pairs(cjson.decode(ARGV[3])) do
+  local ts = pair[2]
+  local applied = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
+  local pending = tonumber(redis.call('HGET', KEYS[1], 't:' .. f))
+  if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
+    redis.call('HSET', KEYS[1], 'v:' .. f, pair[1], 't:' .. f, string.format('%d', ts),
+               'e:' .. f, 'replay')
+    merged = merged + 1
+  end
+end
+if merged == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[2])
+redis.call('HSET', KEYS[1], 'due', ARGV[2], 'attempts', 0)
+redis.call('HDEL', KEYS[1], 'retry_since', 'last_error')
+if ARGV[4] ~= '' then
+  replaying[#replaying + 1] = ARGV[4]
+  redis.call('HSET', KEYS[1], 'replay_of', cjson.encode(replaying))
+end
+if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+end
+return merged
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to send for one user, until its lease lapses."""
+
+    user_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class FieldState:
+    """A desired field: its value, the event time that set it, and that event."""
+
+    value: Any
+    ts_ms: int
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a claim read of a user's pending change, to send and then settle."""
+
+    user_id: str
+    fields: dict[str, FieldState]
+    version: int
+    attempts: int
+    first_seen: float
+    retry_since: float | None
+    event_ids: list[str] = field(default_factory=list)
+    replay_of: list[str] = field(default_factory=list)
+    last_error: dict[str, Any] | None = None
+
+    def sent_timestamps(self) -> dict[str, int]:
+        """Field -> event time, for settling exactly what was read."""
+        return {name: state.ts_ms for name, state in self.fields.items()}
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What intake did with an event."""
+
+    duplicate: bool
+    changed: bool
+    version: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _snapshot_from(user_id: str, flat: list[str], event_ids: list[str]) -> Snapshot:
+    raw = _pairs(flat)
+    fields = {
+        name[2:]: FieldState(
+            value=json.loads(raw["v:" + name[2:]]),
+            ts_ms=int(float(value)),
+            event_id=raw.get("e:" + name[2:], ""),
+        )
+        for name, value in raw.items()
+        if name.startswith("t:")
+    }
+    retry_since = raw.get("retry_since")
+    last_error = raw.get("last_error")
+    return Snapshot(
+        user_id=user_id,
+        fields=fields,
+        version=int(raw.get("version", "0")),
+        attempts=int(raw.get("attempts", "0")),
+        first_seen=float(raw.get("first_seen", "0")),
+        retry_since=float(retry_since) if retry_since else None,
+        event_ids=event_ids,
+        replay_of=json.loads(raw.get("replay_of", "[]")),
+        last_error=json.loads(last_error) if last_error else None,
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+class PendingStore:
+    """Accept, claim, settle and re-offer per-user pending changes in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        window_seconds: float,
+        max_wait_seconds: float,
+        dedup_ttl_seconds: int,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._window = window_seconds
+        self._max_wait = max_wait_seconds
+        self._dedup_ttl = dedup_ttl_seconds
+        self._lease = lease_seconds
+        self._clock = clock
+        self._accept = client.register_script(_ACCEPT)
+        self._claim = client.register_script(_CLAIM)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._renew = client.register_script(_RENEW)
+        self._applied = client.register_script(_APPLIED)
+        self._dead = client.register_script(_DEAD)
+        self._hand_back = client.register_script(_HAND_BACK)
+        self._requeue = client.register_script(_REQUEUE_EXPIRED)
+        self._restore = client.register_script(_RESTORE)
+
+    def accept(self, event: UserEvent) -> AcceptResult:
+        """Record an event durably: dedup by id, merge its fields, (re)schedule the user."""
+        user = event.user_id
+        args: list[Any] = [
+            event.event_id,
+            user,
+            repr(self._clock()),
+            self._window,
+            self._max_wait,
+            self._dedup_ttl,
+            event.ts_ms,
+            EVENTS_KEPT,
+        ]
+        for name, value in event.fields.items():
+            args += [name, _dumps(value)]
+        new, version = cast(
+            list[int],
+            self._accept(
+                keys=[
+                    keys.event_seen(event.event_id),
+                    keys.pending(user),
+                    keys.ledger(user),
+                    keys.DUE,
+                    keys.INFLIGHT,
+                    PENDING_EVENTS + user,
+                ],
+                args=args,
+            ),
+        )
+        return AcceptResult(duplicate=not new, changed=version > 0, version=int(version))
+
+    def claim_due(self, limit: int) -> list[Claim]:
+        """Take up to `limit` users whose time has come; each gets a lease and a token."""
+        now = self._clock()
+        flat = cast(
+            list[bytes | str],
+            self._claim(
+                keys=[keys.DUE, keys.INFLIGHT],
+                args=[repr(now), repr(now + self._lease), limit, secrets.token_hex(8), keys.LEASE],
+            ),
+        )
+        texts = [_text(item) for item in flat]
+        return [Claim(user_id=u, token=t) for u, t in zip(texts[::2], texts[1::2], strict=True)]
+
+    def snapshot(self, claim: Claim) -> Snapshot | None:
+        """Read the user's pending change under the claim; None if the claim was lost."""
+        result = self._snapshot(
+            keys=[
+                keys.pending(claim.user_id),
+                keys.lease(claim.user_id),
+                keys.INFLIGHT,
+                PENDING_EVENTS + claim.user_id,
+            ],
+            args=[claim.user_id, claim.token, repr(self._clock() + self._lease)],
+        )
+        if result is None:
+            return None
+        if not result:
+            return Snapshot(claim.user_id, {}, 0, 0, 0.0, None)
+        flat, event_ids = cast(list[list[bytes | str]], result)
+        return _snapshot_from(
+            claim.user_id, [_text(b) for b in flat], [_text(b) for b in event_ids]
+        )
+
+    def renew(self, claim: Claim) -> bool:
+        """Extend the lease; False if it was lost (another worker may now own the user)."""
+        renewed = self._renew(
+            keys=[keys.lease(claim.user_id), keys.INFLIGHT],
+            args=[claim.user_id, claim.token, repr(self._clock() + self._lease)],
+        )
+        return bool(renewed)
+
+    def mark_applied(self, claim: Claim, snapshot: Snapshot) -> str:
+        """Record a success in the ledger and settle; 'more' if newer changes wait, else 'done'."""
+        user = claim.user_id
+        values = {name: _dumps(state.value) for name, state in snapshot.fields.items()}
+        result = self._applied(
+            keys=[
+                keys.pending(user),
+                keys.lease(user),
+                keys.INFLIGHT,
+                keys.DUE,
+                PENDING_EVENTS + user,
+                keys.ledger(user),
+                keys.LEDGER_INDEX,
+                keys.DEAD_LETTERS,
+            ],
+            args=[
+                user,
+                claim.token,
+                repr(self._clock()),
+                json.dumps(snapshot.sent_timestamps()),
+                json.dumps(values),
+                len(snapshot.event_ids),
+                json.dumps(snapshot.replay_of),
+                keys.DEAD_LETTER,
+            ],
+        )
+        return _text(cast(bytes | str, result))
+
+    def dead_letter(
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        *,
+        new_id: str,
+        common: dict[str, str],
+        created: dict[str, str],
+    ) -> tuple[str, str]:
+        """Move the snapshot into the dead-letter queue atomically.
+
+        Entries being replayed are updated in place (their replay count goes up); otherwise a new
+        entry `new_id` is written. Returns (id written or '', 'more'|'done').
+        """
+        user = claim.user_id
+        written, state = cast(
+            list[bytes | str],
+            self._dead(
+                keys=[
+                    keys.pending(user),
+                    keys.lease(user),
+                    keys.INFLIGHT,
+                    keys.DUE,
+                    PENDING_EVENTS + user,
+                    keys.DEAD_LETTERS,
+                ],
+                args=[
+                    user,
+                    claim.token,
+                    repr(self._clock()),
+                    json.dumps(snapshot.sent_timestamps()),
+                    len(snapshot.event_ids),
+                    json.dumps(snapshot.replay_of),
+                    new_id,
+                    keys.DEAD_LETTER,
+                    json.dumps(common),
+                    json.dumps(created),
+                ],
+            ),
+        )
+        return _text(written), _text(state)
+
+    def hand_back(
+        self, claim: Claim, *, delay: float, error: dict[str, Any] | None
+    ) -> tuple[int, float] | None:
+        """Release the claim and offer the user again in `delay` seconds.
+
+        With an `error`, the failed round counts against the retry budget; returns
+        (attempts, retry_since), or None if the claim was already lost.
+        """
+        now = self._clock()
+        result = self._hand_back(
+            keys=[keys.pending(claim.user_id), keys.lease(claim.user_id), keys.INFLIGHT, keys.DUE],
+            args=[
+                claim.user_id,
+                claim.token,
+                repr(now),
+                repr(now + delay),
+                _dumps(error) if error else "",
+                "1" if error else "0",
+            ],
+        )
+        if result is None:
+            return None
+        attempts, since = cast(list[Any], result)
+        return int(attempts), float(since)
+
+    def requeue_expired(self, limit: int = 1000) -> int:
+        """Offer again every user whose claim lapsed (worker killed, message lost)."""
+        count = self._requeue(
+            keys=[keys.INFLIGHT, keys.DUE],
+            args=[repr(self._clock()), keys.LEASE, keys.PENDING, limit],
+        )
+        return int(cast(int, count))
+
+    def restore(self, user_id: str, fields: dict[str, FieldState], *, replay_of: str = "") -> int:
+        """Merge fields back into the pending store (replay, repair), due now.
+
+        Returns how many fields were at least as new as both the applied and the pending state,
+        or -1 when `replay_of` names a dead letter whose replay is already under way.
+        """
+        payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
+        merged = self._restore(
+            keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
+            args=[user_id, repr(self._clock()), json.dumps(payload), replay_of],
+        )
+        return int(cast(int, merged))
+
+    def depths(self) -> dict[str, int]:
+        """Users waiting (due now or later) and users being sent now."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(keys.DUE)
+        pipe.zcount(keys.DUE, "-inf", repr(self._clock()))
+        pipe.zcard(keys.INFLIGHT)
+        waiting, due_now, inflight = pipe.execute()
+        return {"pending": int(waiting), "due_now": int(due_now), "inflight": int(inflight)}

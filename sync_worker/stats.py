@@ -1,0 +1,80 @@
+"""Counters and histograms kept in Redis, so that every process adds to the same numbers.
+
+Web, workers and beat are separate processes (often on separate machines); prometheus-client's
+multiprocess mode only joins processes that share a directory. Counting in one Redis hash joins
+them all, and `/metrics` renders the hash (see web/metrics.py). Increments are buffered and sent
+in one pipeline per flush, so the hot paths pay one round trip per batch, not per event.
+
+A field of `stats` is `name` or `name|label=value`; histogram buckets are
+`name_bucket|le=X`, with `name_sum` and `name_count`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import redis
+
+from sync_worker import redis_keys as keys
+
+LATENCY_BUCKETS = (0.5, 1, 2, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
+"""Seconds from the first event of a change to its PATCH succeeding."""
+
+
+def field_name(name: str, **labels: str) -> str:
+    """The hash field of a counter with labels."""
+    if not labels:
+        return name
+    return name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Stats:
+    """Buffered increments of shared counters."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._lock = threading.Lock()
+        self._buffer: Counter[str] = Counter()
+        self._sums: dict[str, float] = {}
+
+    def incr(self, name: str, amount: int = 1, **labels: str) -> None:
+        """Add to a counter (sent on the next flush)."""
+        with self._lock:
+            self._buffer[field_name(name, **labels)] += amount
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Record one observation in a histogram."""
+        with self._lock:
+            for bound in LATENCY_BUCKETS:
+                if seconds <= bound:
+                    self._buffer[field_name(name + "_bucket", le=str(bound))] += 1
+            self._buffer[field_name(name + "_bucket", le="+Inf")] += 1
+            self._buffer[name + "_count"] += 1
+            self._sums[name + "_sum"] = self._sums.get(name + "_sum", 0.0) + seconds
+
+    def flush(self) -> None:
+        """Send what was buffered; on a Redis error the counts are kept for the next flush."""
+        with self._lock:
+            counts, sums = self._buffer, self._sums
+            self._buffer, self._sums = Counter(), {}
+        if not counts and not sums:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, amount in counts.items():
+            pipe.hincrby(keys.STATS, key, amount)
+        for key, total in sums.items():
+            pipe.hincrbyfloat(keys.STATS, key, total)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            with self._lock:
+                self._buffer.update(counts)
+                for key, total in sums.items():
+                    self._sums[key] = self._sums.get(key, 0.0) + total
+            raise
+
+    def read(self) -> dict[str, float]:
+        """Every counter as it stands in Redis."""
+        raw = self._redis.hgetall(keys.STATS)
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}

@@ -1,0 +1,344 @@
+"""One user's sync: read the claimed pending change, PATCH Recur, settle the outcome.
+
+No Celery here: the task layer hands in claims, this decides what each outcome means.
+
+    2xx              -> ledger updated, pending settled ('applied', or 'more' if newer waits)
+    429/5xx/timeout  -> a few quick retries, then back to the pending store on a backoff;
+                        past the retry budget -> dead letter `retries_exhausted`
+    401/403          -> the sync pauses for everybody; the change waits, nothing is consumed
+    404              -> dead letter `not_found`; 409 -> `conflict`; 400/422 -> `rejected`
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import RetryCallState
+
+from sync_worker.dlq import Reason, creation_record, failure_record, new_dead_letter_id
+from sync_worker.events import SYNCED_FIELDS
+from sync_worker.flow import FlowControl, Throttled
+from sync_worker.logging import get_logger
+from sync_worker.pending import Claim, PendingStore, Snapshot
+from sync_worker.recur.client import RecurClient
+from sync_worker.recur.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    RecurError,
+    RecurStatusError,
+    Unauthorized,
+    ValidationFailed,
+)
+from sync_worker.recur.models import CustomerPatch
+from sync_worker.recur.retry import (
+    RetryAfterTooLong,
+    call_with_quick_retries,
+    handback_delay,
+    retry_after_of,
+)
+from sync_worker.settings import Settings
+from sync_worker.stats import Stats
+
+log = get_logger(__name__)
+
+DEAD_REASONS: dict[type[RecurStatusError], Reason] = {
+    NotFound: "not_found",
+    Conflict: "conflict",
+    BadRequest: "rejected",
+    ValidationFailed: "rejected",
+}
+EVENT_IDS_LOGGED = 10
+DEFAULT_COOL_DOWN_SECONDS = 1.0
+
+
+class LeaseLost(Exception):
+    """Our claim on the user lapsed; another worker may own it now, so we must not send."""
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """How one claim ended, for logs, metrics and tests."""
+
+    user_id: str
+    result: str
+    status: int | None = None
+    attempts: int = 0
+    event_ids: list[str] = field(default_factory=list)
+    next_retry_in: float | None = None
+    dead_letter_id: str = ""
+
+
+def patch_body(snapshot: Snapshot) -> dict[str, Any]:
+    """The PATCH body of a pending change: synced fields only (never `email`)."""
+    return {name: state.value for name, state in snapshot.fields.items() if name in SYNCED_FIELDS}
+
+
+class Syncer:
+    """Syncs claimed users, one at a time per calling thread."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pending: PendingStore,
+        flow: FlowControl,
+        client: RecurClient,
+        stats: Stats,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._pending = pending
+        self._flow = flow
+        self._client = client
+        self._stats = stats
+        self._clock = clock
+
+    def sync_claims(self, claims: list[Claim]) -> list[SyncOutcome]:
+        """Sync each claim in turn; a paused sync hands every claim straight back."""
+        outcomes = []
+        for claim in claims:
+            if self._flow.paused() is not None:
+                self._pending.hand_back(
+                    claim, delay=self._settings.auth_probe_interval_seconds, error=None
+                )
+                outcomes.append(SyncOutcome(claim.user_id, "paused"))
+                continue
+            outcomes.append(self.sync_one(claim))
+        self._stats.flush()
+        return outcomes
+
+    def sync_one(self, claim: Claim) -> SyncOutcome:
+        """Sync one claimed user and log one outcome line."""
+        started = self._clock()
+        snapshot = self._pending.snapshot(claim)
+        if snapshot is None:
+            return self._report(SyncOutcome(claim.user_id, "lost"), started)
+        if not snapshot.fields:
+            return self._report(SyncOutcome(claim.user_id, "empty"), started)
+        body = patch_body(snapshot)
+        if not body:
+            self._pending.mark_applied(claim, snapshot)
+            return self._report(SyncOutcome(claim.user_id, "recorded"), started, snapshot)
+        try:
+            self._send(claim, body)
+        except LeaseLost:
+            return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
+        except Throttled as throttled:
+            self._pending.hand_back(claim, delay=throttled.wait, error=None)
+            return self._report(
+                SyncOutcome(claim.user_id, "throttled", next_retry_in=throttled.wait),
+                started,
+                snapshot,
+            )
+        except RetryAfterTooLong as too_long:
+            return self._failed(claim, snapshot, too_long.error, started, wait=too_long.wait)
+        except (Unauthorized, Forbidden) as error:
+            return self._pause(claim, snapshot, error, started)
+        except RecurStatusError as error:
+            reason = DEAD_REASONS.get(type(error))
+            if reason is None and 400 <= error.status < 500 and error.status != 429:
+                reason = "rejected"
+            if reason is not None:
+                return self._dead(claim, snapshot, body, error, reason, started)
+            return self._failed(claim, snapshot, error, started)
+        except RecurError as error:
+            return self._failed(claim, snapshot, error, started)
+        self._stats.incr("patches_total", status_class="2xx")
+        state = self._pending.mark_applied(claim, snapshot)
+        self._stats.incr("syncs_applied_total")
+        self._stats.observe("sync_latency_seconds", self._clock() - snapshot.first_seen)
+        return self._report(
+            SyncOutcome(claim.user_id, "applied" if state == "done" else "more", status=200),
+            started,
+            snapshot,
+        )
+
+    def _send(self, claim: Claim, body: dict[str, Any]) -> None:
+        patch = CustomerPatch.model_construct(**body)
+        if "external_id" in body and body["external_id"] is None:
+            patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
+
+        def before_attempt(attempt: int) -> None:
+            if attempt > 1 and not self._pending.renew(claim):
+                raise LeaseLost(claim.user_id)
+
+        def on_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            self._count_failure(error)
+            self._stats.incr("sync_retries_total", kind="quick")
+            if isinstance(error, RateLimited):
+                self._flow.cool_down(error.retry_after or DEFAULT_COOL_DOWN_SECONDS)
+
+        call_with_quick_retries(
+            lambda: self._client.update_customer_by_external_id(claim.user_id, patch),
+            attempts=self._settings.retry_fast_attempts,
+            max_seconds=self._settings.retry_fast_max_seconds,
+            before_attempt=before_attempt,
+            on_retry=on_retry,
+        )
+
+    def _count_failure(self, error: BaseException | None) -> None:
+        if isinstance(error, RecurStatusError):
+            status_class = "429" if error.status == 429 else f"{error.status // 100}xx"
+            self._stats.incr("patches_total", status_class=status_class)
+        else:
+            self._stats.incr("patches_total", status_class="error")
+
+    def _failed(
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        error: BaseException,
+        started: float,
+        *,
+        wait: float | None = None,
+    ) -> SyncOutcome:
+        self._count_failure(error)
+        asked = wait if wait is not None else retry_after_of(error)
+        if isinstance(error, RateLimited):
+            self._flow.cool_down(asked or DEFAULT_COOL_DOWN_SECONDS)
+        now = self._clock()
+        attempts = snapshot.attempts + 1
+        delay = handback_delay(
+            attempts,
+            base=self._settings.retry_backoff_base_seconds,
+            cap=self._settings.retry_backoff_max_seconds,
+            retry_after=asked,
+        )
+        since = snapshot.retry_since if snapshot.retry_since is not None else now
+        status = error.status if isinstance(error, RecurStatusError) else None
+        if now + delay - since > self._settings.retry_budget_seconds:
+            return self._dead(
+                claim, snapshot, patch_body(snapshot), error, "retries_exhausted", started
+            )
+        self._pending.hand_back(claim, delay=delay, error=_error_info(error))
+        self._stats.incr("sync_retries_total", kind="scheduled")
+        return self._report(
+            SyncOutcome(
+                claim.user_id, "retry", status=status, attempts=attempts, next_retry_in=delay
+            ),
+            started,
+            snapshot,
+            error=error,
+        )
+
+    def _pause(
+        self, claim: Claim, snapshot: Snapshot, error: RecurStatusError, started: float
+    ) -> SyncOutcome:
+        self._count_failure(error)
+        if self._flow.pause(reason="unauthorized", status=error.status, message=error.message):
+            log.error(
+                "sync_paused",
+                reason="unauthorized",
+                status=error.status,
+                error_code=error.code,
+                hint="check RECUR_SECRET_KEY; the sync resumes by itself once a call succeeds",
+            )
+            self._stats.incr("sync_paused_total")
+        self._pending.hand_back(claim, delay=self._settings.auth_probe_interval_seconds, error=None)
+        return self._report(
+            SyncOutcome(claim.user_id, "paused", status=error.status), started, snapshot
+        )
+
+    def _dead(
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        body: dict[str, Any],
+        error: BaseException,
+        reason: Reason,
+        started: float,
+    ) -> SyncOutcome:
+        if reason != "retries_exhausted":
+            self._count_failure(error)
+        now = self._clock()
+        status = error.status if isinstance(error, RecurStatusError) else None
+        code = error.code if isinstance(error, RecurStatusError) else type(error).__name__
+        message = error.message if isinstance(error, RecurStatusError) else str(error)
+        entry_id = new_dead_letter_id(now)
+        written, _ = self._pending.dead_letter(
+            claim,
+            snapshot,
+            new_id=entry_id,
+            common=failure_record(
+                reason=reason,
+                http_status=status,
+                error_code=code,
+                error_message=message,
+                request=body,
+                fields=snapshot.fields,
+                event_ids=snapshot.event_ids,
+                attempts=snapshot.attempts + 1,
+                now=now,
+            ),
+            created=creation_record(
+                entry_id=entry_id,
+                user_id=claim.user_id,
+                first_failure=snapshot.retry_since or now,
+            ),
+        )
+        self._stats.incr("dead_letters_total", reason=reason)
+        return self._report(
+            SyncOutcome(
+                claim.user_id,
+                "dead_letter",
+                status=status,
+                attempts=snapshot.attempts + 1,
+                dead_letter_id=written or ",".join(snapshot.replay_of),
+            ),
+            started,
+            snapshot,
+            error=error,
+            reason=reason,
+        )
+
+    def _report(
+        self,
+        outcome: SyncOutcome,
+        started: float,
+        snapshot: Snapshot | None = None,
+        *,
+        error: BaseException | None = None,
+        reason: str | None = None,
+    ) -> SyncOutcome:
+        event_ids = snapshot.event_ids if snapshot is not None else []
+        fields: dict[str, Any] = {
+            "user_id": outcome.user_id,
+            "result": outcome.result,
+            "status": outcome.status,
+            "attempts": outcome.attempts,
+            "event_ids": event_ids[-EVENT_IDS_LOGGED:],
+            "events": len(event_ids),
+            "latency_ms": round((self._clock() - started) * 1000, 1),
+        }
+        if outcome.next_retry_in is not None:
+            fields["next_retry_in_s"] = round(outcome.next_retry_in, 2)
+        if reason is not None:
+            fields["reason"] = reason
+            fields["dead_letter_id"] = outcome.dead_letter_id
+        if error is not None:
+            fields["error"] = str(error)
+        level = "info" if error is None else "warning"
+        if outcome.result not in ("lost", "empty"):
+            getattr(log, level)("sync_outcome", **fields)
+        return SyncOutcome(
+            user_id=outcome.user_id,
+            result=outcome.result,
+            status=outcome.status,
+            attempts=outcome.attempts,
+            event_ids=event_ids,
+            next_retry_in=outcome.next_retry_in,
+            dead_letter_id=outcome.dead_letter_id,
+        )
+
+
+def _error_info(error: BaseException) -> dict[str, Any]:
+    if isinstance(error, RecurStatusError):
+        return {"status": error.status, "code": error.code, "message": error.message[:300]}
+    return {"status": None, "code": type(error).__name__, "message": str(error)[:300]}
