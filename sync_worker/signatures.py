@@ -10,7 +10,7 @@ import base64
 import hashlib
 import hmac
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the documented prefix, not a secret
 
 
 class SignatureError(Exception):
