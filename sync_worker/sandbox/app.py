@@ -77,7 +77,8 @@ class RequestLog:
 
     def append(self, entry: JsonObject) -> None:
         """Record one request (`entry["seq"]` from `next_seq`)."""
-        self._entries.append(entry)
+        with self._lock:
+            self._entries.append(entry)
 
     def clear(self, *, restart: bool = False) -> None:
         """Drop every entry; `restart` also numbers the next request 1."""
@@ -100,17 +101,18 @@ class RequestLog:
     ) -> list[JsonObject]:
         """Entries after seq `since` matching every filter given, oldest first."""
         found: list[JsonObject] = []
-        # Walk back from the newest entry so polling for recent requests costs what it returns.
-        for entry in reversed(list(self._entries)):
-            if entry["seq"] <= since:
-                break
-            if method is not None and entry["method"] != method:
-                continue
-            if external_id is not None and entry["external_id"] != external_id:
-                continue
-            if status is not None and entry["status"] != status:
-                continue
-            found.append(entry)
+        with self._lock:
+            # Walk back from the newest entry so polling for recent requests costs what it finds.
+            for entry in reversed(self._entries):
+                if entry["seq"] <= since:
+                    break
+                if method is not None and entry["method"] != method:
+                    continue
+                if external_id is not None and entry["external_id"] != external_id:
+                    continue
+                if status is not None and entry["status"] != status:
+                    continue
+                found.append(entry)
         found.reverse()
         return found if limit is None else found[:limit]
 

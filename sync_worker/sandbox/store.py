@@ -28,6 +28,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 STATUSES = frozenset({"ACTIVE", "BANNED"})
@@ -78,7 +79,13 @@ def not_found(message: str = "客戶不存在 (customer not found)") -> ApiError
 def iso_ms(epoch_ms: int) -> str:
     """`2025-01-15T10:00:00.000Z` for a Unix time in milliseconds."""
     seconds, millis = divmod(epoch_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_seconds(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    # Every response formats two or three stamps, mostly of the same few seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 @dataclass(frozen=True, slots=True)
