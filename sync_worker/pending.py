@@ -304,6 +304,12 @@ class AcceptResult:
     changed: bool
     version: int
 
+    @classmethod
+    def from_reply(cls, reply: Any) -> AcceptResult:
+        """Decode the accept script's reply `[new, version]`."""
+        new, version = (int(part) for part in reply)
+        return cls(duplicate=not new, changed=version > 0, version=version)
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -343,6 +349,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
+ACCEPT_SCRIPT = _ACCEPT
+"""The accept script, for callers with an asyncio Redis client (the web intake)."""
+
+
 class PendingStore:
     """Accept, claim, settle and re-offer per-user pending changes in Redis."""
 
@@ -372,8 +382,8 @@ class PendingStore:
         self._requeue = client.register_script(_REQUEUE_EXPIRED)
         self._restore = client.register_script(_RESTORE)
 
-    def accept(self, event: UserEvent) -> AcceptResult:
-        """Record an event durably: dedup by id, merge its fields, (re)schedule the user."""
+    def accept_call(self, event: UserEvent) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the accept script for an event (sync and async callers)."""
         user = event.user_id
         args: list[Any] = [
             event.event_id,
@@ -387,21 +397,20 @@ class PendingStore:
         ]
         for name, value in event.fields.items():
             args += [name, _dumps(value)]
-        new, version = cast(
-            list[int],
-            self._accept(
-                keys=[
-                    keys.event_seen(event.event_id),
-                    keys.pending(user),
-                    keys.ledger(user),
-                    keys.DUE,
-                    keys.INFLIGHT,
-                    PENDING_EVENTS + user,
-                ],
-                args=args,
-            ),
-        )
-        return AcceptResult(duplicate=not new, changed=version > 0, version=int(version))
+        script_keys = [
+            keys.event_seen(event.event_id),
+            keys.pending(user),
+            keys.ledger(user),
+            keys.DUE,
+            keys.INFLIGHT,
+            PENDING_EVENTS + user,
+        ]
+        return script_keys, args
+
+    def accept(self, event: UserEvent) -> AcceptResult:
+        """Record an event durably: dedup by id, merge its fields, (re)schedule the user."""
+        script_keys, args = self.accept_call(event)
+        return AcceptResult.from_reply(self._accept(keys=script_keys, args=args))
 
     def claim_due(self, limit: int) -> list[Claim]:
         """Take up to `limit` users whose time has come; each gets a lease and a token."""

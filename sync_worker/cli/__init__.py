@@ -11,6 +11,7 @@ import sys
 import typer
 
 from sync_worker.cli.sandbox import sandbox
+from sync_worker.cli.services import beat, web, worker
 from sync_worker.settings import ConfigError
 
 app = typer.Typer(
@@ -21,6 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("sandbox")(sandbox)
+app.command("web")(web)
+app.command("worker")(worker)
+app.command("beat")(beat)
 
 
 def main() -> None:

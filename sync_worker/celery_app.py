@@ -1,0 +1,166 @@
+"""The Celery app: reliability settings, queues, the dispatcher bootstep and the beat schedule.
+
+`celery -A sync_worker.celery_app worker` and `sync-worker worker` run the same thing. The
+settings follow the notes on Celery and Redis failure modes: late acks, prefetch 1, redelivery
+of tasks whose worker died, a visibility timeout set in all three places and longer than any
+lease, publish retries, and socket timeouts so a half-open connection cannot hang a worker.
+
+The worker pool is `threads`: a sync is an HTTP call, so a worker spends its time waiting on the
+network, and threads share one Recur connection pool and one Redis pool. (bench/sync_throughput
+measures it against prefork.)
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.schedules import crontab
+from celery.signals import setup_logging, task_prerun
+from kombu import Queue
+
+from sync_worker.logging import configure_logging
+from sync_worker.runtime import Runtime
+from sync_worker.settings import Settings, load_settings
+
+SYNC_QUEUE = "sync"
+MAINTENANCE_QUEUE = "maintenance"
+
+
+class SyncCelery(Celery):
+    """A Celery app that carries the settings and the process's runtime."""
+
+    settings: Settings
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        """The collaborators of this process, built on first use."""
+        return Runtime(self.settings)
+
+
+def _crontab(expression: str, timezone: str) -> crontab:
+    minute, hour, day_of_month, month_of_year, day_of_week = expression.split()
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
+
+
+def create_celery_app(settings: Settings) -> SyncCelery:
+    """Build the Celery app from the settings."""
+    celery = SyncCelery("sync_worker", broker=settings.redis_url, include=["sync_worker.tasks"])
+    celery.settings = settings
+    visibility = settings.visibility_timeout_seconds
+    transport = {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+        "retry_on_timeout": True,
+    }
+    celery.conf.update(
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": visibility},
+        visibility_timeout=visibility,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_retry_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_soft_time_limit=min(600, visibility // 3),
+        task_time_limit=min(900, visibility // 2),
+        task_publish_retry_policy={
+            "max_retries": 10,
+            "interval_start": 0.5,
+            "interval_step": 1,
+            "interval_max": 5,
+        },
+        task_default_queue=SYNC_QUEUE,
+        task_queues=[Queue(SYNC_QUEUE), Queue(MAINTENANCE_QUEUE)],
+        task_routes={
+            "sync_worker.sweep": {"queue": MAINTENANCE_QUEUE},
+            "sync_worker.reconcile": {"queue": MAINTENANCE_QUEUE},
+        },
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_eta_task_limit=1000,
+        worker_soft_shutdown_timeout=10,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        timezone=settings.reconcile_timezone,
+        enable_utc=True,
+        beat_schedule={
+            "sweep": {
+                "task": "sync_worker.sweep",
+                "schedule": settings.sweep_interval_seconds,
+            },
+            "nightly-reconciliation": {
+                "task": "sync_worker.reconcile",
+                "schedule": _crontab(settings.reconcile_schedule, settings.reconcile_timezone),
+                "kwargs": {"scheduled": True},
+            },
+        },
+    )
+    celery.steps["worker"].add(DispatcherStep)
+
+    @setup_logging.connect(weak=False)
+    def _configure_logging(**_: Any) -> None:
+        configure_logging(settings)
+
+    return celery
+
+
+class DispatcherStep(bootsteps.StartStopStep):
+    """Runs the dispatcher thread for as long as the worker runs."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker: Any) -> None:
+        from sync_worker.dispatch import Dispatcher
+        from sync_worker.tasks import publish_claims, sync_queue_depth
+
+        runtime = worker.app.runtime
+        dispatcher = Dispatcher(
+            runtime,
+            publish=publish_claims,
+            queue_depth=sync_queue_depth,
+            hostname=worker.hostname,
+        )
+        self._thread = threading.Thread(
+            target=dispatcher.run, args=(self._stop,), name="dispatcher", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@task_prerun.connect(weak=False)
+def _bind_task_id(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+app = create_celery_app(load_settings())

@@ -1,0 +1,73 @@
+"""`sync-worker web`, `worker` and `beat`: the long-running processes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sync_worker.logging import configure_logging, get_logger
+from sync_worker.settings import load_settings
+
+log = get_logger(__name__)
+
+
+def web(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default WEB_HOST, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default WEB_PORT, 8000).")] = None,
+) -> None:
+    """Serve webhook intake, health, metrics, the operator API and the dashboard."""
+    import uvicorn
+
+    from sync_worker.web.app import create_app
+
+    settings = load_settings()
+    configure_logging(settings)
+    app = create_app(settings)
+    bind_host = host or settings.web_host
+    bind_port = port or settings.web_port
+    log.info("web_starting", host=bind_host, port=bind_port, mode=settings.mode_label)
+    uvicorn.run(
+        app,
+        host=bind_host,
+        port=bind_port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", "-c", help="Threads (default WORKER_CONCURRENCY)."),
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option("--hostname", "-n", help="Celery node name.")
+    ] = None,
+) -> None:
+    """Run the Celery worker that syncs users to Recur (and its dispatcher thread)."""
+    settings = load_settings()
+    settings.require_secret_key()
+    from sync_worker.celery_app import app
+
+    argv = ["worker", "--loglevel", settings.log_level, "-Q", "sync,maintenance"]
+    argv += ["--concurrency", str(concurrency or settings.worker_concurrency)]
+    if hostname:
+        argv += ["--hostname", hostname]
+    app.worker_main(argv)
+
+
+def beat(
+    schedule: Annotated[
+        str, typer.Option(help="File where beat keeps the time of the last runs.")
+    ] = "celerybeat-schedule",
+) -> None:
+    """Run Celery beat: the sweep every SWEEP_INTERVAL_SECONDS and the nightly reconciliation."""
+    settings = load_settings()
+    from sync_worker.celery_app import app
+
+    app.start(["beat", "--loglevel", settings.log_level, "--schedule", schedule])

@@ -1,0 +1,102 @@
+"""The dispatcher: a thread in each worker that turns due users into Celery tasks.
+
+Each tick it claims users whose debounce or retry time has come (an atomic claim, so workers
+never share a user) and publishes them in batches as `sync_batch` tasks: one Celery message per
+batch, not per event, which is what lets one worker keep up with thousands of users a second.
+It claims only as much as the queue has room for, so claimed users do not sit behind a backlog
+while their leases run out. Every `sweep_interval` it also sweeps lapsed claims and writes a
+heartbeat; while the sync is paused for auth, it probes Recur instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from sync_worker import redis_keys as keys
+from sync_worker.logging import get_logger
+from sync_worker.pending import Claim
+from sync_worker.runtime import Runtime
+
+log = get_logger(__name__)
+
+HEARTBEAT_SECONDS = 10
+QUEUED_BATCHES_PER_SLOT = 2
+
+
+class Dispatcher:
+    """Claims due users and hands them to `publish` in batches."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        publish: Callable[[list[Claim]], None],
+        queue_depth: Callable[[], int],
+        hostname: str,
+    ) -> None:
+        self._runtime = runtime
+        self._publish = publish
+        self._queue_depth = queue_depth
+        self._hostname = hostname
+        self._next_sweep = 0.0
+        self._next_probe = 0.0
+        self._next_heartbeat = 0.0
+
+    def tick(self) -> int:
+        """One round: housekeeping, then claim and publish; returns how many users it claimed."""
+        settings = self._runtime.settings
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + HEARTBEAT_SECONDS
+        if now >= self._next_sweep:
+            self._runtime.sweep()
+            self._next_sweep = now + settings.sweep_interval_seconds
+        if self._runtime.flow.paused() is not None:
+            if now >= self._next_probe:
+                self._next_probe = now + settings.auth_probe_interval_seconds
+                self._runtime.probe_auth()
+            return 0
+        if self._runtime.flow.cooldown_remaining() > 0:
+            return 0
+        room = settings.worker_concurrency * QUEUED_BATCHES_PER_SLOT - self._queue_depth()
+        if room <= 0:
+            return 0
+        claims = self._runtime.pending.claim_due(room * settings.sync_batch_size)
+        size = settings.sync_batch_size
+        for start in range(0, len(claims), size):
+            self._publish(claims[start : start + size])
+        return len(claims)
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop` is set; a Redis outage is logged and waited out, never fatal."""
+        interval = self._runtime.settings.dispatch_interval_seconds
+        failures = 0
+        while not stop.is_set():
+            try:
+                claimed = self.tick()
+                failures = 0
+            except (redis.RedisError, OSError) as error:
+                failures += 1
+                if failures == 1 or failures % 50 == 0:
+                    log.warning("dispatcher_error", error=str(error), failures=failures)
+                stop.wait(min(5.0, interval * 2**failures))
+                continue
+            if not claimed:
+                stop.wait(interval)
+
+    def _heartbeat(self) -> None:
+        record = {
+            "hostname": self._hostname,
+            "at": time.time(),
+            "concurrency": self._runtime.settings.worker_concurrency,
+            "mode": self._runtime.settings.mode_label,
+        }
+        self._runtime.redis.set(
+            keys.worker_heartbeat(self._hostname), json.dumps(record), ex=HEARTBEAT_SECONDS * 3
+        )

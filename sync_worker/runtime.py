@@ -1,0 +1,125 @@
+"""The collaborators one process needs, built once from the settings and shared by its threads."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import httpx
+import redis
+
+from sync_worker import redis_keys as keys
+from sync_worker.dlq import DeadLetterQueue
+from sync_worker.flow import FlowControl
+from sync_worker.ledger import Ledger
+from sync_worker.logging import get_logger
+from sync_worker.pending import PendingStore
+from sync_worker.recur.client import RecurClient
+from sync_worker.recur.errors import RecurError
+from sync_worker.settings import Settings
+from sync_worker.stats import Stats
+from sync_worker.sync import Syncer
+
+log = get_logger(__name__)
+
+DAY = 24 * 3600
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client with the timeouts and health checks a long-running process needs."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=25,
+        retry_on_timeout=True,
+    )
+
+
+class Runtime:
+    """Redis-backed stores, flow control and the Recur client of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = client if client is not None else redis_client(settings)
+        self._transport = transport
+        self.pending = PendingStore(
+            self.redis,
+            window_seconds=settings.debounce_window_seconds,
+            max_wait_seconds=settings.debounce_max_wait_seconds,
+            dedup_ttl_seconds=settings.event_dedup_ttl_seconds,
+            lease_seconds=settings.lease_seconds,
+        )
+        self.flow = FlowControl(
+            self.redis,
+            rate_per_second=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
+        self.ledger = Ledger(self.redis)
+        self.dlq = DeadLetterQueue(self.redis, pending=self.pending)
+        self.stats = Stats(self.redis)
+
+    @cached_property
+    def recur(self) -> RecurClient:
+        """The Recur client; every call waits its turn in the shared rate limit."""
+        return RecurClient.from_settings(
+            self.settings,
+            transport=self._transport,
+            throttle=lambda: self.flow.acquire(max_wait=self.settings.retry_fast_max_seconds),
+        )
+
+    @cached_property
+    def syncer(self) -> Syncer:
+        """The per-user sync logic."""
+        return Syncer(
+            settings=self.settings,
+            pending=self.pending,
+            flow=self.flow,
+            client=self.recur,
+            stats=self.stats,
+        )
+
+    def sweep(self) -> dict[str, int]:
+        """Offer again users whose claim lapsed, and trim dead letters past their retention.
+
+        Several processes may sweep; a short lock keeps them from doing it at the same moment.
+        """
+        if not self.redis.set(keys.SWEEP_LOCK, "1", nx=True, ex=10):
+            return {"requeued": 0, "trimmed": 0}
+        requeued = self.pending.requeue_expired()
+        trimmed = self.dlq.trim(older_than_seconds=self.settings.dlq_retention_days * DAY)
+        if requeued:
+            log.warning("claims_requeued", users=requeued, why="lease lapsed")
+            self.stats.incr("claims_requeued_total", requeued)
+        if trimmed:
+            log.info(
+                "dead_letters_trimmed",
+                count=trimmed,
+                retention_days=self.settings.dlq_retention_days,
+            )
+            self.stats.incr("dead_letters_trimmed_total", trimmed)
+        self.stats.flush()
+        return {"requeued": requeued, "trimmed": trimmed}
+
+    def probe_auth(self) -> bool:
+        """While paused for auth, try one cheap call; resume the sync if it succeeds."""
+        try:
+            self.recur.list_customers(limit=1)
+        except RecurError as error:
+            log.warning("auth_probe_failed", error=str(error))
+            return False
+        if self.flow.resume():
+            log.info("sync_resumed", why="a call to Recur succeeded")
+        return True
+
+    def close(self) -> None:
+        """Close the Recur client and the Redis pool."""
+        if "recur" in self.__dict__:
+            self.recur.close()
+        self.redis.close()

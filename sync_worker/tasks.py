@@ -1,0 +1,36 @@
+"""Thin Celery tasks over sync.py (and reconcile.py): they unpack arguments and call in."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sync_worker.celery_app import SYNC_QUEUE, app
+from sync_worker.pending import Claim
+
+
+@app.task(name="sync_worker.sync_batch", acks_late=True)
+def sync_batch(claims: list[list[str]]) -> dict[str, int]:
+    """Sync a batch of claimed users: `[[user_id, token], ...]`. Returns counts by result."""
+    runtime = app.runtime
+    outcomes = runtime.syncer.sync_claims([Claim(user_id=u, token=t) for u, t in claims])
+    return dict(Counter(outcome.result for outcome in outcomes))
+
+
+@app.task(name="sync_worker.sweep")
+def sweep() -> dict[str, int]:
+    """Offer again lapsed claims and trim old dead letters (beat runs it; workers do too)."""
+    return app.runtime.sweep()
+
+
+def publish_claims(claims: list[Claim]) -> None:
+    """Publish one `sync_batch` message for these claims."""
+    sync_batch.apply_async(
+        args=([[claim.user_id, claim.token] for claim in claims],), queue=SYNC_QUEUE
+    )
+
+
+def sync_queue_depth() -> int:
+    """Messages waiting in the sync queue (not counting those a worker holds)."""
+    client: Any = app.runtime.redis
+    return int(client.llen(SYNC_QUEUE))

@@ -1,0 +1,1 @@
+"""The ASGI app: webhook intake, health, metrics, the operator API and the dashboard."""

@@ -1,0 +1,61 @@
+"""The web app factory: `create_app(settings)`; `sync-worker web` serves it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis
+from fastapi import FastAPI
+
+from sync_worker import __version__
+from sync_worker.logging import get_logger
+from sync_worker.runtime import Runtime
+from sync_worker.settings import Settings
+from sync_worker.web import health, intake
+from sync_worker.web.state import WebState
+
+log = get_logger(__name__)
+
+STATS_FLUSH_SECONDS = 1.0
+
+
+async def _flush_stats_forever(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(STATS_FLUSH_SECONDS)
+        try:
+            await asyncio.to_thread(runtime.stats.flush)
+        except (redis.RedisError, OSError) as error:
+            log.warning("stats_flush_failed", error=str(error))
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    """The ASGI app for these settings (requires WEBHOOK_SECRET)."""
+    process_runtime = runtime if runtime is not None else Runtime(settings)
+    state = WebState.build(settings, process_runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(_flush_stats_forever(process_runtime))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(redis.RedisError, OSError):
+                await asyncio.to_thread(process_runtime.stats.flush)
+            await state.redis.aclose()
+
+    app = FastAPI(
+        title="recur-sync",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.web = state
+    app.include_router(intake.router)
+    app.include_router(health.router)
+    return app

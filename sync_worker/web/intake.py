@@ -1,0 +1,106 @@
+"""`POST /webhooks/user-updated`: verify, validate, record durably, answer.
+
+The signature is checked on the raw body before anything parses it. The event is accepted only
+once the accept script has recorded it in Redis; nothing calls Recur inside the request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from sync_worker.events import EventValidationError, parse_event
+from sync_worker.logging import get_logger
+from sync_worker.pending import AcceptResult
+from sync_worker.settings import MAX_BODY_BYTES
+from sync_worker.signatures import SignatureError, verify
+from sync_worker.web.state import web_state
+
+log = get_logger(__name__)
+router = APIRouter()
+
+_WEBHOOK_ID = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _error(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, or None as soon as it grows past the limit (so a huge body is never held)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/webhooks/user-updated")
+async def user_updated(request: Request) -> JSONResponse:
+    """Accept one signed user event (both body forms of the contract)."""
+    state = web_state(request)
+    stats = state.runtime.stats
+    stats.incr("events_received_total")
+    body = await _read_capped(request)
+    if body is None:
+        stats.incr("events_rejected_total", reason="too_large")
+        return _error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    headers = request.headers
+    try:
+        sent_at = verify(
+            state.webhook_key,
+            msg_id=headers.get("webhook-id"),
+            timestamp=headers.get("webhook-timestamp"),
+            signature=headers.get("webhook-signature"),
+            body=body,
+            now=time.time(),
+            tolerance_seconds=state.settings.webhook_tolerance_seconds,
+        )
+    except SignatureError as error:
+        stats.incr("events_rejected_total", reason="signature")
+        log.warning("webhook_refused", reason=str(error), webhook_id=headers.get("webhook-id"))
+        return _error(401, "invalid_signature", str(error))
+    webhook_id = headers.get("webhook-id", "")
+    if not _WEBHOOK_ID.match(webhook_id):
+        stats.incr("events_rejected_total", reason="validation")
+        return _error(422, "validation_error", "webhook-id must be printable ASCII")
+    try:
+        event = parse_event(body, webhook_id=webhook_id, webhook_timestamp=sent_at)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        stats.incr("events_rejected_total", reason="not_json")
+        return _error(400, "invalid_json", "body is not JSON")
+    except EventValidationError as error:
+        stats.incr("events_rejected_total", reason="validation")
+        return _error(422, "validation_error", str(error), fields=error.errors)
+    script_keys, args = state.runtime.pending.accept_call(event)
+    try:
+        result = AcceptResult.from_reply(await state.accept_script(keys=script_keys, args=args))
+    except (redis.RedisError, OSError) as error:
+        stats.incr("events_rejected_total", reason="redis_unavailable")
+        log.error("intake_unavailable", error=str(error), event_id=event.event_id)
+        return JSONResponse(
+            {"status": "unavailable", "message": "storage unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    if result.duplicate:
+        stats.incr("events_duplicate_total")
+        return JSONResponse({"status": "duplicate", "event_id": event.event_id}, status_code=200)
+    stats.incr("events_accepted_total")
+    if not result.changed:
+        stats.incr("events_stale_total")
+    return JSONResponse(
+        {"status": "accepted", "event_id": event.event_id, "user_id": event.user_id},
+        status_code=202,
+    )

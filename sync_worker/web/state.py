@@ -1,0 +1,48 @@
+"""What the web app's handlers share, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from fastapi import Request
+
+from sync_worker.pending import ACCEPT_SCRIPT
+from sync_worker.runtime import Runtime
+from sync_worker.settings import Settings
+from sync_worker.signatures import secret_bytes
+
+
+@dataclass
+class WebState:
+    """Settings, the asyncio Redis client for the hot path, and the process runtime."""
+
+    settings: Settings
+    runtime: Runtime
+    redis: aioredis.Redis
+    webhook_key: bytes
+    accept_script: Any
+
+    @classmethod
+    def build(cls, settings: Settings, runtime: Runtime) -> WebState:
+        """Connect (lazily) and register the scripts the handlers run."""
+        client = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=25,
+            max_connections=256,
+        )
+        return cls(
+            settings=settings,
+            runtime=runtime,
+            redis=client,
+            webhook_key=secret_bytes(settings.require_webhook_secret()),
+            accept_script=client.register_script(ACCEPT_SCRIPT),
+        )
+
+
+def web_state(request: Request) -> WebState:
+    """The shared state of the app serving this request."""
+    return cast(WebState, request.app.state.web)
