@@ -112,8 +112,9 @@ return 1
 # event replaced them meanwhile), release the claim, and offer the user again if anything is left.
 _SETTLE = """
 local function settle(pending, lease, inflight, due, events, user, token, now, sent, n_events)
-  for f, ts in pairs(sent) do
-    if tonumber(redis.call('HGET', pending, 't:' .. f)) == ts then
+  for f, mark in pairs(sent) do
+    local now_ts = tonumber(redis.call('HGET', pending, 't:' .. f))
+    if now_ts == mark[1] and redis.call('HGET', pending, 'e:' .. f) == mark[2] then
       redis.call('HDEL', pending, 'v:' .. f, 't:' .. f, 'e:' .. f)
     end
   end
@@ -143,11 +144,12 @@ _APPLIED = (
     _SETTLE
     + """
 -- KEYS: pending, lease, inflight, due, events, ledger, ledger_index, dlq_index
--- ARGV: user, token, now, sent_json {field: ts}, values_json {field: value}, n_events,
+-- ARGV: user, token, now, sent_json {field: [ts, event_id]}, values_json {field: value}, n_events,
 --       resolved_json [dead letter ids], dlq_prefix
 local sent = cjson.decode(ARGV[4])
 local values = cjson.decode(ARGV[5])
-for f, ts in pairs(sent) do
+for f, mark in pairs(sent) do
+  local ts = mark[1]
   local lt = tonumber(redis.call('HGET', KEYS[6], 't:' .. f))
   if lt == nil or ts >= lt then
     redis.call('HSET', KEYS[6], 'v:' .. f, values[f], 't:' .. f, string.format('%d', ts))
@@ -291,9 +293,10 @@ class Snapshot:
     replay_of: list[str] = field(default_factory=list)
     last_error: dict[str, Any] | None = None
 
-    def sent_timestamps(self) -> dict[str, int]:
-        """Field -> event time, for settling exactly what was read."""
-        return {name: state.ts_ms for name, state in self.fields.items()}
+    def sent_marks(self) -> dict[str, list[int | str]]:
+        """Field -> [event time, event id]: what settling compares, so that a newer value that
+        arrived meanwhile (even with the same event time) is never mistaken for the one sent."""
+        return {name: [state.ts_ms, state.event_id] for name, state in self.fields.items()}
 
 
 @dataclass(frozen=True)
@@ -472,7 +475,7 @@ class PendingStore:
                 user,
                 claim.token,
                 repr(self._clock()),
-                json.dumps(snapshot.sent_timestamps()),
+                json.dumps(snapshot.sent_marks()),
                 json.dumps(values),
                 len(snapshot.event_ids),
                 json.dumps(snapshot.replay_of),
@@ -511,7 +514,7 @@ class PendingStore:
                     user,
                     claim.token,
                     repr(self._clock()),
-                    json.dumps(snapshot.sent_timestamps()),
+                    json.dumps(snapshot.sent_marks()),
                     len(snapshot.event_ids),
                     json.dumps(snapshot.replay_of),
                     new_id,
