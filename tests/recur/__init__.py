@@ -1,0 +1,1 @@
+"""Tests of the Recur client package: errors, client, retry policy."""
