@@ -10,8 +10,10 @@ import sys
 
 import typer
 
+from sync_worker.cli import dlq
 from sync_worker.cli.sandbox import sandbox
 from sync_worker.cli.services import beat, web, worker
+from sync_worker.cli.status import resume, status
 from sync_worker.settings import ConfigError
 
 app = typer.Typer(
@@ -25,6 +27,9 @@ app.command("sandbox")(sandbox)
 app.command("web")(web)
 app.command("worker")(worker)
 app.command("beat")(beat)
+app.add_typer(dlq.app, name="dlq")
+app.command("status")(status)
+app.command("resume")(resume)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from sync_worker import __version__
 from sync_worker.logging import get_logger
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
-from sync_worker.web import health, intake
+from sync_worker.web import admin, dashboard, health, intake, metrics
 from sync_worker.web.state import WebState
 
 log = get_logger(__name__)
@@ -58,4 +58,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.web = state
     app.include_router(intake.router)
     app.include_router(health.router)
+    admin.install(app)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     return app

@@ -1,0 +1,84 @@
+"""`sync-worker status` (what the system is doing now) and `sync-worker resume` (lift a pause)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sync_worker.cli.dlq import console, format_age, open_runtime
+from sync_worker.status import StatusSnapshot, gather_status
+
+
+def _report_line(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return "none yet"
+    counts = ", ".join(
+        f"{key} {value}" for key, value in report.items() if isinstance(value, int | float)
+    )
+    return counts or json.dumps(report, ensure_ascii=False)
+
+
+def _print(out: Console, snapshot: StatusSnapshot) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    if snapshot.paused is None:
+        state = "[green]running[/]"
+    else:
+        since = float(snapshot.paused.get("since", time.time()))
+        state = (
+            f"[bold red]PAUSED[/] since {format_age(time.time() - since)} ago: "
+            f"{snapshot.paused.get('reason')} (HTTP {snapshot.paused.get('status')}) "
+            f"{snapshot.paused.get('message', '')}; fix RECUR_SECRET_KEY, it resumes by itself "
+            "(or run `sync-worker resume`)"
+        )
+    grid.add_row("sync", state)
+    grid.add_row("mode", snapshot.mode)
+    if snapshot.cooldown_seconds > 0:
+        grid.add_row("cool-down", f"[yellow]{snapshot.cooldown_seconds:.1f} s left (429)[/]")
+    grid.add_row(
+        "celery queues", ", ".join(f"{name} {depth}" for name, depth in snapshot.queues.items())
+    )
+    grid.add_row(
+        "pending users",
+        f"{snapshot.pending_users} waiting ({snapshot.due_now} due now), "
+        f"{snapshot.inflight} being sent",
+    )
+    grid.add_row("scheduled retries", f"{snapshot.retrying_users} user(s)")
+    by_reason = ", ".join(f"{reason} {n}" for reason, n in snapshot.dead_letters.items())
+    style = "red" if snapshot.dead_letters_total else "green"
+    grid.add_row("dead letters", f"[{style}]{snapshot.dead_letters_total}[/] ({by_reason})")
+    workers = ", ".join(
+        f"{w.get('hostname')} ({w['seen_seconds_ago']} s ago)" for w in snapshot.workers
+    )
+    alive = f"{len(snapshot.workers)}" + (f": {workers}" if workers else "")
+    grid.add_row("workers alive", alive if snapshot.workers else "[bold red]0[/]")
+    grid.add_row("last reconciliation", _report_line(snapshot.last_reconciliation))
+    out.print(grid)
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Queue depths, pending debounces, scheduled retries, dead letters, workers, pause, mode."""
+    with open_runtime() as runtime:
+        snapshot = gather_status(runtime)
+    if as_json:
+        typer.echo(json.dumps(snapshot.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print(console(), snapshot)
+
+
+def resume() -> None:
+    """Lift the auth pause now instead of waiting for the workers' next successful probe.
+
+    Use it after fixing RECUR_SECRET_KEY; if the key is still wrong the next call pauses again.
+    """
+    with open_runtime() as runtime:
+        was_paused = runtime.flow.resume()
+    typer.echo("resumed" if was_paused else "was not paused")

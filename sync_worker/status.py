@@ -1,0 +1,132 @@
+"""The operator's view of the system at one moment.
+
+`sync-worker status`, `GET /admin/api/status`, the dashboard and the gauges of `/metrics` all
+read it from here, so they never disagree. It only reads Redis; no web or CLI import.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+import redis
+
+from sync_worker import redis_keys as keys
+from sync_worker.runtime import Runtime
+
+CELERY_QUEUES = ("sync", "maintenance")
+"""The Celery queues (celery_app.SYNC_QUEUE and MAINTENANCE_QUEUE). Not imported from there:
+importing celery_app builds the Celery app from the environment, which a reader should not do."""
+
+_SCAN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """Every number an operator looks at first, gathered in one pass."""
+
+    mode: str
+    queues: dict[str, int]
+    pending_users: int
+    due_now: int
+    inflight: int
+    retrying_users: int
+    dead_letters: dict[str, int]
+    workers: list[dict[str, Any]]
+    paused: dict[str, Any] | None
+    cooldown_seconds: float
+    last_reconciliation: dict[str, Any] | None
+    collected_at: float = field(default_factory=time.time)
+
+    @property
+    def dead_letters_total(self) -> int:
+        """Dead letters of every reason."""
+        return sum(self.dead_letters.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (`status --json`, the admin API)."""
+        data = asdict(self)
+        data["dead_letters_total"] = self.dead_letters_total
+        data["workers_alive"] = len(self.workers)
+        return data
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Messages waiting in each Celery queue (those a worker already holds are not counted)."""
+    pipe = client.pipeline(transaction=False)
+    for name in CELERY_QUEUES:
+        pipe.llen(name)
+    return {name: int(depth) for name, depth in zip(CELERY_QUEUES, pipe.execute(), strict=True)}
+
+
+def retrying_users(client: redis.Redis) -> int:
+    """Users waiting in `due` whose last attempt failed (their pending `attempts` is above 0).
+
+    Exact rather than a proxy such as "due in the future", which would also count every user
+    still inside its debounce window. It reads the `due` set in batches, so memory stays small.
+    """
+    total = 0
+    start = 0
+    while True:
+        users = cast(list[bytes], client.zrange(keys.DUE, start, start + _SCAN_BATCH - 1))
+        if not users:
+            return total
+        pipe = client.pipeline(transaction=False)
+        for user in users:
+            pipe.hget(keys.pending(_text(user)), "attempts")
+        total += sum(1 for attempts in pipe.execute() if attempts and int(attempts) > 0)
+        start += _SCAN_BATCH
+
+
+def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """The workers whose dispatcher wrote a heartbeat recently (the keys expire otherwise)."""
+    names = sorted(
+        _text(k) for k in client.scan_iter(match=keys.WORKER_HEARTBEAT + "*", count=_SCAN_BATCH)
+    )
+    if not names:
+        return []
+    now = time.time()
+    workers = []
+    for raw in cast(list[bytes | None], client.mget(names)):
+        if raw is None:
+            continue  # expired between the scan and the read
+        record = cast(dict[str, Any], json.loads(raw))
+        record["seen_seconds_ago"] = round(max(0.0, now - float(record.get("at", now))), 1)
+        workers.append(record)
+    return workers
+
+
+def last_reconciliation(client: redis.Redis) -> dict[str, Any] | None:
+    """The newest reconciliation report (the list is kept newest first), or None."""
+    raw = client.lindex(keys.RECONCILE_REPORTS, 0)
+    if raw is None:
+        return None
+    try:
+        return cast(dict[str, Any], json.loads(cast(bytes, raw)))
+    except ValueError:
+        return {"error": "the newest report is not valid JSON"}
+
+
+def gather_status(runtime: Runtime) -> StatusSnapshot:
+    """Read every number of the status snapshot from Redis."""
+    client = runtime.redis
+    depths = runtime.pending.depths()
+    return StatusSnapshot(
+        mode=runtime.settings.mode_label,
+        queues=queue_depths(client),
+        pending_users=depths["pending"],
+        due_now=depths["due_now"],
+        inflight=depths["inflight"],
+        retrying_users=retrying_users(client),
+        dead_letters=runtime.dlq.counts_by_reason(),
+        workers=live_workers(client),
+        paused=runtime.flow.paused(),
+        cooldown_seconds=round(runtime.flow.cooldown_remaining(), 3),
+        last_reconciliation=last_reconciliation(client),
+    )

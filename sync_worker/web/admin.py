@@ -1,0 +1,154 @@
+"""The operator API under `/admin/api`, bearer ADMIN_TOKEN (see auth.py), JSON in and out.
+
+Handlers are plain `def`: they make blocking Redis calls, and FastAPI runs such handlers in its
+thread pool so the event loop keeps serving webhooks meanwhile.
+
+    GET    /admin/api/dead-letters               ?reason= &user_id= &limit=
+    GET    /admin/api/dead-letters/{id}          ?triage=true adds the customer as Recur has it
+    POST   /admin/api/dead-letters/{id}/replay   ?dry_run=true
+    POST   /admin/api/dead-letters/replay        {"reason"?, "user_id"?, "all"?, "dry_run"?}
+    DELETE /admin/api/dead-letters/{id}
+    GET    /admin/api/status
+    POST   /admin/api/resume
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from sync_worker.logging import get_logger
+from sync_worker.runtime import Runtime
+from sync_worker.settings import ConfigError
+from sync_worker.status import gather_status
+from sync_worker.triage import triage
+from sync_worker.web.auth import AdminError, admin_error_handler, require_bearer
+from sync_worker.web.state import web_state
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/admin/api", dependencies=[Depends(require_bearer)])
+
+ReasonName = Literal["not_found", "conflict", "rejected", "retries_exhausted"]
+REPLAY_STATUS = {"replayed": 202, "would_replay": 200, "stale": 200, "busy": 409, "missing": 404}
+"""HTTP status of a single replay by its outcome."""
+
+
+class ReplayFilter(BaseModel):
+    """Which dead letters to replay: at least one filter, or `all`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: ReasonName | None = None
+    user_id: str | None = None
+    all: bool = False
+    dry_run: bool = False
+
+
+def _runtime(request: Request) -> Runtime:
+    return web_state(request).runtime
+
+
+def _not_found(entry_id: str) -> AdminError:
+    return AdminError(404, "not_found", f"no dead letter {entry_id}")
+
+
+async def _redis_error_handler(_request: Request, error: Exception) -> JSONResponse:
+    log.warning("admin_redis_error", error=str(error))
+    return JSONResponse(
+        {"error": {"code": "redis_unavailable", "message": f"Redis: {error}"}}, status_code=503
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Mount the operator API on the app, with its JSON error handlers."""
+    app.include_router(router)
+    app.add_exception_handler(AdminError, admin_error_handler)
+    # Blocking Redis calls in the operator handlers surface here; intake handles its own.
+    app.add_exception_handler(redis.RedisError, _redis_error_handler)
+
+
+@router.get("/dead-letters")
+def list_dead_letters(
+    request: Request,
+    reason: ReasonName | None = None,
+    user_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Dead letters matching the filters, newest failure first."""
+    entries = _runtime(request).dlq.find(reason=reason, user_id=user_id, limit=limit)
+    return {"data": [entry.to_dict() for entry in entries], "count": len(entries)}
+
+
+@router.get("/dead-letters/{entry_id}")
+def get_dead_letter(
+    request: Request, entry_id: str, triage_: bool = Query(False, alias="triage")
+) -> dict[str, Any]:
+    """One dead letter; with `?triage=true`, beside the last applied state and Recur's record."""
+    runtime = _runtime(request)
+    entry = runtime.dlq.get(entry_id)
+    if entry is None:
+        raise _not_found(entry_id)
+    if not triage_:
+        return entry.to_dict()
+    try:
+        recur, unavailable = runtime.recur, ""
+    except ConfigError as error:
+        recur, unavailable = None, f"not fetched from Recur: {error}"
+    return triage(
+        entry, ledger=runtime.ledger, recur=recur, recur_unavailable=unavailable
+    ).to_dict()
+
+
+@router.post("/dead-letters/replay")
+def replay_by_filter(request: Request, body: ReplayFilter) -> dict[str, Any]:
+    """Replay every dead letter matching the filter (Hookdeck's bulk retry of a filtered view)."""
+    if not body.all and body.reason is None and body.user_id is None:
+        raise AdminError(
+            422, "filter_required", "give reason and/or user_id, or all: true to replay everything"
+        )
+    runtime = _runtime(request)
+    ids = [e.id for e in runtime.dlq.find(reason=body.reason, user_id=body.user_id)]
+    results = [runtime.dlq.replay(entry_id, dry_run=body.dry_run) for entry_id in ids]
+    counts: Counter[str] = Counter(result.outcome for result in results)
+    log.info("dead_letters_replayed", source="api", dry_run=body.dry_run, **counts)
+    return {"counts": dict(counts), "results": [asdict(r) for r in results]}
+
+
+@router.post("/dead-letters/{entry_id}/replay")
+def replay_one(request: Request, entry_id: str, dry_run: bool = False) -> JSONResponse:
+    """Replay one dead letter: 202 replayed, 200 stale or dry run, 409 busy, 404 missing."""
+    result = _runtime(request).dlq.replay(entry_id, dry_run=dry_run)
+    if result.outcome == "missing":
+        raise _not_found(entry_id)
+    log.info("dead_letter_replayed", source="api", id=entry_id, outcome=result.outcome)
+    return JSONResponse(asdict(result), status_code=REPLAY_STATUS[result.outcome])
+
+
+@router.delete("/dead-letters/{entry_id}")
+def delete_dead_letter(request: Request, entry_id: str) -> dict[str, Any]:
+    """Delete one dead letter for good."""
+    if not _runtime(request).dlq.delete([entry_id]):
+        raise _not_found(entry_id)
+    log.info("dead_letter_deleted", source="api", id=entry_id)
+    return {"deleted": entry_id}
+
+
+@router.get("/status")
+def status(request: Request) -> dict[str, Any]:
+    """The same snapshot as `sync-worker status --json`."""
+    return gather_status(_runtime(request)).to_dict()
+
+
+@router.post("/resume")
+def resume(request: Request) -> dict[str, Any]:
+    """Lift the auth pause by hand (after fixing RECUR_SECRET_KEY)."""
+    resumed = _runtime(request).flow.resume()
+    if resumed:
+        log.info("sync_resumed", why="an operator resumed it", source="api")
+    return {"resumed": resumed}

@@ -1,0 +1,334 @@
+"""`GET /admin`: one server-rendered page for operators, no JavaScript and no build step.
+
+It shows the numbers of `sync-worker status` and the dead letters (filtered by reason), with
+replay and delete buttons. Each button is a plain HTML form POSTing to `/admin/actions/...`,
+which acts and redirects back (post/redirect/get, so a reload never repeats an action).
+
+Access: `/admin/login` takes ADMIN_TOKEN and sets a signed session cookie (HttpOnly,
+SameSite=Strict, Secure over https; see auth.py). Every form carries a CSRF token derived from
+the session. The page forbids framing and scripts through its Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from html import escape
+from importlib.resources import files
+from string import Template
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from sync_worker.dlq import REASONS, DeadLetter
+from sync_worker.logging import get_logger
+from sync_worker.status import StatusSnapshot, gather_status
+from sync_worker.web import auth
+from sync_worker.web.state import web_state
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/admin")
+
+ROWS_SHOWN = 200
+MAX_FORM_BYTES = 16 * 1024
+_PAGE = Template(files("sync_worker.web").joinpath("templates/page.html").read_text("utf-8"))
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+NOTICES = {
+    "replayed": ("ok", "Replayed {n}: the workers send it now; it disappears once Recur takes it."),
+    "stale": ("bad", "Skipped {n} as stale: a newer state was already applied. Delete it."),
+    "busy": ("bad", "{n} already being replayed; wait for the workers."),
+    "missing": ("bad", "{n} no longer exists."),
+    "deleted": ("ok", "Deleted {n}."),
+    "resumed": ("ok", "Sync resumed."),
+}
+
+
+def _html(title: str, content: str, *, status: int = 200) -> HTMLResponse:
+    body = _PAGE.substitute(title=escape(title), content=content)
+    return HTMLResponse(body, status_code=status, headers=_HEADERS)
+
+
+def _session(request: Request) -> tuple[str, str] | None:
+    """(token, session) of a logged-in operator, or None."""
+    token = auth.admin_token(web_state(request).settings)
+    session = request.cookies.get(auth.SESSION_COOKIE, "")
+    if token is None or not session or not auth.session_valid(token, session):
+        return None
+    return token, session
+
+
+def _disabled() -> HTMLResponse:
+    return _html(
+        "Disabled",
+        "<div class='login'><h1>Dashboard disabled</h1>"
+        "<p>Set <code>ADMIN_TOKEN</code> to turn on the operator dashboard and API.</p></div>",
+        status=503,
+    )
+
+
+def _login_page(error: str = "", *, status: int = 200) -> HTMLResponse:
+    message = f"<p class='bad'>{escape(error)}</p>" if error else ""
+    return _html(
+        "Log in",
+        "<div class='login'><h1>recur-sync operators</h1>"
+        f"{message}<form method='post' action='/admin/login'>"
+        "<label for='token'>Admin token</label>"
+        "<input id='token' name='token' type='password' autocomplete='current-password' autofocus>"
+        "<button type='submit'>Log in</button></form></div>",
+        status=status,
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key: values[0] for key, values in parsed.items()}
+
+
+def _back(reason: str, notice: str = "", n: int = 0) -> RedirectResponse:
+    query: dict[str, Any] = {}
+    if reason in REASONS:
+        query["reason"] = reason
+    if notice:
+        query.update(notice=notice, n=n)
+    return RedirectResponse("/admin" + (f"?{urlencode(query)}" if query else ""), status_code=303)
+
+
+@router.get("/login", response_model=None)
+def login_form(request: Request) -> Response:
+    """The login form (or straight to the dashboard when already logged in)."""
+    if auth.admin_token(web_state(request).settings) is None:
+        return _disabled()
+    if _session(request) is not None:
+        return RedirectResponse("/admin", status_code=303)
+    return _login_page()
+
+
+@router.post("/login", response_model=None)
+async def login(request: Request) -> Response:
+    """Check the token; on success set the session cookie and go to the dashboard."""
+    token = auth.admin_token(web_state(request).settings)
+    if token is None:
+        return _disabled()
+    given = (await _form(request)).get("token", "")
+    if not auth.token_matches(given, token):
+        log.warning("admin_login_failed", client=request.client.host if request.client else None)
+        return _login_page("That is not the admin token.", status=401)
+    response = RedirectResponse("/admin", status_code=303)
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        auth.new_session(token),
+        max_age=auth.SESSION_SECONDS,
+        path="/admin",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def _card(label: str, value: object, css: str = "") -> str:
+    return (
+        f"<div class='card'><div class='n {css}'>{escape(str(value))}</div>"
+        f"<div class='l'>{escape(label)}</div></div>"
+    )
+
+
+def _hidden(csrf: str, reason: str) -> str:
+    return (
+        f"<input type='hidden' name='csrf' value='{escape(csrf)}'>"
+        f"<input type='hidden' name='reason' value='{escape(reason)}'>"
+    )
+
+
+def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
+    if snapshot.paused is not None:
+        paused = snapshot.paused
+        state = (
+            "<div class='banner bad'><strong>Sync paused</strong>: "
+            f"{escape(str(paused.get('reason')))} (HTTP {escape(str(paused.get('status')))}) "
+            f"{escape(str(paused.get('message', '')))}. Fix RECUR_SECRET_KEY; it resumes by itself."
+            "<form class='inline' method='post' action='/admin/actions/resume'>"
+            f"{_hidden(csrf, '')} <button type='submit'>Resume now</button></form></div>"
+        )
+    else:
+        state = "<div class='banner ok'>Sync running.</div>"
+    cards = [
+        _card("mode", snapshot.mode),
+        *(_card(f"queue {name}", depth) for name, depth in snapshot.queues.items()),
+        _card("pending users", snapshot.pending_users),
+        _card("due now", snapshot.due_now),
+        _card("being sent", snapshot.inflight),
+        _card("scheduled retries", snapshot.retrying_users),
+        _card(
+            "dead letters",
+            snapshot.dead_letters_total,
+            "bad" if snapshot.dead_letters_total else "",
+        ),
+        _card("workers alive", len(snapshot.workers), "" if snapshot.workers else "bad"),
+    ]
+    if snapshot.cooldown_seconds > 0:
+        cards.append(_card("429 cool-down (s)", f"{snapshot.cooldown_seconds:.1f}", "bad"))
+    report = snapshot.last_reconciliation
+    recon = "none yet" if report is None else ", ".join(f"{k}: {v}" for k, v in report.items())
+    return (
+        f"{state}<div class='cards'>{''.join(cards)}</div>"
+        f"<p class='muted'>Last reconciliation: {escape(recon)}</p>"
+    )
+
+
+def _row(entry: DeadLetter, csrf: str, reason: str, now: float) -> str:
+    entry_path = quote(entry.id, safe="")
+    age = int(now - entry.last_failure)
+    return (
+        f"<tr data-id='{escape(entry.id)}'><td><code>{escape(entry.id)}</code></td>"
+        f"<td>{escape(entry.reason)}</td><td>{escape(entry.user_id)}</td>"
+        f"<td>{escape(str(entry.http_status or '-'))}</td>"
+        f"<td class='err'>{escape(entry.error_code)}: {escape(entry.error_message)}</td>"
+        f"<td>{age // 3600}h {age % 3600 // 60}m</td><td>{entry.replay_count}</td><td>"
+        f"<form class='inline' method='post' action='/admin/actions/replay/{entry_path}'>"
+        f"{_hidden(csrf, reason)}<button type='submit' name='replay'>Replay</button></form> "
+        f"<form class='inline' method='post' action='/admin/actions/delete/{entry_path}'>"
+        f"{_hidden(csrf, reason)}<button type='submit' name='delete'>Delete</button></form>"
+        "</td></tr>"
+    )
+
+
+def _dead_letters_html(
+    entries: list[DeadLetter], snapshot: StatusSnapshot, csrf: str, reason: str
+) -> str:
+    links = [f"<a href='/admin' class='{'' if reason else 'current'}'>all</a>"]
+    for name in REASONS:
+        css = "current" if name == reason else ""
+        count = snapshot.dead_letters.get(name, 0)
+        links.append(f"<a href='/admin?reason={name}' class='{css}'>{name} ({count})</a>")
+    bulk = (
+        "<form class='inline' method='post' action='/admin/actions/replay-all'>"
+        f"{_hidden(csrf, reason)}<button type='submit'>Replay all "
+        f"{escape(reason or 'dead letters')}</button></form>"
+        if entries
+        else ""
+    )
+    now = time.time()
+    rows = "".join(_row(entry, csrf, reason, now) for entry in entries[:ROWS_SHOWN])
+    more = (
+        f"<p class='muted'>Showing {ROWS_SHOWN} of {len(entries)}.</p>"
+        if len(entries) > ROWS_SHOWN
+        else ""
+    )
+    table = (
+        "<table id='dead-letters'><thead><tr><th>id</th><th>reason</th><th>user</th>"
+        "<th>status</th><th>error</th><th>age</th><th>replays</th><th></th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>{more}"
+        if entries
+        else "<p id='no-dead-letters'>No dead letters.</p>"
+    )
+    return f"<h2>Dead letters</h2><nav>{' '.join(links)}</nav><p>{bulk}</p>{table}"
+
+
+@router.get("", response_model=None)
+async def dashboard(request: Request, reason: str = "", notice: str = "", n: int = 0) -> Response:
+    """The dashboard page; the login form when there is no valid session."""
+    if auth.admin_token(web_state(request).settings) is None:
+        return _disabled()
+    found = _session(request)
+    if found is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    token, session = found
+    csrf = auth.csrf_token(token, session)
+    reason = reason if reason in REASONS else ""
+    runtime = web_state(request).runtime
+    snapshot = await asyncio.to_thread(gather_status, runtime)
+    entries = await asyncio.to_thread(runtime.dlq.find, reason=reason or None)
+    banner = ""
+    if notice in NOTICES:
+        css, text = NOTICES[notice]
+        banner = f"<div class='banner {css}' id='notice'>{escape(text.format(n=n))}</div>"
+    header = (
+        "<header><h1>recur-sync</h1><form class='inline' method='post' action='/admin/logout'>"
+        f"{_hidden(csrf, '')}<button type='submit'>Log out</button></form></header>"
+    )
+    content = (
+        header
+        + banner
+        + _status_html(snapshot, csrf)
+        + _dead_letters_html(entries, snapshot, csrf, reason)
+    )
+    return _html("Dashboard", content)
+
+
+async def _checked_form(request: Request) -> dict[str, str] | Response:
+    """The form of a logged-in operator with a valid CSRF token, or the response refusing it."""
+    found = _session(request)
+    if found is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    token, session = found
+    form = await _form(request)
+    if not auth.csrf_valid(token, session, form.get("csrf", "")):
+        log.warning("admin_csrf_refused", path=request.url.path)
+        return _html("Refused", "<p>This form has expired. Go back and reload.</p>", status=403)
+    return form
+
+
+@router.post("/logout", response_model=None)
+async def logout(request: Request) -> Response:
+    """End the session."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(auth.SESSION_COOKIE, path="/admin")
+    return response
+
+
+@router.post("/actions/replay/{entry_id}", response_model=None)
+async def replay_action(request: Request, entry_id: str) -> Response:
+    """Replay one dead letter, then back to the page."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    result = await asyncio.to_thread(web_state(request).runtime.dlq.replay, entry_id)
+    log.info("dead_letter_replayed", source="dashboard", id=entry_id, outcome=result.outcome)
+    return _back(form.get("reason", ""), result.outcome, 1)
+
+
+@router.post("/actions/replay-all", response_model=None)
+async def replay_all_action(request: Request) -> Response:
+    """Replay every dead letter of the current filter."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    reason = form.get("reason", "")
+    dlq = web_state(request).runtime.dlq
+
+    def replay_filtered() -> int:
+        entries = dlq.find(reason=reason if reason in REASONS else None)
+        return sum(dlq.replay(entry.id).outcome == "replayed" for entry in entries)
+
+    replayed = await asyncio.to_thread(replay_filtered)
+    log.info("dead_letters_replayed", source="dashboard", reason=reason, replayed=replayed)
+    return _back(reason, "replayed", replayed)
+
+
+@router.post("/actions/delete/{entry_id}", response_model=None)
+async def delete_action(request: Request, entry_id: str) -> Response:
+    """Delete one dead letter, then back to the page."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    deleted = await asyncio.to_thread(web_state(request).runtime.dlq.delete, [entry_id])
+    log.info("dead_letter_deleted", source="dashboard", id=entry_id, deleted=deleted)
+    return _back(form.get("reason", ""), "deleted" if deleted else "missing", max(deleted, 1))
