@@ -11,6 +11,7 @@ import sys
 import typer
 
 from sync_worker.cli import dlq
+from sync_worker.cli.dev import dev, send_test_event
 from sync_worker.cli.sandbox import sandbox
 from sync_worker.cli.services import beat, web, worker
 from sync_worker.cli.status import resume, status
@@ -27,6 +28,8 @@ app.command("sandbox")(sandbox)
 app.command("web")(web)
 app.command("worker")(worker)
 app.command("beat")(beat)
+app.command("dev")(dev)
+app.command("send-test-event")(send_test_event)
 app.add_typer(dlq.app, name="dlq")
 app.command("status")(status)
 app.command("resume")(resume)
