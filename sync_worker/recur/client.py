@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from sync_worker import __version__
 from sync_worker.recur.errors import (
@@ -22,6 +23,8 @@ from sync_worker.recur.errors import (
 )
 from sync_worker.recur.models import Customer, CustomerPage, CustomerPatch
 from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 Throttle = Callable[[], None]
 """Called before every request; blocks until the shared rate limit allows one more."""
@@ -92,12 +95,13 @@ class RecurClient:
 
     def update_customer_by_external_id(self, external_id: str, patch: CustomerPatch) -> Customer:
         """`PATCH /v1/customers/external/{external_id}`: the customer as Recur now has it."""
-        payload = self._request("PATCH", _external_path(external_id), json=patch.body())
-        return Customer.model_validate(payload)
+        path = _external_path(external_id)
+        return _parse(Customer, self._request("PATCH", path, json=patch.body()), "PATCH", path)
 
     def get_customer_by_external_id(self, external_id: str) -> Customer:
         """`GET /v1/customers/external/{external_id}`."""
-        return Customer.model_validate(self._request("GET", _external_path(external_id)))
+        path = _external_path(external_id)
+        return _parse(Customer, self._request("GET", path), "GET", path)
 
     def list_customers(
         self,
@@ -115,7 +119,8 @@ class RecurClient:
             params["email"] = email
         if status is not None:
             params["status"] = status
-        return CustomerPage.model_validate(self._request("GET", "/v1/customers", params=params))
+        payload = self._request("GET", "/v1/customers", params=params)
+        return _parse(CustomerPage, payload, "GET", "/v1/customers")
 
     def iter_pages(
         self, *, starting_after: str | None = None, limit: int = RECONCILE_PAGE_SIZE
@@ -152,7 +157,8 @@ class RecurClient:
             raise RecurTimeout(
                 f"{method} {path} timed out: {type(error).__name__}", method=method, path=path
             ) from error
-        except httpx.TransportError as error:
+        except httpx.RequestError as error:
+            # TransportError, and also DecodingError (a body that cannot be decompressed).
             raise RecurTransportError(
                 f"{method} {path} failed: {type(error).__name__}: {error}", method=method, path=path
             ) from error
@@ -166,6 +172,19 @@ class RecurClient:
                     path=path,
                 ) from error
         raise error_from_response(response, method=method, path=path)
+
+
+def _parse(model: type[_Model], payload: Any, method: str, path: str) -> _Model:
+    # A 2xx whose JSON is not the documented shape is a failed call, not a crash of the caller.
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise RecurError(
+            f"{method} {path} -> 2xx with a body that is not a {model.__name__}: "
+            f"{error.error_count()} error(s), first: {error.errors()[0]['msg']}",
+            method=method,
+            path=path,
+        ) from error
 
 
 def _external_path(external_id: str) -> str:

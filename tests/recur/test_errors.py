@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -61,7 +61,9 @@ def response(
     return httpx.Response(status, content=content, headers=headers, request=request)
 
 
-def documented(status: int, code: str = "some_code", message: str = "some message") -> httpx.Response:
+def documented(
+    status: int, code: str = "some_code", message: str = "some message"
+) -> httpx.Response:
     return response(status, {"error": {"code": code, "message": message}})
 
 
@@ -135,7 +137,9 @@ def test_body_that_is_not_utf8() -> None:
 
 def test_the_body_is_trimmed() -> None:
     message = "x" * 10_000
-    error = error_from_response(documented(400, "invalid_request", message), method="GET", path=PATH)
+    error = error_from_response(
+        documented(400, "invalid_request", message), method="GET", path=PATH
+    )
     assert len(error.body) == BODY_KEPT
     assert error.body.startswith('{"error"')
     assert error.message == message
