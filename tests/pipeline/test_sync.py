@@ -101,9 +101,7 @@ def test_timeouts_are_retried(stack: Stack) -> None:
     stack.sandbox.control.update_faults(latency_ms=3000)  # above the 2 s read timeout
     stack.post(user_event("evt_1", "user_1", name="eventually"))
     # a request the client gave up on is not in the sandbox's log: count the worker's failures
-    wait_for(
-        lambda: stack.redis.hget(keys.STATS, "patches_total|status_class=error"), timeout=20
-    )
+    wait_for(lambda: stack.redis.hget(keys.STATS, "patches_total|status_class=error"), timeout=20)
     stack.sandbox.control.update_faults(latency_ms=0)
     wait_for(lambda: settled(stack) and name_of(stack, "user_1") == "eventually", timeout=30)
     assert stack.dead_letters() == []
