@@ -10,6 +10,7 @@ Two tiers, so that no worker slot sleeps for minutes:
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,7 +20,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 
 from sync_worker.recur.errors import RecurStatusError, is_transient
@@ -51,9 +51,6 @@ class _RetryAfterAwareWait:
 
     def __init__(self, *, cap: float) -> None:
         self._cap = cap
-        self._fallback = wait_exponential_jitter(
-            initial=FAST_INITIAL_SECONDS, max=FAST_MAX_WAIT_SECONDS, jitter=FAST_INITIAL_SECONDS
-        )
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -63,7 +60,11 @@ class _RetryAfterAwareWait:
                 assert error is not None  # noqa: S101 - retry_after implies an exception
                 raise RetryAfterTooLong(error, asked)
             return asked
-        return float(self._fallback(state))
+        # Jittered exponential, like tenacity's wait_exponential_jitter, whose `initial`
+        # argument is deprecated (a DeprecationWarning on every call) since tenacity 9.2.
+        exponent = min(state.attempt_number - 1, 30)
+        jitter = random.uniform(0, FAST_INITIAL_SECONDS)  # noqa: S311 - jitter, not security
+        return min(FAST_MAX_WAIT_SECONDS, FAST_INITIAL_SECONDS * 2.0**exponent + jitter)
 
 
 def call_with_quick_retries(
@@ -73,18 +74,20 @@ def call_with_quick_retries(
     max_seconds: float,
     before_attempt: Callable[[int], None] | None = None,
     on_retry: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Call `fn`, retrying transient Recur errors a few times within `max_seconds`.
 
     The last error is re-raised as it is; `RetryAfterTooLong` when Recur asked for a wait longer
     than `max_seconds`. `before_attempt(n)` runs before each attempt (e.g. to renew a lease and to
-    give up if it was lost).
+    give up if it was lost). `sleep` waits between attempts (tests pass one that records).
     """
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
         wait=_RetryAfterAwareWait(cap=max_seconds),
         before_sleep=on_retry,
+        sleep=sleep,
         reraise=True,
     )
     for attempt in retrying:
@@ -109,7 +112,8 @@ def handback_delay(
     users failing together do not come back together; never sooner than Recur's `Retry-After`.
     """
     source = rng if rng is not None else random
-    ceiling = min(cap, base * 2.0 ** max(0, attempts - 1))
+    # The exponent is bounded: 2.0 ** 1024 raises OverflowError; 1000 doublings reach any cap.
+    ceiling = min(cap, base * 2.0 ** min(max(0, attempts - 1), 1000))
     delay = ceiling / 2 + source.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, retry_after)
