@@ -262,6 +262,49 @@ return merged
 """
 
 
+_REBIND = """
+-- After Recur moved a customer from one external id to another, move what we know with it.
+-- KEYS: old ledger, new ledger, ledger index, old pending, new pending, due, inflight
+-- ARGV: old user, new user, now
+local function merge(from, to)
+  local raw = redis.call('HGETALL', from)
+  for i = 1, #raw, 2 do
+    local k = raw[i]
+    if string.sub(k, 1, 2) == 't:' then
+      local f = string.sub(k, 3)
+      local ts = tonumber(raw[i + 1])
+      local current = tonumber(redis.call('HGET', to, 't:' .. f))
+      if f ~= 'external_id' and (current == nil or ts >= current) then
+        redis.call('HSET', to, 'v:' .. f, redis.call('HGET', from, 'v:' .. f), k, raw[i + 1])
+        local e = redis.call('HGET', from, 'e:' .. f)
+        if e then redis.call('HSET', to, 'e:' .. f, e) end
+      end
+    end
+  end
+end
+merge(KEYS[1], KEYS[2])
+local applied_at = redis.call('HGET', KEYS[1], 'applied_at')
+if applied_at then redis.call('HSET', KEYS[2], 'applied_at', applied_at) end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[2])
+local moved = 0
+if redis.call('EXISTS', KEYS[4]) == 1 and not redis.call('ZSCORE', KEYS[7], ARGV[1]) then
+  merge(KEYS[4], KEYS[5])
+  redis.call('HINCRBY', KEYS[5], 'version', 1)
+  redis.call('HSETNX', KEYS[5], 'first_seen', ARGV[3])
+  redis.call('HSETNX', KEYS[5], 'due', ARGV[3])
+  redis.call('DEL', KEYS[4])
+  redis.call('ZREM', KEYS[6], ARGV[1])
+  if not redis.call('ZSCORE', KEYS[7], ARGV[2]) then
+    redis.call('ZADD', KEYS[6], 'NX', ARGV[3], ARGV[2])
+  end
+  moved = 1
+end
+return moved
+"""
+
+
 @dataclass(frozen=True)
 class Claim:
     """The right to send for one user, until its lease lapses."""
@@ -384,6 +427,7 @@ class PendingStore:
         self._hand_back = client.register_script(_HAND_BACK)
         self._requeue = client.register_script(_REQUEUE_EXPIRED)
         self._restore = client.register_script(_RESTORE)
+        self._rebind = client.register_script(_REBIND)
 
     def accept_call(self, event: UserEvent) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the accept script for an event (sync and async callers)."""
@@ -580,3 +624,20 @@ class PendingStore:
         pipe.zcard(keys.INFLIGHT)
         waiting, due_now, inflight = pipe.execute()
         return {"pending": int(waiting), "due_now": int(due_now), "inflight": int(inflight)}
+
+    def rebind(self, old_user: str, new_user: str) -> bool:
+        """Move the ledger (and any change still pending) from `old_user` to `new_user`, after
+        Recur accepted the new external id. True if a pending change moved too."""
+        moved = self._rebind(
+            keys=[
+                keys.ledger(old_user),
+                keys.ledger(new_user),
+                keys.LEDGER_INDEX,
+                keys.pending(old_user),
+                keys.pending(new_user),
+                keys.DUE,
+                keys.INFLIGHT,
+            ],
+            args=[old_user, new_user, repr(self._clock())],
+        )
+        return bool(moved)

@@ -151,6 +151,11 @@ class Syncer:
             return self._failed(claim, snapshot, error, started)
         self._stats.incr("patches_total", status_class="2xx")
         state = self._pending.mark_applied(claim, snapshot)
+        new_id = body.get("external_id")
+        if isinstance(new_id, str) and new_id != claim.user_id:
+            if self._pending.rebind(claim.user_id, new_id):
+                state = "done"
+            log.info("customer_rebound", user_id=claim.user_id, new_user_id=new_id)
         self._stats.incr("syncs_applied_total")
         self._stats.observe("sync_latency_seconds", self._clock() - snapshot.first_seen)
         return self._report(

@@ -292,3 +292,27 @@ def test_interleavings_never_leave_a_stale_final_value(redis_url: str, ops: list
     applied = {} if entry is None else {k: v.value for k, v in entry.fields.items()}
     assert applied == {field: value for field, (_, _, value) in model.newest.items()}
     assert not client.exists(keys.pending("u1"))
+
+
+def test_rebind_moves_ledger_and_pending_change(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    pending.accept(event("old", 1000, name="before", metadata={"a": 1}))
+    clock.now += 3
+    claim = claim_one(pending)
+    snapshot = pending.snapshot(claim)
+    assert snapshot is not None
+    pending.accept(event("old", 2000, name="typed during the move"))
+    assert pending.mark_applied(claim, snapshot) == "more"
+    assert pending.rebind("old", "new") is True
+    assert not client.exists(keys.ledger("old"))
+    ledger = Ledger(client).get("new")
+    assert ledger is not None
+    assert ledger.fields["metadata"].value == {"a": 1}
+    assert client.zscore(keys.DUE, "old") is None
+    clock.now += 3
+    moved = pending.snapshot(claim_one(pending))
+    assert moved is not None
+    assert moved.user_id == "new"
+    assert {k: v.value for k, v in moved.fields.items()} == {"name": "typed during the move"}

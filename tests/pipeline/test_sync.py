@@ -152,6 +152,14 @@ def test_rebind_moves_the_customer_to_the_new_id(stack: Stack) -> None:
     )
     wait_for(lambda: stack.sandbox.control.customer_by_external_id("new_1"), timeout=20)
     assert stack.sandbox.control.customer_by_external_id("old_1") is None
+    wait_for(lambda: settled(stack))
+    client = stack.redis
+    assert client.sismember(keys.LEDGER_INDEX, "new_1")
+    assert not client.sismember(keys.LEDGER_INDEX, "old_1")
+    assert not client.exists(keys.ledger("old_1"))
+    # the merchant's next update uses the new id, and reaches the same customer
+    stack.post(user_event("evt_after", "new_1", name="renamed"))
+    wait_for(lambda: name_of(stack, "new_1") == "renamed")
 
 
 def test_retry_budget_exhausted_dead_letters(stack: Stack) -> None:
