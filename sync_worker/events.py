@@ -208,3 +208,18 @@ def _from_envelope(payload: dict[str, Any]) -> UserEvent:
     return UserEvent(
         event_id=envelope.id, type=envelope.type, user_id=user.user_id, ts_ms=ts_ms, fields=changes
     )
+
+
+def validate_user_fields(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Validate a user's fields as intake does: `(user_id, {name, metadata, email})`.
+
+    For callers that take users from elsewhere (a ledger import). Raises `EventValidationError`
+    naming each bad field.
+    """
+    try:
+        user = _UserFields.model_validate(data)
+        return user.user_id, user.changes()
+    except ValidationError as error:
+        raise EventValidationError(_errors(error)) from None
+    except ValueError as error:
+        raise EventValidationError([{"field": "row", "message": str(error)}]) from None

@@ -77,6 +77,12 @@ RECONCILE_PROGRESS = PREFIX + "reconcile:progress"
 RECONCILE_REPORTS = PREFIX + "reconcile:reports"
 """list of JSON reports, newest first, trimmed to RECONCILE_REPORTS_KEPT."""
 
+RECONCILE_SEEN = PREFIX + "reconcile:seen:"
+"""reconcile:seen:{run_id} -> set of the external ids a run has paged past (dropped at its end)."""
+
+RECONCILE_SCHEDULED = PREFIX + "reconcile:scheduled:"
+"""reconcile:scheduled:{date} -> set once the nightly run of that date finished (expires)."""
+
 
 def event_seen(event_id: str) -> str:
     """The dedup marker of one event id."""
@@ -106,6 +112,16 @@ def dead_letter(entry_id: str) -> str:
 def dead_letter_replaying(entry_id: str) -> str:
     """The replay guard of one dead letter."""
     return DEAD_LETTER_REPLAYING + entry_id
+
+
+def reconcile_seen(run_id: str) -> str:
+    """The set of external ids one reconciliation run has seen in Recur."""
+    return RECONCILE_SEEN + run_id
+
+
+def reconcile_scheduled(day: str) -> str:
+    """The marker of the nightly reconciliation of one date (YYYY-MM-DD)."""
+    return RECONCILE_SCHEDULED + day
 
 
 def worker_heartbeat(hostname: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sync_worker.celery_app import SYNC_QUEUE, app
 from sync_worker.pending import Claim
+from sync_worker.reconcile import Reconciler
 
 
 @app.task(name="sync_worker.sync_batch", acks_late=True)
@@ -34,3 +35,10 @@ def sync_queue_depth() -> int:
     """Messages waiting in the sync queue (not counting those a worker holds)."""
     client: Any = app.runtime.redis
     return int(client.llen(SYNC_QUEUE))
+
+
+@app.task(name="sync_worker.reconcile")
+def reconcile(scheduled: bool = False, dry_run: bool = False) -> dict[str, Any]:
+    """One reconciliation pass (beat sends `scheduled=True` nightly); returns its report."""
+    result = Reconciler.from_runtime(app.runtime).run(scheduled=scheduled, dry_run=dry_run)
+    return {**result.report, "status": result.status}

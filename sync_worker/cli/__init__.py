@@ -10,8 +10,9 @@ import sys
 
 import typer
 
-from sync_worker.cli import dlq
+from sync_worker.cli import dlq, ledger
 from sync_worker.cli.dev import dev, send_test_event
+from sync_worker.cli.reconcile import reconcile
 from sync_worker.cli.sandbox import sandbox
 from sync_worker.cli.services import beat, web, worker
 from sync_worker.cli.status import resume, status
@@ -33,6 +34,8 @@ app.command("send-test-event")(send_test_event)
 app.add_typer(dlq.app, name="dlq")
 app.command("status")(status)
 app.command("resume")(resume)
+app.command("reconcile")(reconcile)
+app.add_typer(ledger.app, name="ledger")
 
 
 def main() -> None:

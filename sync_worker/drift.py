@@ -1,0 +1,113 @@
+"""Drift: how a page of Recur customers differs from the ledger, as counts (pure logic).
+
+The reconciliation (reconcile.py) feeds each page through `compare_page` and repairs what it
+returns; the counts it keeps here are what its checkpoints save and its report shows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sync_worker.ledger import LedgerEntry
+from sync_worker.pending import FieldState
+from sync_worker.recur.models import Customer
+
+COMPARED_FIELDS = ("name", "metadata")
+"""Fields a drift is repaired for (`email` cannot be sent, so it is only reported)."""
+
+SAMPLE_SIZE = 20
+"""User ids kept per kind in a report, so an operator can look, without the report growing."""
+
+Drift = dict[str, FieldState]
+"""The ledger's state of each drifted field of one user: what to restore."""
+
+
+@dataclass
+class Counts:
+    """What a reconciliation pass found so far."""
+
+    pages: int = 0
+    scanned: int = 0
+    without_external_id: int = 0
+    in_sync: int = 0
+    drifted: int = 0
+    drifted_name: int = 0
+    drifted_metadata: int = 0
+    enqueued: int = 0
+    left_to_pending: int = 0
+    unknown_to_ledger: int = 0
+    missing_in_recur: int = 0
+    email_mismatches: int = 0
+    dead_letters_replayed: int = 0
+    errors: int = 0
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def sample(self, kind: str, user_id: str) -> None:
+        """Keep `user_id` as an example of `kind`, up to SAMPLE_SIZE of them."""
+        kept = self.samples.setdefault(kind, [])
+        if len(kept) < SAMPLE_SIZE:
+            kept.append(user_id)
+
+    def numbers(self) -> dict[str, int]:
+        """The counts without the samples (what progress shows)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+
+    @classmethod
+    def from_json(cls, text: str) -> Counts:
+        """Counts saved by a checkpoint."""
+        return cls(**json.loads(text))
+
+
+def differs(name: str, desired: Any, customer: Customer) -> bool:
+    """True when Recur's value of a field is not the desired one."""
+    if name == "metadata":
+        # Recur answers `{}` or null for "no metadata"; both match an empty desired object.
+        return (customer.metadata or {}) != (desired or {})
+    return bool(getattr(customer, name) != desired)
+
+
+def compare_page(
+    customers: list[Customer], entries: dict[str, LedgerEntry], counts: Counts
+) -> dict[str, Drift]:
+    """Count a page against the ledger `entries` (by external id); the drifted users' fields."""
+    counts.scanned += len(customers)
+    drifted: dict[str, Drift] = {}
+    for customer in customers:
+        user_id = customer.external_id
+        if not user_id:
+            counts.without_external_id += 1
+            continue
+        entry = entries.get(user_id)
+        if entry is None:
+            counts.unknown_to_ledger += 1
+            counts.sample("unknown_to_ledger", user_id)
+            continue
+        email = entry.fields.get("email")
+        if email is not None and str(email.value).casefold() != customer.email.casefold():
+            counts.email_mismatches += 1
+            counts.sample("email_mismatches", user_id)
+        drift = {
+            name: state
+            for name in COMPARED_FIELDS
+            if (state := entry.fields.get(name)) is not None
+            and differs(name, state.value, customer)
+        }
+        if not drift:
+            counts.in_sync += 1
+            continue
+        counts.drifted += 1
+        counts.drifted_name += "name" in drift
+        counts.drifted_metadata += "metadata" in drift
+        counts.sample("drifted", user_id)
+        drifted[user_id] = drift
+    return drifted
+
+
+def would_merge(drift: Drift, pending_stamps: list[Any]) -> bool:
+    """What `PendingStore.restore` would do: merge a field at least as new as its pending one."""
+    return any(
+        stamp is None or state.ts_ms >= int(float(stamp))
+        for state, stamp in zip(drift.values(), pending_stamps, strict=True)
+    )

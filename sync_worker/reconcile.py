@@ -1,0 +1,436 @@
+"""The nightly reconciliation: page through every Recur customer and repair drift.
+
+One pass, under a lock so that only one runs at a time:
+
+1. resume from the checkpoint a crashed or failed pass left, else start at the first page;
+2. for each page of `GET /v1/customers?limit=100&starting_after=...`, compare every customer that
+   has an external id with the ledger. A drifted field is merged back into the pending store with
+   the ledger's value and time (`PendingStore.restore`), so the normal sync path repairs it
+   (debounce, stale guard, retries, dead letters); a newer pending update wins that merge by
+   itself. Email is immutable upstream: a mismatch is reported, never sent. Then, in one
+   transaction, the page's external ids go into the run's `seen` set and the cursor and counts
+   into the checkpoint;
+3. ledger users absent from `seen` are missing in Recur (the ledger index is scanned in batches);
+   `not_found` dead letters whose customer is now in `seen` are replayed;
+4. the report is stored, the checkpoint and the `seen` set dropped, the lock released.
+
+Python holds one page and fixed counts, whatever the number of customers: the seen ids live in
+Redis. A dry run sends nothing, enqueues nothing and writes no checkpoint (it counts what it
+would do). Nightly (scheduled) runs are keyed by date: a second beat or a redelivered message
+on the same day finds the day's marker and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo
+
+import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from sync_worker import redis_keys as keys
+from sync_worker.dlq import DeadLetterQueue
+from sync_worker.drift import Counts, Drift, compare_page, would_merge
+from sync_worker.flow import FlowControl, Throttled
+from sync_worker.ledger import Ledger
+from sync_worker.logging import get_logger
+from sync_worker.pending import PendingStore
+from sync_worker.recur.client import RecurClient
+from sync_worker.recur.errors import BadRequest, RateLimited, RecurError, is_transient
+from sync_worker.recur.models import Customer, CustomerPage
+from sync_worker.recur.retry import retry_after_of
+from sync_worker.runtime import Runtime
+from sync_worker.settings import RECONCILE_PAGE_SIZE
+
+log = get_logger(__name__)
+
+LOCK_TTL_SECONDS = 60.0
+"""The run lock lapses this long after its holder died; a live holder renews it every third."""
+PAGE_ATTEMPTS = 8
+"""Tries per page before the run stops, failed, with its checkpoint kept."""
+MAX_PAGE_WAIT_SECONDS = 120.0
+SEEN_TTL_SECONDS = 3 * 24 * 3600.0
+"""A crashed run's seen set outlives a few nights, until the next run resumes and drops it."""
+SCHEDULED_MARK_TTL_SECONDS = 2 * 24 * 3600
+SCAN_BATCH = 1000
+_BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
+
+Status = Literal["finished", "failed", "dry_run", "already_running", "already_done"]
+PageHook = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a trigger ended: its report, or the running run's progress, or the day's marker."""
+
+    status: Status
+    report: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """True unless the pass failed or could not start because another one runs."""
+        return self.status not in ("failed", "already_running")
+
+
+class _Failed(Exception):
+    """The pass stops, failed, with its checkpoint kept."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _retryable(error: BaseException) -> bool:
+    return is_transient(error) or isinstance(error, Throttled)
+
+
+def _page_wait(state: RetryCallState) -> float:
+    """Retry-After (or the shared cool-down) when given, else a capped, jittered exponential."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    asked = error.wait if isinstance(error, Throttled) else retry_after_of(error)
+    if asked is not None:
+        return min(asked, MAX_PAGE_WAIT_SECONDS)
+    return float(_BACKOFF(state))
+
+
+class _LockKeeper:
+    """Renews the run lock on a thread while the pass runs; notes if it was lost."""
+
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="reconcile-lock", daemon=True)
+
+    def _keep(self) -> None:
+        while not self._stop.wait(LOCK_TTL_SECONDS / 3):
+            try:
+                self._lock.reacquire()
+            except LockError:
+                self.lost.set()
+                return
+            except redis.RedisError as error:
+                # One missed renewal is not fatal: the TTL leaves two more tries.
+                log.warning("reconcile_lock_renew_failed", error=str(error))
+
+    def __enter__(self) -> _LockKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._lock.release()
+        except LockError:
+            log.warning("reconcile_lock_lost_before_release")
+
+
+@dataclass
+class _Run:
+    """The state of one pass: what a checkpoint saves and progress shows."""
+
+    run_id: str
+    dry_run: bool
+    scheduled: bool
+    started: float
+    cursor: str | None = None
+    counts: Counts = field(default_factory=Counts)
+    resumed_at_page: int = 0
+
+    @property
+    def seen(self) -> str:
+        return keys.reconcile_seen(self.run_id)
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "scheduled": self.scheduled,
+            "started_at": _iso(self.started),
+            "cursor": self.cursor,
+            **self.counts.numbers(),
+        }
+
+
+class Reconciler:
+    """Runs reconciliation passes; collaborators come in as arguments."""
+
+    def __init__(
+        self,
+        *,
+        client: redis.Redis,
+        recur: RecurClient,
+        ledger: Ledger,
+        pending: PendingStore,
+        dlq: DeadLetterQueue,
+        flow: FlowControl,
+        reports_kept: int,
+        timezone: str = "UTC",
+        page_attempts: int = PAGE_ATTEMPTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._recur = recur
+        self._ledger = ledger
+        self._pending = pending
+        self._dlq = dlq
+        self._flow = flow
+        self._reports_kept = reports_kept
+        self._zone = ZoneInfo(timezone)
+        self._attempts = page_attempts
+        self._clock = clock
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime, **overrides: Any) -> Reconciler:
+        """A reconciler on a process's collaborators (its Recur client is rate limited)."""
+        settings = runtime.settings
+        options: dict[str, Any] = {
+            "reports_kept": settings.reconcile_reports_kept,
+            "timezone": settings.reconcile_timezone,
+            **overrides,
+        }
+        return cls(
+            client=runtime.redis,
+            recur=runtime.recur,
+            ledger=runtime.ledger,
+            pending=runtime.pending,
+            dlq=runtime.dlq,
+            flow=runtime.flow,
+            **options,
+        )
+
+    def run(
+        self, *, dry_run: bool = False, scheduled: bool = False, on_page: PageHook | None = None
+    ) -> RunResult:
+        """One pass, unless another runs (`already_running`) or tonight's already finished.
+
+        `on_page(progress)` is called after each page is checkpointed (the CLI's display).
+        """
+        lock = self._redis.lock(keys.RECONCILE_LOCK, timeout=LOCK_TTL_SECONDS, thread_local=False)
+        if not lock.acquire(blocking=False):
+            return RunResult("already_running", progress(self._redis) or {})
+        with _LockKeeper(lock) as keeper:
+            try:
+                # Checked under the lock: a run that finished set the marker before releasing.
+                day = datetime.fromtimestamp(self._clock(), tz=self._zone).date().isoformat()
+                marker = keys.reconcile_scheduled(day)
+                if scheduled and self._redis.exists(marker):
+                    log.info("reconcile_skipped", why="tonight's run already finished", day=day)
+                    return RunResult("already_done", {"day": day})
+                report = self._pass(self._start(dry_run, scheduled), keeper, on_page)
+                if scheduled and report["status"] == "finished":
+                    self._redis.set(marker, report["run_id"], ex=SCHEDULED_MARK_TTL_SECONDS)
+                return RunResult(cast(Status, report["status"]), report)
+            finally:
+                self._redis.delete(keys.RECONCILE_PROGRESS)
+
+    def _start(self, dry_run: bool, scheduled: bool) -> _Run:
+        """Resume the checkpointed pass, or begin a new one (dry runs always begin anew)."""
+        started = self._clock()
+        saved = {} if dry_run else self._redis.hgetall(keys.RECONCILE_CHECKPOINT)
+        checkpoint = {_text(k): _text(v) for k, v in saved.items()}
+        if "run_id" not in checkpoint:
+            run_id = f"rc_{int(started)}_{secrets.token_hex(4)}"
+            return _Run(run_id, dry_run, scheduled, started)
+        counts = Counts.from_json(checkpoint["counts"])
+        return _Run(
+            checkpoint["run_id"],
+            dry_run,
+            scheduled,
+            started,
+            cursor=checkpoint["cursor"] or None,
+            counts=counts,
+            resumed_at_page=counts.pages,
+        )
+
+    def _pass(self, run: _Run, keeper: _LockKeeper, hook: PageHook | None) -> dict[str, Any]:
+        counts = run.counts
+        log.info("reconcile_started", **run.progress())
+        self._save(run, [])
+        error: str | None = None
+        try:
+            while True:
+                if keeper.lost.is_set():
+                    raise _Failed("the run lock was lost (Redis unreachable for too long?)")
+                try:
+                    page = self._fetch(run.cursor, counts)
+                except BadRequest as bad:
+                    if run.cursor is None or counts.pages != run.resumed_at_page:
+                        raise
+                    # Recur no longer knows the checkpoint's cursor: start over, from nothing.
+                    log.warning("reconcile_checkpoint_invalid", cursor=run.cursor, error=str(bad))
+                    self._redis.delete(run.seen)
+                    counts = run.counts = Counts()
+                    run.cursor, run.resumed_at_page = None, 0
+                    continue
+                self._compare(page.data, counts, dry_run=run.dry_run)
+                counts.pages += 1
+                more = page.has_more and bool(page.data)
+                run.cursor = (page.next_cursor or page.data[-1].id) if more else None
+                self._save(run, [c.external_id for c in page.data if c.external_id is not None])
+                if hook is not None:
+                    hook(run.progress())
+                if not more:
+                    break
+            self._count_missing(run.seen, counts)
+            self._replay_found(run.seen, counts, dry_run=run.dry_run)
+        except (RecurError, Throttled, _Failed) as failure:
+            error = str(failure)
+        return self._finish(run, error)
+
+    def _finish(self, run: _Run, error: str | None) -> dict[str, Any]:
+        """Store the report; a pass that did not fail drops its checkpoint and seen set."""
+        status = "failed" if error else ("dry_run" if run.dry_run else "finished")
+        finished = self._clock()
+        report = {
+            "run_id": run.run_id,
+            "status": status,
+            "dry_run": run.dry_run,
+            "scheduled": run.scheduled,
+            "resumed": run.resumed_at_page > 0,
+            "resumed_at_page": run.resumed_at_page,
+            "started_at": _iso(run.started),
+            "finished_at": _iso(finished),
+            "duration_seconds": round(finished - run.started, 3),
+            **asdict(run.counts),
+            "error": error,
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(keys.RECONCILE_REPORTS, json.dumps(report, ensure_ascii=False))
+        pipe.ltrim(keys.RECONCILE_REPORTS, 0, self._reports_kept - 1)
+        if not error:
+            pipe.delete(run.seen)
+            if not run.dry_run:
+                pipe.delete(keys.RECONCILE_CHECKPOINT)
+        pipe.execute()
+        outcome = {k: v for k, v in report.items() if k != "samples"}
+        (log.error if error else log.info)("reconcile_" + status, **outcome)
+        return report
+
+    def _fetch(self, cursor: str | None, counts: Counts) -> CustomerPage:
+        def before_sleep(state: RetryCallState) -> None:
+            counts.errors += 1
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning(
+                "reconcile_page_retry",
+                cursor=cursor,
+                attempt=state.attempt_number,
+                error=str(error),
+            )
+            if isinstance(error, RateLimited) and error.retry_after:
+                # Live syncs share the quota: make every worker wait too, not only this pass.
+                self._flow.cool_down(error.retry_after)
+
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self._attempts),
+            wait=_page_wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(
+            self._recur.list_customers, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
+        )
+
+    def _compare(self, customers: list[Customer], counts: Counts, *, dry_run: bool) -> None:
+        ids = [c.external_id for c in customers if c.external_id]
+        drifted = compare_page(customers, self._ledger.get_many(ids), counts)
+        if drifted:
+            self._repair(drifted, counts, dry_run=dry_run)
+
+    def _repair(self, repairs: dict[str, Drift], counts: Counts, *, dry_run: bool) -> None:
+        if dry_run:
+            # What restore would merge: a field at least as new as the pending one.
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id, drift in repairs.items():
+                pipe.hmget(keys.pending(user_id), [f"t:{name}" for name in drift])
+            merges = [
+                would_merge(drift, stamps)
+                for drift, stamps in zip(repairs.values(), pipe.execute(), strict=True)
+            ]
+        else:
+            merges = [self._pending.restore(u, drift) > 0 for u, drift in repairs.items()]
+        for merged in merges:
+            if merged:
+                counts.enqueued += 1
+            else:
+                # A newer pending update (or one applied meanwhile) will set these fields.
+                counts.left_to_pending += 1
+
+    def _save(self, run: _Run, seen_ids: list[str]) -> None:
+        """Record a page's external ids, the checkpoint and the progress, all or none."""
+        pipe = self._redis.pipeline(transaction=True)
+        if seen_ids:
+            pipe.sadd(run.seen, *seen_ids)
+            pipe.expire(run.seen, int(SEEN_TTL_SECONDS))
+        if not run.dry_run:
+            counts = json.dumps(asdict(run.counts))
+            checkpoint = ["run_id", run.run_id, "cursor", run.cursor or "", "counts", counts]
+            pipe.hset(keys.RECONCILE_CHECKPOINT, items=checkpoint)
+        pipe.set(keys.RECONCILE_PROGRESS, json.dumps(run.progress()))
+        pipe.execute()
+
+    def _count_missing(self, seen: str, counts: Counts) -> None:
+        """Ledger users Recur did not list: SMISMEMBER the seen set, one batch at a time."""
+        for batch in _batched(self._ledger.user_ids(batch=SCAN_BATCH), SCAN_BATCH):
+            flags = cast(list[int], self._redis.smismember(seen, batch))
+            unseen = [u for u, flag in zip(batch, flags, strict=True) if not flag]
+            if not unseen:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in unseen:
+                pipe.hexists(keys.ledger(user_id), "v:external_id")
+            for user_id, rebound in zip(unseen, pipe.execute(), strict=True):
+                # A user whose external id was changed or unbound is not expected under it.
+                if not rebound:
+                    counts.missing_in_recur += 1
+                    counts.sample("missing_in_recur", user_id)
+
+    def _replay_found(self, seen: str, counts: Counts, *, dry_run: bool) -> None:
+        """Replay `not_found` dead letters whose customer the pass has now seen."""
+        for entry in self._dlq.iter_entries():
+            if entry.reason != "not_found" or not self._redis.sismember(seen, entry.user_id):
+                continue
+            outcome = self._dlq.replay(entry.id, dry_run=dry_run).outcome
+            if outcome in ("replayed", "would_replay"):
+                counts.dead_letters_replayed += 1
+                counts.sample("dead_letters_replayed", entry.user_id)
+
+
+def progress(client: redis.Redis) -> dict[str, Any] | None:
+    """The running pass's progress, or None when none runs."""
+    raw = client.get(keys.RECONCILE_PROGRESS)
+    return cast(dict[str, Any], json.loads(cast(bytes, raw))) if raw is not None else None
+
+
+def reports(client: redis.Redis, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The last stored reports, newest first."""
+    raw = cast(list[bytes], client.lrange(keys.RECONCILE_REPORTS, 0, limit - 1))
+    return [cast(dict[str, Any], json.loads(item)) for item in raw]
