@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     # Fixed by the product contract.
     recur_api_url: AnyHttpUrl = Field(default=AnyHttpUrl("https://api.recur.tw"))
     recur_secret_key: SecretStr | None = None
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)  # may hold a password
     webhook_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     web_port: int = Field(default=8000, ge=1, le=65535)
@@ -138,8 +138,26 @@ class Settings(BaseSettings):
     @field_validator("reconcile_schedule")
     @classmethod
     def _five_field_cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
+        parts = value.split()
+        if len(parts) != 5:
             raise ValueError("must be a cron expression of five fields, e.g. '0 3 * * *'")
+        # Parsed here by the schedule that will run it, so that '61 3 * * *' fails at start-up
+        # with one line rather than as a traceback when beat builds its schedule.
+        from celery.schedules import ParseException, crontab
+
+        minute, hour, day_of_month, month_of_year, day_of_week = parts
+        try:
+            crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            )
+        except (ValueError, ParseException) as error:
+            raise ValueError(
+                f"is not a valid cron expression (minute hour day month weekday): {error}"
+            ) from None
         return value
 
     @model_validator(mode="after")
