@@ -33,6 +33,7 @@ app = typer.Typer(
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+PIPED_WIDTH = 240
 FAILED_OUTCOMES = ("busy", "missing")
 """Replay outcomes that count as a failure (exit 1); `stale` is a deliberate skip."""
 
@@ -60,8 +61,8 @@ def format_age(seconds: float) -> str:
 
 
 def console() -> Console:
-    """stdout; soft-wrapped so that piping a table does not cut it at 80 columns."""
-    return Console(soft_wrap=not sys.stdout.isatty(), highlight=False)
+    """stdout; wide when piped, so a table sent to a file or `less` is not cut at 80 columns."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 @contextlib.contextmanager
@@ -122,6 +123,10 @@ def list_entries(
     out.print(table)
 
 
+def _cell(value: object, present: bool, absent: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if present else f"[dim]{absent}[/]"
+
+
 def _show_text(out: Console, found: Triage) -> None:
     entry = found.entry
     details = Table.grid(padding=(0, 2))
@@ -146,9 +151,13 @@ def _show_text(out: Console, found: Triage) -> None:
         table.add_column("last applied")
         if upstream:
             table.add_column("Recur now")
-        for name, *values in rows:
-            shown = [json.dumps(v, ensure_ascii=False) for v in values]
-            table.add_row(name, *(shown if upstream else shown[:2]))
+        for name, queued, applied, now in rows:
+            cells = [
+                _cell(queued, name in entry.fields, "(not in this change)"),
+                _cell(applied, name in found.applied, "(never applied)"),
+                _cell(now, found.recur is not None, "(no customer)"),
+            ]
+            table.add_row(name, *(cells if upstream else cells[:2]))
         out.print(table)
     if found.recur_error:
         out.print(f"[yellow]{found.recur_error}[/]")

@@ -70,7 +70,8 @@ def web(runtime: Runtime) -> Iterator[httpx.Client]:
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the web app did not start"
+        assert thread.is_alive(), "the web app exited"
+        assert time.monotonic() < deadline, "the web app did not start"
         time.sleep(0.02)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         yield client

@@ -54,8 +54,10 @@ def test_list_table_json_and_filters(runtime: Runtime) -> None:
 
     code, out, _ = dlq("list")
     assert code == 0
-    assert first in out and second in out
-    assert "not_found" in out and "resource_not_found" in out
+    assert first in out
+    assert second in out
+    assert "not_found" in out
+    assert "resource_not_found" in out
 
     code, out, _ = dlq("list", "--json")
     listed = json.loads(out)
@@ -83,7 +85,9 @@ def test_show_not_found_fetches_recur_and_the_ledger(runtime: Runtime) -> None:
 
     code, out, _ = dlq("show", entry_id)
     assert code == 0
-    assert "新名字" in out and "舊名字" in out and "Recur now" in out
+    assert "新名字" in out
+    assert "舊名字" in out
+    assert "Recur now" in out
 
 
 def test_show_conflict_shows_both_customers(runtime: Runtime, sandbox: SandboxHandle) -> None:
@@ -123,7 +127,7 @@ def test_replay_sends_the_change_and_removes_the_entry_on_success(
 
     code, out, _ = dlq("replay", entry_id, "--dry-run")
     assert code == 0
-    assert f'would PATCH /v1/customers/external/user_late {{"name": "王大明"}}' in out
+    assert 'would PATCH /v1/customers/external/user_late {"name": "王大明"}' in out
     assert runtime.pending.depths()["pending"] == 0  # a dry run changes nothing
 
     code, out, _ = dlq("replay", entry_id)
