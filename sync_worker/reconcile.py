@@ -122,14 +122,15 @@ def _page_wait(state: RetryCallState) -> float:
 class _LockKeeper:
     """Renews the run lock on a thread while the pass runs; notes if it was lost."""
 
-    def __init__(self, lock: Lock) -> None:
+    def __init__(self, lock: Lock, *, ttl: float) -> None:
         self._lock = lock
+        self._ttl = ttl
         self._stop = threading.Event()
         self.lost = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="reconcile-lock", daemon=True)
 
     def _keep(self) -> None:
-        while not self._stop.wait(LOCK_TTL_SECONDS / 3):
+        while not self._stop.wait(self._ttl / 3):
             try:
                 self._lock.reacquire()
             except LockError:
@@ -194,6 +195,7 @@ class Reconciler:
         reports_kept: int,
         timezone: str = "UTC",
         page_attempts: int = PAGE_ATTEMPTS,
+        lock_ttl_seconds: float = LOCK_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -205,6 +207,7 @@ class Reconciler:
         self._reports_kept = reports_kept
         self._zone = ZoneInfo(timezone)
         self._attempts = page_attempts
+        self._lock_ttl = lock_ttl_seconds
         self._clock = clock
 
     @classmethod
@@ -233,10 +236,10 @@ class Reconciler:
 
         `on_page(progress)` is called after each page is checkpointed (the CLI's display).
         """
-        lock = self._redis.lock(keys.RECONCILE_LOCK, timeout=LOCK_TTL_SECONDS, thread_local=False)
+        lock = self._redis.lock(keys.RECONCILE_LOCK, timeout=self._lock_ttl, thread_local=False)
         if not lock.acquire(blocking=False):
             return RunResult("already_running", progress(self._redis) or {})
-        with _LockKeeper(lock) as keeper:
+        with _LockKeeper(lock, ttl=self._lock_ttl) as keeper:
             try:
                 # Checked under the lock: a run that finished set the marker before releasing.
                 day = datetime.fromtimestamp(self._clock(), tz=self._zone).date().isoformat()

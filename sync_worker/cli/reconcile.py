@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sync_worker.logging import configure_logging
 from sync_worker.reconcile import Reconciler, RunResult
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
@@ -56,7 +57,9 @@ def reconcile(
     shown by `status`). Only one pass runs at a time: if another is running, its progress is
     printed and the exit status is 1. A pass that stopped early resumes from its checkpoint.
     """
-    runtime = Runtime(load_settings())
+    settings = load_settings()
+    configure_logging(settings)
+    runtime = Runtime(settings)
     err = Console(stderr=True, highlight=False)
     try:
         with Progress(
