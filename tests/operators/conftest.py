@@ -3,6 +3,7 @@ and the sandbox, dead letters made through the real sync path, and the web app i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -36,6 +37,7 @@ def operator_env(
         "WEBHOOK_SECRET": WEBHOOK_SECRET,
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "DEBOUNCE_WINDOW_SECONDS": "0",
+        "RETRY_FAST_ATTEMPTS": "1",  # a 5xx is handed back at once, no sleeping in tests
         "LOG_FORMAT": "json",
     }
     for name, value in env.items():
@@ -51,9 +53,9 @@ def runtime(operator_env: dict[str, str]) -> Iterator[Runtime]:
     process.close()
 
 
-@pytest.fixture
-def web(runtime: Runtime) -> Iterator[httpx.Client]:
-    """The real web app served by uvicorn in a thread of this process, sharing the test runtime.
+@contextlib.contextmanager
+def serve(runtime: Runtime) -> Iterator[httpx.Client]:
+    """The real web app served by uvicorn in a thread of this process, sharing `runtime`.
 
     (Starlette's TestClient is avoided: it warns that its httpx support is deprecated.)
     """
@@ -73,10 +75,19 @@ def web(runtime: Runtime) -> Iterator[httpx.Client]:
         assert thread.is_alive(), "the web app exited"
         assert time.monotonic() < deadline, "the web app did not start"
         time.sleep(0.02)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def web(runtime: Runtime) -> Iterator[httpx.Client]:
+    """An HTTP client on the real app (see `serve`)."""
+    with serve(runtime) as client:
         yield client
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def accept(runtime: Runtime, user_id: str, *, ts_ms: int | None = None, **fields: object) -> None:
