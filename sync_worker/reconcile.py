@@ -238,7 +238,9 @@ class Reconciler:
         """
         lock = self._redis.lock(keys.RECONCILE_LOCK, timeout=self._lock_ttl, thread_local=False)
         if not lock.acquire(blocking=False):
-            return RunResult("already_running", progress(self._redis) or {})
+            running = progress(self._redis) or {}
+            log.info("reconcile_already_running", run_id=running.get("run_id"))
+            return RunResult("already_running", running)
         with _LockKeeper(lock, ttl=self._lock_ttl) as keeper:
             try:
                 # Checked under the lock: a run that finished set the marker before releasing.
