@@ -154,11 +154,28 @@ def _ts_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and Infinity; they are not JSON, and httpx refuses to send them.
+    raise json.JSONDecodeError(f"{constant} is not a JSON value", constant, 0)
+
+
+def _require_unicode(payload: dict[str, Any]) -> None:
+    # A lone surrogate ("\ud800") is valid JSON syntax but no text: it cannot be encoded to
+    # UTF-8, so a PATCH carrying it would fail on every attempt.
+    try:
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise EventValidationError(
+            [{"field": "body", "message": "must not contain unpaired UTF-16 surrogates"}]
+        ) from None
+
+
 def parse_event(body: bytes, *, webhook_id: str, webhook_timestamp: int) -> UserEvent:
     """Validate a body in either form; raise `json.JSONDecodeError` or `EventValidationError`."""
-    payload = json.loads(body)
+    payload = json.loads(body, parse_constant=_not_json)
     if not isinstance(payload, dict):
         raise EventValidationError([{"field": "body", "message": "must be a JSON object"}])
+    _require_unicode(payload)
     if "type" in payload or "data" in payload:
         return _from_envelope(payload)
     try:
