@@ -76,6 +76,8 @@ def find_redis_server(search_path: str | None = None) -> RedisBinary | None:
 def port_in_use(host: str, port: int) -> bool:
     """True when something already listens on `host:port` (or it cannot be bound)."""
     with socket.socket() as sock:
+        # As the servers do: connections in TIME_WAIT from a previous run must not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
