@@ -57,6 +57,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def format_age(seconds: float) -> str:
+    """A short age such as `42s`, `7m`, `3h` or `12d`."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
 def queue_depths(client: redis.Redis) -> dict[str, int]:
     """Messages waiting in each Celery queue (those a worker already holds are not counted)."""
     pipe = client.pipeline(transaction=False)

@@ -24,6 +24,7 @@ from rich.table import Table
 from sync_worker.dlq import REASONS
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, load_settings
+from sync_worker.status import format_age
 from sync_worker.triage import Triage, triage
 
 app = typer.Typer(
@@ -50,14 +51,6 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise typer.BadParameter("use a number with an optional unit s, m, h, d or w (e.g. 1h)")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-
-
-def format_age(seconds: float) -> str:
-    """A short age such as `42s`, `7m`, `3h` or `12d`."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(max(seconds, 0))}s"
 
 
 def console() -> Console:

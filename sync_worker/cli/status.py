@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sync_worker.cli.dlq import console, format_age, open_runtime
-from sync_worker.status import StatusSnapshot, gather_status
+from sync_worker.cli.dlq import console, open_runtime
+from sync_worker.status import StatusSnapshot, format_age, gather_status
 
 
 def _report_line(report: dict[str, Any] | None) -> str:

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sync_worker.dlq import REASONS, DeadLetter
 from sync_worker.logging import get_logger
-from sync_worker.status import StatusSnapshot, gather_status
+from sync_worker.status import StatusSnapshot, format_age, gather_status
 from sync_worker.web import auth
 from sync_worker.web.state import web_state
 
@@ -192,13 +192,12 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
 
 def _row(entry: DeadLetter, csrf: str, reason: str, now: float) -> str:
     entry_path = quote(entry.id, safe="")
-    age = int(now - entry.last_failure)
     return (
         f"<tr data-id='{escape(entry.id)}'><td><code>{escape(entry.id)}</code></td>"
         f"<td>{escape(entry.reason)}</td><td>{escape(entry.user_id)}</td>"
         f"<td>{escape(str(entry.http_status or '-'))}</td>"
         f"<td class='err'>{escape(entry.error_code)}: {escape(entry.error_message)}</td>"
-        f"<td>{age // 3600}h {age % 3600 // 60}m</td><td>{entry.replay_count}</td><td>"
+        f"<td>{format_age(now - entry.last_failure)}</td><td>{entry.replay_count}</td><td>"
         f"<form class='inline' method='post' action='/admin/actions/replay/{entry_path}'>"
         f"{_hidden(csrf, reason)}<button type='submit' name='replay'>Replay</button></form> "
         f"<form class='inline' method='post' action='/admin/actions/delete/{entry_path}'>"
@@ -321,6 +320,17 @@ async def replay_all_action(request: Request) -> Response:
     replayed = await asyncio.to_thread(replay_filtered)
     log.info("dead_letters_replayed", source="dashboard", reason=reason, replayed=replayed)
     return _back(reason, "replayed", replayed)
+
+
+@router.post("/actions/resume", response_model=None)
+async def resume_action(request: Request) -> Response:
+    """Lift the auth pause by hand."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    if await asyncio.to_thread(web_state(request).runtime.flow.resume):
+        log.info("sync_resumed", why="an operator resumed it", source="dashboard")
+    return _back(form.get("reason", ""), "resumed")
 
 
 @router.post("/actions/delete/{entry_id}", response_model=None)

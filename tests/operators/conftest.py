@@ -8,6 +8,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from sync_worker.sync import SyncOutcome
 from sync_worker.web.app import create_app
 from tests.fixtures.redis_server import free_port
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import ADMIN_TOKEN, WEBHOOK_SECRET
+from tests.fixtures.stack import ADMIN_TOKEN, WEBHOOK_SECRET, Stack, user_event, wait_for
 
 _event_numbers = itertools.count(1)
 
@@ -113,3 +114,21 @@ def make_dead_letter(runtime: Runtime, user_id: str, **fields: object) -> str:
     [outcome] = [o for o in sync_due(runtime) if o.user_id == user_id]
     assert outcome.result == "dead_letter", outcome
     return outcome.dead_letter_id
+
+
+def dead_letter_via_stack(stack: Stack, user_id: str, name: str) -> dict[str, Any]:
+    """Post a signed event for a user Recur does not know; wait for its dead letter (admin API)."""
+    response = stack.post(user_event(f"evt_{next(_event_numbers)}", user_id, name=name))
+    assert response.status_code == 202
+
+    def entries() -> list[dict[str, Any]]:
+        answer = httpx.get(
+            stack.web_url + "/admin/api/dead-letters",
+            params={"user_id": user_id},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=5,
+        )
+        return list(answer.json()["data"])
+
+    [entry] = wait_for(entries)
+    return entry
