@@ -77,7 +77,7 @@ def dev(
         stack = DevStack(settings, options, supervisor=supervisor, stop=stop)
         stack.start()
         code = stack.watch()
-    except (DevStackError, StateError) as error:
+    except (DevStackError, StateError, OSError) as error:
         if not stop.is_set():
             supervisor.say(f"error: {error}")
             code = 1

