@@ -9,13 +9,14 @@ One pass, under a lock so that only one runs at a time:
    (debounce, stale guard, retries, dead letters); a newer pending update wins that merge by
    itself. Email is immutable upstream: a mismatch is reported, never sent. Then, in one
    transaction, the page's external ids go into the run's `seen` set and the cursor and counts
-   into the checkpoint;
-3. ledger users absent from `seen` are missing in Recur (the ledger index is scanned in batches);
+   into the checkpoint. The next pages are fetched meanwhile (page_stream.py), with retries;
+3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
+   batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
 4. the report is stored, the checkpoint and the `seen` set dropped, the lock released.
 
-Python holds one page and fixed counts, whatever the number of customers: the seen ids live in
-Redis. A dry run sends nothing, enqueues nothing and writes no checkpoint (it counts what it
+Python holds a few pages and fixed counts, whatever the number of customers: the seen ids live
+in Redis. A dry run sends nothing, enqueues nothing and writes no checkpoint (it counts what it
 would do). Nightly (scheduled) runs are keyed by date: a second beat or a redelivered message
 on the same day finds the day's marker and does nothing.
 """
@@ -26,23 +27,15 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from itertools import islice
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from sync_worker import redis_keys as keys
 from sync_worker.dlq import DeadLetterQueue
@@ -50,13 +43,12 @@ from sync_worker.drift import Counts, Drift, compare_page, would_merge
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
+from sync_worker.page_stream import PageStream
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
-from sync_worker.recur.errors import BadRequest, RateLimited, RecurError, is_transient
+from sync_worker.recur.errors import BadRequest, RecurError
 from sync_worker.recur.models import Customer, CustomerPage
-from sync_worker.recur.retry import retry_after_of
 from sync_worker.runtime import Runtime
-from sync_worker.settings import RECONCILE_PAGE_SIZE
 
 log = get_logger(__name__)
 
@@ -64,12 +56,24 @@ LOCK_TTL_SECONDS = 60.0
 """The run lock lapses this long after its holder died; a live holder renews it every third."""
 PAGE_ATTEMPTS = 8
 """Tries per page before the run stops, failed, with its checkpoint kept."""
-MAX_PAGE_WAIT_SECONDS = 120.0
 SEEN_TTL_SECONDS = 3 * 24 * 3600.0
 """A crashed run's seen set outlives a few nights, until the next run resumes and drops it."""
 SCHEDULED_MARK_TTL_SECONDS = 2 * 24 * 3600
 SCAN_BATCH = 1000
-_BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
+
+_MISSING = """
+-- KEYS: ledger-index, seen. ARGV: cursor, count, ledger prefix. Returns {next cursor, missing...}:
+-- ledger users not seen in Recur, except those rebound or unbound to another external id.
+local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out = {scan[1]}
+for _, user in ipairs(scan[2]) do
+  if redis.call('SISMEMBER', KEYS[2], user) == 0
+     and redis.call('HEXISTS', ARGV[3] .. user, 'v:external_id') == 0 then
+    out[#out + 1] = user
+  end
+end
+return out
+"""
 
 Status = Literal["finished", "failed", "dry_run", "already_running", "already_done"]
 PageHook = Callable[[dict[str, Any]], None]
@@ -98,25 +102,6 @@ def _text(value: bytes | str) -> str:
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
-
-
-def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def _retryable(error: BaseException) -> bool:
-    return is_transient(error) or isinstance(error, Throttled)
-
-
-def _page_wait(state: RetryCallState) -> float:
-    """Retry-After (or the shared cool-down) when given, else a capped, jittered exponential."""
-    error = state.outcome.exception() if state.outcome is not None else None
-    asked = error.wait if isinstance(error, Throttled) else retry_after_of(error)
-    if asked is not None:
-        return min(asked, MAX_PAGE_WAIT_SECONDS)
-    return float(_BACKOFF(state))
 
 
 class _LockKeeper:
@@ -209,6 +194,7 @@ class Reconciler:
         self._attempts = page_attempts
         self._lock_ttl = lock_ttl_seconds
         self._clock = clock
+        self._missing = client.register_script(_MISSING)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime, **overrides: Any) -> Reconciler:
@@ -280,25 +266,29 @@ class Reconciler:
         log.info("reconcile_started", **run.progress())
         self._save(run, [])
         error: str | None = None
+        pages = self._pages(run.cursor)
         try:
             while True:
                 if keeper.lost.is_set():
                     raise _Failed("the run lock was lost (Redis unreachable for too long?)")
-                try:
-                    page = self._fetch(run.cursor, counts)
-                except BadRequest as bad:
-                    if run.cursor is None or counts.pages != run.resumed_at_page:
-                        raise
+                page, retried = pages.next()
+                counts.errors += retried
+                resuming = run.cursor is not None and counts.pages == run.resumed_at_page
+                if isinstance(page, BadRequest) and resuming:
                     # Recur no longer knows the checkpoint's cursor: start over, from nothing.
-                    log.warning("reconcile_checkpoint_invalid", cursor=run.cursor, error=str(bad))
+                    log.warning("reconcile_checkpoint_invalid", cursor=run.cursor, error=str(page))
                     self._redis.delete(run.seen)
                     counts = run.counts = Counts()
                     run.cursor, run.resumed_at_page = None, 0
+                    pages.close()
+                    pages = self._pages(None)
                     continue
-                self._compare(page.data, counts, dry_run=run.dry_run)
-                counts.pages += 1
+                if not isinstance(page, CustomerPage):
+                    raise page
                 more = page.has_more and bool(page.data)
                 run.cursor = (page.next_cursor or page.data[-1].id) if more else None
+                self._compare(page.data, counts, dry_run=run.dry_run)
+                counts.pages += 1
                 self._save(run, [c.external_id for c in page.data if c.external_id is not None])
                 if hook is not None:
                     hook(run.progress())
@@ -308,7 +298,12 @@ class Reconciler:
             self._replay_found(run.seen, counts, dry_run=run.dry_run)
         except (RecurError, Throttled, _Failed) as failure:
             error = str(failure)
+        finally:
+            pages.close()
         return self._finish(run, error)
+
+    def _pages(self, cursor: str | None) -> PageStream:
+        return PageStream(self._recur, flow=self._flow, cursor=cursor, attempts=self._attempts)
 
     def _finish(self, run: _Run, error: str | None) -> dict[str, Any]:
         """Store the report; a pass that did not fail drops its checkpoint and seen set."""
@@ -338,31 +333,6 @@ class Reconciler:
         outcome = {k: v for k, v in report.items() if k != "samples"}
         (log.error if error else log.info)("reconcile_" + status, **outcome)
         return report
-
-    def _fetch(self, cursor: str | None, counts: Counts) -> CustomerPage:
-        def before_sleep(state: RetryCallState) -> None:
-            counts.errors += 1
-            error = state.outcome.exception() if state.outcome is not None else None
-            log.warning(
-                "reconcile_page_retry",
-                cursor=cursor,
-                attempt=state.attempt_number,
-                error=str(error),
-            )
-            if isinstance(error, RateLimited) and error.retry_after:
-                # Live syncs share the quota: make every worker wait too, not only this pass.
-                self._flow.cool_down(error.retry_after)
-
-        retrying = Retrying(
-            retry=retry_if_exception(_retryable),
-            stop=stop_after_attempt(self._attempts),
-            wait=_page_wait,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        return retrying(
-            self._recur.list_customers, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
-        )
 
     def _compare(self, customers: list[Customer], counts: Counts, *, dry_run: bool) -> None:
         ids = [c.external_id for c in customers if c.external_id]
@@ -403,20 +373,18 @@ class Reconciler:
         pipe.execute()
 
     def _count_missing(self, seen: str, counts: Counts) -> None:
-        """Ledger users Recur did not list: SMISMEMBER the seen set, one batch at a time."""
-        for batch in _batched(self._ledger.user_ids(batch=SCAN_BATCH), SCAN_BATCH):
-            flags = cast(list[int], self._redis.smismember(seen, batch))
-            unseen = [u for u, flag in zip(batch, flags, strict=True) if not flag]
-            if not unseen:
-                continue
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id in unseen:
-                pipe.hexists(keys.ledger(user_id), "v:external_id")
-            for user_id, rebound in zip(unseen, pipe.execute(), strict=True):
-                # A user whose external id was changed or unbound is not expected under it.
-                if not rebound:
-                    counts.missing_in_recur += 1
-                    counts.sample("missing_in_recur", user_id)
+        """Ledger users Recur did not list, found by Redis one SSCAN batch at a time."""
+        cursor = "0"
+        while True:
+            reply = self._missing(
+                keys=[keys.LEDGER_INDEX, seen], args=[cursor, SCAN_BATCH, keys.LEDGER]
+            )
+            cursor, *missing = (_text(item) for item in cast(list[bytes | str], reply))
+            counts.missing_in_recur += len(missing)
+            for user_id in missing:
+                counts.sample("missing_in_recur", user_id)
+            if cursor == "0":
+                return
 
     def _replay_found(self, seen: str, counts: Counts, *, dry_run: bool) -> None:
         """Replay `not_found` dead letters whose customer the pass has now seen."""
