@@ -11,6 +11,7 @@ heartbeat; while the sync is paused for auth, it probes Recur instead.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +69,10 @@ class Dispatcher:
         if room <= 0:
             return 0
         claims = self._runtime.pending.claim_due(room * settings.sync_batch_size)
-        size = settings.sync_batch_size
+        # Spread a small claim over every slot rather than queueing it behind one batch.
+        size = max(
+            1, min(settings.sync_batch_size, math.ceil(len(claims) / settings.worker_concurrency))
+        )
         for start in range(0, len(claims), size):
             self._publish(claims[start : start + size])
         return len(claims)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -18,25 +19,28 @@ import redis
 from sync_worker import redis_keys as keys
 
 _TAKE = """
--- KEYS: bucket, cooldown. ARGV: rate, burst. Returns seconds to wait ('0' when a token was taken).
+-- KEYS: bucket, cooldown. ARGV: rate, burst, wanted.
+-- Returns {granted, seconds to wait}: up to `wanted` tokens, or none and how long until one.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local until_ = tonumber(redis.call('GET', KEYS[2]) or '0')
-if until_ > now then return tostring(until_ - now) end
+if until_ > now then return {0, tostring(until_ - now)} end
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local granted = math.min(tonumber(ARGV[3]), math.floor(tokens))
 local wait = '0'
-if tokens >= 1 then
-  tokens = tokens - 1
+if granted >= 1 then
+  tokens = tokens - granted
 else
+  granted = 0
   wait = tostring((1 - tokens) / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 60000)
-return wait
+return {granted, wait}
 """
 
 _COOL_DOWN = """
@@ -49,6 +53,10 @@ if until_ > tonumber(redis.call('GET', KEYS[1]) or '0') then
 end
 return tostring(until_)
 """
+
+
+RESERVE_MAX_TOKENS = 10
+RESERVE_SECONDS = 0.5
 
 
 class Throttled(Exception):
@@ -76,18 +84,40 @@ class FlowControl:
         self._sleep = sleep
         self._take = client.register_script(_TAKE)
         self._cool = client.register_script(_COOL_DOWN)
+        # Tokens are fetched a few at a time and spent locally for a short while, so that a busy
+        # process pays one round trip per handful of calls, not one per call.
+        self._prefetch = max(1, min(RESERVE_MAX_TOKENS, burst // 5))
+        self._reserve = 0
+        self._reserve_until = 0.0
+        self._lock = threading.Lock()
+
+    def _take_tokens(self, wanted: int) -> tuple[int, float]:
+        granted, wait = cast(
+            list[Any],
+            self._take(
+                keys=[keys.RATE_BUCKET, keys.COOLDOWN], args=[self._rate, self._burst, wanted]
+            ),
+        )
+        return int(granted), float(wait)
 
     def try_acquire(self) -> float:
         """Take a token now (0.0) or say how many seconds until one may be taken."""
-        wait = self._take(keys=[keys.RATE_BUCKET, keys.COOLDOWN], args=[self._rate, self._burst])
-        return float(cast(bytes, wait))
+        granted, wait = self._take_tokens(1)
+        return 0.0 if granted else max(wait, 1e-6)
 
     def acquire(self, *, max_wait: float) -> None:
         """Block until a call may be made; `Throttled` if that would take longer than `max_wait`."""
+        with self._lock:
+            if self._reserve > 0 and time.monotonic() < self._reserve_until:
+                self._reserve -= 1
+                return
         waited = 0.0
         while True:
-            wait = self.try_acquire()
-            if wait <= 0:
+            granted, wait = self._take_tokens(self._prefetch)
+            if granted:
+                with self._lock:
+                    self._reserve = granted - 1
+                    self._reserve_until = time.monotonic() + RESERVE_SECONDS
                 return
             if waited + wait > max_wait:
                 raise Throttled(wait)
@@ -96,6 +126,8 @@ class FlowControl:
 
     def cool_down(self, seconds: float) -> None:
         """Stop every caller for `seconds` (from a 429's Retry-After)."""
+        with self._lock:
+            self._reserve = 0
         self._cool(keys=[keys.COOLDOWN], args=[max(seconds, 0.001)])
 
     def cooldown_remaining(self) -> float:

@@ -474,15 +474,29 @@ class PendingStore:
 
     def snapshot(self, claim: Claim) -> Snapshot | None:
         """Read the user's pending change under the claim; None if the claim was lost."""
-        result = self._snapshot(
-            keys=[
-                keys.pending(claim.user_id),
-                keys.lease(claim.user_id),
-                keys.INFLIGHT,
-                PENDING_EVENTS + claim.user_id,
-            ],
-            args=[claim.user_id, claim.token, repr(self._clock() + self._lease)],
-        )
+        return self.snapshot_many([claim])[0]
+
+    def snapshot_many(self, claims: list[Claim]) -> list[Snapshot | None]:
+        """`snapshot` for a batch of claims in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        expiry = repr(self._clock() + self._lease)
+        for claim in claims:
+            self._snapshot(
+                keys=[
+                    keys.pending(claim.user_id),
+                    keys.lease(claim.user_id),
+                    keys.INFLIGHT,
+                    PENDING_EVENTS + claim.user_id,
+                ],
+                args=[claim.user_id, claim.token, expiry],
+                client=pipe,
+            )
+        return [
+            self._decode_snapshot(claim, reply)
+            for claim, reply in zip(claims, pipe.execute(), strict=True)
+        ]
+
+    def _decode_snapshot(self, claim: Claim, result: Any) -> Snapshot | None:
         if result is None:
             return None
         if not result:
@@ -502,9 +516,19 @@ class PendingStore:
 
     def mark_applied(self, claim: Claim, snapshot: Snapshot) -> str:
         """Record a success in the ledger and settle; 'more' if newer changes wait, else 'done'."""
+        return self.mark_applied_many([(claim, snapshot)])[0]
+
+    def mark_applied_many(self, applied: list[tuple[Claim, Snapshot]]) -> list[str]:
+        """`mark_applied` for a batch in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for claim, snapshot in applied:
+            self._mark_applied(claim, snapshot, pipe)
+        return [_text(cast(bytes | str, reply)) for reply in pipe.execute()]
+
+    def _mark_applied(self, claim: Claim, snapshot: Snapshot, pipe: Any) -> None:
         user = claim.user_id
         values = {name: _dumps(state.value) for name, state in snapshot.fields.items()}
-        result = self._applied(
+        self._applied(
             keys=[
                 keys.pending(user),
                 keys.lease(user),
@@ -525,8 +549,8 @@ class PendingStore:
                 json.dumps(snapshot.replay_of),
                 keys.DEAD_LETTER,
             ],
+            client=pipe,
         )
-        return _text(cast(bytes | str, result))
 
     def dead_letter(
         self,

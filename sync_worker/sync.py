@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tenacity import RetryCallState
 
@@ -100,31 +100,46 @@ class Syncer:
         self._clock = clock
 
     def sync_claims(self, claims: list[Claim]) -> list[SyncOutcome]:
-        """Sync each claim in turn; a paused sync hands every claim straight back."""
-        outcomes = []
-        for claim in claims:
-            if self._flow.paused() is not None:
+        """Sync a batch of claims.
+
+        The batch's Redis work is done in bulk (one round trip to read every snapshot, one to
+        settle every success); the PATCHes go one at a time. A paused sync hands every claim
+        straight back, and so does a batch from the moment one of its calls gets a 401/403.
+        """
+        outcomes: list[SyncOutcome] = []
+        succeeded: list[tuple[Claim, Snapshot, float]] = []
+        paused = self._flow.paused() is not None
+        snapshots = [None] * len(claims) if paused else self._pending.snapshot_many(claims)
+        for claim, snapshot in zip(claims, snapshots, strict=True):
+            if paused:
                 self._pending.hand_back(
                     claim, delay=self._settings.auth_probe_interval_seconds, error=None
                 )
                 outcomes.append(SyncOutcome(claim.user_id, "paused"))
                 continue
-            outcomes.append(self.sync_one(claim))
+            started = self._clock()
+            outcome = self._deliver(claim, snapshot, started)
+            if outcome is None:
+                succeeded.append((claim, cast(Snapshot, snapshot), started))
+                continue
+            outcomes.append(outcome)
+            paused = outcome.result == "paused"
+        if succeeded:
+            outcomes += self._settle(succeeded)
         self._stats.flush()
         return outcomes
 
-    def sync_one(self, claim: Claim) -> SyncOutcome:
-        """Sync one claimed user and log one outcome line."""
-        started = self._clock()
-        snapshot = self._pending.snapshot(claim)
+    def _deliver(
+        self, claim: Claim, snapshot: Snapshot | None, started: float
+    ) -> SyncOutcome | None:
+        """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
             return self._report(SyncOutcome(claim.user_id, "lost"), started)
         if not snapshot.fields:
             return self._report(SyncOutcome(claim.user_id, "empty"), started)
         body = patch_body(snapshot)
         if not body:
-            self._pending.mark_applied(claim, snapshot)
-            return self._report(SyncOutcome(claim.user_id, "recorded"), started, snapshot)
+            return None
         try:
             self._send(claim, body)
         except LeaseLost:
@@ -150,19 +165,28 @@ class Syncer:
         except RecurError as error:
             return self._failed(claim, snapshot, error, started)
         self._stats.incr("patches_total", status_class="2xx")
-        state = self._pending.mark_applied(claim, snapshot)
-        new_id = body.get("external_id")
-        if isinstance(new_id, str) and new_id != claim.user_id:
-            if self._pending.rebind(claim.user_id, new_id):
-                state = "done"
-            log.info("customer_rebound", user_id=claim.user_id, new_user_id=new_id)
-        self._stats.incr("syncs_applied_total")
-        self._stats.observe("sync_latency_seconds", self._clock() - snapshot.first_seen)
-        return self._report(
-            SyncOutcome(claim.user_id, "applied" if state == "done" else "more", status=200),
-            started,
-            snapshot,
-        )
+        return None
+
+    def _settle(self, succeeded: list[tuple[Claim, Snapshot, float]]) -> list[SyncOutcome]:
+        states = self._pending.mark_applied_many([(c, s) for c, s, _ in succeeded])
+        outcomes = []
+        now = self._clock()
+        for (claim, snapshot, started), state in zip(succeeded, states, strict=True):
+            body = patch_body(snapshot)
+            new_id = body.get("external_id")
+            if isinstance(new_id, str) and new_id != claim.user_id:
+                if self._pending.rebind(claim.user_id, new_id):
+                    state = "done"
+                log.info("customer_rebound", user_id=claim.user_id, new_user_id=new_id)
+            if body:
+                self._stats.incr("syncs_applied_total")
+                self._stats.observe("sync_latency_seconds", now - snapshot.first_seen)
+                result = "applied" if state == "done" else "more"
+                outcome = SyncOutcome(claim.user_id, result, status=200)
+            else:
+                outcome = SyncOutcome(claim.user_id, "recorded")
+            outcomes.append(self._report(outcome, started, snapshot))
+        return outcomes
 
     def _send(self, claim: Claim, body: dict[str, Any]) -> None:
         patch = CustomerPatch.model_construct(**body)

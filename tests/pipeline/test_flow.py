@@ -68,8 +68,10 @@ def test_two_workers_share_one_rate_limit(stack: Stack) -> None:
         timeout=30,
     )
     moments = sorted(datetime.fromisoformat(r["at"]).timestamp() for r in sent)
-    # 12 calls at 4/s with a burst of 1 take at least 11 intervals of 0.25 s, whatever the workers
-    assert moments[-1] - moments[0] >= 11 * 0.25 - 0.1
+    # 12 calls at 4/s with a burst of 1 take 11 intervals of 0.25 s whatever the workers (2.75 s;
+    # the sandbox stamps requests when it answers, hence the margin). Two limits of 4/s, one per
+    # worker, would take half that; no limit at all, a tenth of a second.
+    assert moments[-1] - moments[0] >= 11 * 0.25 * 0.8
     for start in moments:
         in_window = [m for m in moments if start <= m < start + 1.0]
         assert len(in_window) <= 5

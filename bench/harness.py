@@ -1,0 +1,146 @@
+"""What every benchmark needs: a private redis-server, the sandbox and our processes on free
+ports, and a table printer. Everything binds to 127.0.0.1 and is stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+SANDBOX_KEY = "sk_test_sandbox"
+WEBHOOK_SECRET = "whsec_cmVjdXItc3luYy1iZW5jaC1zZWNyZXQtMzItYnl0ZXMh"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: object, *, timeout: float, what: str) -> None:
+    """Poll `check()` until truthy or fail with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (httpx.TransportError, redis.ConnectionError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready in {timeout} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Processes:
+    """Subprocesses started by a benchmark, stopped together."""
+
+    directory: Path
+    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        log = (self.directory / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            list(argv),
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running.append(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.running):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.running:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.running.clear()
+
+
+@contextlib.contextmanager
+def environment() -> Iterator[tuple[Processes, str]]:
+    """A temporary directory with a redis-server in it; yields (processes, redis URL)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    with tempfile.TemporaryDirectory(prefix="recur-sync-bench-") as directory:
+        processes = Processes(Path(directory))
+        port = free_port()
+        processes.start(
+            "redis",
+            [
+                binary,
+                "--bind", "127.0.0.1",
+                "--port", str(port),
+                "--dir", directory,
+                "--save", "",
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+            ],
+        )  # fmt: skip
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: redis.Redis.from_url(url).ping(), timeout=10, what="redis-server")
+        try:
+            yield processes, url
+        finally:
+            processes.stop_all()
+
+
+def start_sandbox(processes: Processes, *, latency_ms: int = 0, customers: int = 0) -> str:
+    """A sandbox subprocess; returns its base URL."""
+    port = free_port()
+    processes.start(
+        "sandbox",
+        [
+            sys.executable, "-m", "sync_worker", "sandbox",
+            "--port", str(port),
+            "--latency-ms", str(latency_ms),
+            "--customers", str(customers),
+            "--request-log-size", "300000",
+        ],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until(
+        lambda: httpx.get(url + "/_sandbox/health").status_code == 200,
+        timeout=30,
+        what="sandbox",
+    )
+    return url
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table, aligned, for printing and for bench/README.md."""
+    cells = [list(map(str, header))] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [title, ""]
+    lines.append(
+        "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True)) + " |"
+    )
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,131 @@
+"""Sync throughput: 10,000 distinct users, one event each, the sandbox answering in 20 ms.
+
+Baseline: a plain httpx loop sending the same 10,000 PATCHes with the same concurrency as the
+worker (one thread and one keep-alive client per slot). Ours: the real worker process, from the
+first event accepted to the last PATCH applied (the ledger holds every user). Both runs use the
+same sandbox and Redis, in this process run. Target: ours >= 80 % of the baseline's rate.
+
+    python -m bench.sync_throughput [--users N] [--concurrency C] [--pool threads|prefork]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import redis
+
+from bench.harness import SANDBOX_KEY, Processes, environment, start_sandbox, table, wait_until
+from sync_worker import redis_keys as keys
+from sync_worker.events import UserEvent
+from sync_worker.pending import PendingStore
+
+
+def seed(sandbox: str, users: int, latency_ms: int) -> None:
+    """Fresh customers user_1..N, and the latency (a reset clears every fault)."""
+    httpx.post(sandbox + "/_sandbox/reset", timeout=30).raise_for_status()
+    httpx.post(
+        sandbox + "/_sandbox/seed", json={"count": users, "prefix": "user_"}, timeout=60
+    ).raise_for_status()
+    httpx.patch(
+        sandbox + "/_sandbox/faults", json={"latency_ms": latency_ms}, timeout=10
+    ).raise_for_status()
+
+
+def baseline(sandbox: str, users: int, concurrency: int) -> float:
+    """Seconds for a plain threaded httpx loop to PATCH every user once."""
+    ids = [f"user_{i}" for i in range(1, users + 1)]
+    local = threading.local()
+
+    def client() -> httpx.Client:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(
+                base_url=sandbox, headers={"Authorization": f"Bearer {SANDBOX_KEY}"}
+            )
+        return local.client  # type: ignore[no-any-return]
+
+    def patch(user: str) -> None:
+        client().patch(f"/v1/customers/external/{user}", json={"name": f"{user} baseline"})
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(patch, ids))
+    return time.perf_counter() - started
+
+
+def ours(
+    processes: Processes, redis_url: str, sandbox: str, users: int, concurrency: int, pool: str
+) -> tuple[float, dict[str, float]]:
+    """Seconds from the first event accepted to the last PATCH applied, through the worker."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    env = {
+        "REDIS_URL": redis_url,
+        "RECUR_API_URL": sandbox,
+        "RECUR_SECRET_KEY": SANDBOX_KEY,
+        "WORKER_CONCURRENCY": str(concurrency),
+        "RATE_LIMIT_PER_SECOND": "100000",
+        "RATE_LIMIT_BURST": "100000",
+        "DEBOUNCE_WINDOW_SECONDS": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    argv = [sys.executable, "-m", "sync_worker", "worker", "--concurrency", str(concurrency)]
+    if pool != "threads":
+        argv = [
+            sys.executable, "-m", "celery", "-A", "sync_worker.celery_app", "worker",
+            "--pool", pool, "--concurrency", str(concurrency), "-Q", "sync,maintenance",
+            "--loglevel", "WARNING",
+        ]  # fmt: skip
+    processes.start(f"worker-{pool}", argv, env=env)
+    wait_until(lambda: client.keys(keys.WORKER_HEARTBEAT + "*"), timeout=60, what="the worker")
+    pending = PendingStore(
+        client, window_seconds=0, max_wait_seconds=1, dedup_ttl_seconds=3600, lease_seconds=120
+    )
+    now_ms = int(time.time() * 1000)
+    started = time.perf_counter()
+    for i in range(1, users + 1):
+        user = f"user_{i}"
+        pending.accept(
+            UserEvent(f"evt_{i}", "user.updated", user, now_ms, {"name": f"{user} ours"})
+        )
+    accepted = time.perf_counter() - started
+    wait_until(lambda: client.scard(keys.LEDGER_INDEX) >= users, timeout=600, what="every PATCH")
+    elapsed = time.perf_counter() - started
+    return elapsed, {"accept_seconds": accepted}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency-ms", type=int, default=20)
+    parser.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent"])
+    args = parser.parse_args()
+    with environment() as (processes, redis_url):
+        sandbox = start_sandbox(processes, latency_ms=args.latency_ms)
+        seed(sandbox, args.users, args.latency_ms)
+        base = baseline(sandbox, args.users, args.concurrency)
+        seed(sandbox, args.users, args.latency_ms)
+        mine, extra = ours(processes, redis_url, sandbox, args.users, args.concurrency, args.pool)
+    rows = [
+        ["baseline: httpx loop", args.concurrency, base, args.users / base, "1.00"],
+        [f"recur-sync worker ({args.pool})", args.concurrency, mine, args.users / mine,
+         f"{base / mine:.2f}"],
+    ]  # fmt: skip
+    print(
+        table(
+            f"Sync throughput: {args.users:,} users, one event each, "
+            f"sandbox latency {args.latency_ms} ms (target: ratio >= 0.80)",
+            ["run", "concurrency", "seconds", "PATCH/s", "ratio"],
+            rows,
+        )
+    )
+    print(f"\n(accepting the {args.users:,} events took {extra['accept_seconds']:.2f} s of that)")
+
+
+if __name__ == "__main__":
+    main()
