@@ -1,0 +1,168 @@
+"""Intake: signed events per second and p50/p99 latency under 32 concurrent connections.
+
+Baseline: a bare endpoint in the same stack (FastAPI on uvicorn, one process) doing one Redis
+write per request. Ours: `sync-worker web` verifying the signature, validating, and running the
+accept script. Same load generator, same Redis, same run. Targets: >= 2,000 events/s,
+p99 < 20 ms, and >= 50 % of the baseline.
+
+The saturated runs give the capacity; a paced run offers the target rate (2,000/s) and gives
+the latency a merchant sees at that rate (counted from each request's slot, so stalls count).
+
+    python -m bench.intake [--events N] [--connections C] [--rate R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+import httpx
+import redis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bench.harness import (
+    WEBHOOK_SECRET,
+    Processes,
+    environment,
+    free_port,
+    start_sandbox,
+    table,
+    wait_until,
+)
+from bench.load import LoadResult, build_request, run_load
+from sync_worker.signatures import sign
+
+
+def baseline_app() -> FastAPI:
+    """One Redis write per request, nothing else: the floor our intake is compared with."""
+    import os
+
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(os.environ["REDIS_URL"], max_connections=256)
+    app = FastAPI()
+
+    @app.post("/webhooks/user-updated")
+    async def accept(request: Request) -> JSONResponse:
+        body = await request.body()
+        await client.set("bench:" + request.headers.get("webhook-id", ""), body)
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    return app
+
+
+def signed_requests(port: int, count: int, prefix: str) -> list[bytes]:
+    now = int(time.time())
+    stamp = datetime.now(tz=UTC).isoformat()
+    requests = []
+    for i in range(count):
+        event_id = f"{prefix}_{i}"
+        body = json.dumps(
+            {
+                "id": event_id,
+                "type": "user.updated",
+                "timestamp": stamp,
+                "data": {"user_id": f"user_{i % 5000}", "name": f"name {i}"},
+            }
+        ).encode()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(WEBHOOK_SECRET, msg_id=event_id, timestamp=now, body=body),
+        }
+        requests.append(build_request("127.0.0.1", port, "/webhooks/user-updated", body, headers))
+    return requests
+
+
+def serve(processes: Processes, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+    processes.start(name, argv, env=env)
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code in (200, 404),
+        timeout=30,
+        what=name,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=2000, help="offered rate of the paced run")
+    args = parser.parse_args()
+    results: list[tuple[str, LoadResult]] = []
+    with environment() as (processes, redis_url):
+        sandbox = start_sandbox(processes)
+        env = {
+            "REDIS_URL": redis_url,
+            "RECUR_API_URL": sandbox,
+            "RECUR_SECRET_KEY": "sk_test_sandbox",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "LOG_LEVEL": "WARNING",
+        }
+        base_port = free_port()
+        serve(
+            processes,
+            "baseline",
+            [
+                sys.executable, "-m", "uvicorn", "--factory", "bench.intake:baseline_app",
+                "--host", "127.0.0.1", "--port", str(base_port),
+                "--no-access-log", "--log-level", "warning",
+            ],
+            env,
+            base_port,
+        )  # fmt: skip
+        run_load("127.0.0.1", base_port, signed_requests(base_port, 500, "warm"), connections=8)
+        base = run_load(
+            "127.0.0.1",
+            base_port,
+            signed_requests(base_port, args.events, "base"),
+            connections=args.connections,
+        )
+        results.append(("baseline: one Redis SET", base))
+        redis.Redis.from_url(redis_url).flushall()
+        web_port = free_port()
+        serve(
+            processes,
+            "web",
+            [sys.executable, "-m", "sync_worker", "web", "--port", str(web_port)],
+            env,
+            web_port,
+        )
+        run_load("127.0.0.1", web_port, signed_requests(web_port, 500, "warm"), connections=8)
+        ours = run_load(
+            "127.0.0.1",
+            web_port,
+            signed_requests(web_port, args.events, "evt"),
+            connections=args.connections,
+        )
+        results.append(("recur-sync intake", ours))
+        paced = run_load(
+            "127.0.0.1",
+            web_port,
+            signed_requests(web_port, args.rate * 5, "paced"),
+            connections=args.connections,
+            rate=args.rate,
+        )
+        results.append((f"recur-sync intake at {args.rate:,}/s offered", paced))
+    rows = [
+        [name, r.requests, r.rate, r.p50_ms, r.p99_ms, f"{r.rate / base.rate:.2f}",
+         " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items()))]
+        for name, r in results
+    ]  # fmt: skip
+    print(
+        table(
+            f"Intake: {args.events:,} signed events, {args.connections} connections "
+            "(targets: >= 2,000/s, p99 < 20 ms, ratio >= 0.50)",
+            ["run", "requests", "events/s", "p50 ms", "p99 ms", "ratio", "statuses"],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
