@@ -21,6 +21,18 @@ CELERY_QUEUES = ("sync", "maintenance")
 importing celery_app builds the Celery app from the environment, which a reader should not do."""
 
 _SCAN_BATCH = 1000
+_RETRY_SLICE = 5000
+_COUNT_RETRYING = """
+-- KEYS: due. ARGV: start, stop, pending_prefix. Returns {users in the slice, of them retrying}.
+local users = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local retrying = 0
+for _, user in ipairs(users) do
+  if tonumber(redis.call('HGET', ARGV[3] .. user, 'attempts') or '0') > 0 then
+    retrying = retrying + 1
+  end
+end
+return {#users, retrying}
+"""
 
 
 @dataclass(frozen=True)
@@ -77,19 +89,21 @@ def retrying_users(client: redis.Redis) -> int:
     """Users waiting in `due` whose last attempt failed (their pending `attempts` is above 0).
 
     Exact rather than a proxy such as "due in the future", which would also count every user
-    still inside its debounce window. It reads the `due` set in batches, so memory stays small.
+    still inside its debounce window. A short read-only script counts one slice of `due` per
+    call inside Redis (100k users: about 20 calls of a few milliseconds each), so it neither
+    ships every user to Python nor blocks Redis for long. Under churn the count is a moment's.
     """
-    total = 0
-    start = 0
+    script = client.register_script(_COUNT_RETRYING)
+    total = start = 0
     while True:
-        users = cast(list[bytes], client.zrange(keys.DUE, start, start + _SCAN_BATCH - 1))
-        if not users:
+        seen, retrying = cast(
+            list[int],
+            script(keys=[keys.DUE], args=[start, start + _RETRY_SLICE - 1, keys.PENDING]),
+        )
+        total += int(retrying)
+        if int(seen) < _RETRY_SLICE:
             return total
-        pipe = client.pipeline(transaction=False)
-        for user in users:
-            pipe.hget(keys.pending(_text(user)), "attempts")
-        total += sum(1 for attempts in pipe.execute() if attempts and int(attempts) > 0)
-        start += _SCAN_BATCH
+        start += _RETRY_SLICE
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
