@@ -21,6 +21,7 @@ from celery.schedules import crontab
 from celery.signals import setup_logging, task_prerun
 from kombu import Queue
 
+from sync_worker.connections import broker_transport_options
 from sync_worker.logging import configure_logging
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings, load_settings
@@ -65,10 +66,14 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         "socket_keepalive": True,
         "health_check_interval": 25,
         "retry_on_timeout": True,
+        **broker_transport_options(settings),
     }
     celery.conf.update(
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={
+            "visibility_timeout": visibility,
+            **broker_transport_options(settings),
+        },
         visibility_timeout=visibility,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

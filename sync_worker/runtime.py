@@ -8,6 +8,8 @@ import httpx
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.breaker import Breaker
+from sync_worker.connections import redis_client
 from sync_worker.dlq import DeadLetterQueue
 from sync_worker.flow import FlowControl
 from sync_worker.ledger import Ledger
@@ -22,18 +24,6 @@ from sync_worker.sync import Syncer
 log = get_logger(__name__)
 
 DAY = 24 * 3600
-
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client with the timeouts and health checks a long-running process needs."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        health_check_interval=25,
-        retry_on_timeout=True,
-    )
 
 
 class Runtime:
@@ -64,6 +54,17 @@ class Runtime:
         self.ledger = Ledger(self.redis)
         self.dlq = DeadLetterQueue(self.redis, pending=self.pending)
         self.stats = Stats(self.redis)
+        self.breaker = Breaker(
+            self.redis,
+            window_seconds=settings.breaker_window_seconds,
+            min_calls=settings.breaker_min_calls,
+            failure_ratio=settings.breaker_failure_ratio,
+            cool_down_seconds=settings.breaker_cool_down_seconds,
+            max_cool_down_seconds=settings.breaker_max_cool_down_seconds,
+            # The probe is one call; the lock outlives it so a crashed prober frees it in time.
+            probe_ttl_seconds=settings.lease_seconds,
+            stats=self.stats,
+        )
 
     @cached_property
     def recur(self) -> RecurClient:
@@ -81,6 +82,7 @@ class Runtime:
             settings=self.settings,
             pending=self.pending,
             flow=self.flow,
+            breaker=self.breaker,
             client=self.recur,
             stats=self.stats,
         )

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     web_port: int = Field(default=8000, ge=1, le=65535)
 
+    redis_sentinel_master: str = "mymaster"
+
     # Web.
     web_host: str = "127.0.0.1"
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
@@ -66,6 +68,13 @@ class Settings(BaseSettings):
     retry_backoff_base_seconds: float = Field(default=5.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     retry_budget_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+    # Circuit breaker (breaker.py): stop sending while Recur is failing, for every worker.
+    breaker_window_seconds: int = Field(default=60, ge=1, le=3600)
+    breaker_min_calls: int = Field(default=20, ge=1)
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_cool_down_seconds: float = Field(default=30.0, gt=0)
+    breaker_max_cool_down_seconds: float = Field(default=600.0, gt=0)
 
     # Worker.
     worker_concurrency: int = Field(default=16, ge=1, le=512)
@@ -176,6 +185,10 @@ class Settings(BaseSettings):
             raise ValueError("VISIBILITY_TIMEOUT_SECONDS must exceed LEASE_SECONDS")
         if self.retry_backoff_base_seconds > self.retry_backoff_max_seconds:
             raise ValueError("RETRY_BACKOFF_BASE_SECONDS must not exceed RETRY_BACKOFF_MAX_SECONDS")
+        if self.breaker_cool_down_seconds > self.breaker_max_cool_down_seconds:
+            raise ValueError(
+                "BREAKER_COOL_DOWN_SECONDS must not exceed BREAKER_MAX_COOL_DOWN_SECONDS"
+            )
         return self
 
     @property

@@ -19,9 +19,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sync_worker.connections import redis_client
 from sync_worker.events import EventValidationError, validate_user_fields
 from sync_worker.ledger import Ledger
-from sync_worker.runtime import redis_client
 from sync_worker.settings import load_settings
 
 app = typer.Typer(help="Manage the ledger: what Recur should hold, per user.", no_args_is_help=True)

@@ -8,6 +8,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from fastapi import Request
 
+from sync_worker.connections import async_redis_client
 from sync_worker.pending import ACCEPT_SCRIPT
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
@@ -27,12 +28,8 @@ class WebState:
     @classmethod
     def build(cls, settings: Settings, runtime: Runtime) -> WebState:
         """Connect (lazily) and register the scripts the handlers run."""
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=25,
-            max_connections=256,
+        client = async_redis_client(
+            settings, socket_timeout=5, socket_connect_timeout=2, max_connections=256
         )
         return cls(
             settings=settings,
