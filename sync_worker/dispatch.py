@@ -5,7 +5,9 @@ never share a user) and publishes them in batches as `sync_batch` tasks: one Cel
 batch, not per event, which is what lets one worker keep up with thousands of users a second.
 It claims only as much as the queue has room for, so claimed users do not sit behind a backlog
 while their leases run out. Every `sweep_interval` it also sweeps lapsed claims and writes a
-heartbeat; while the sync is paused for auth, it probes Recur instead.
+heartbeat; while the sync is paused for auth, it probes Recur instead. While the circuit breaker
+is open it claims nothing; once its cool-down is over, the dispatcher that takes the probe lock
+sends one due user's PATCH itself, as the probe (breaker.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.breaker import Gate
 from sync_worker.logging import get_logger
 from sync_worker.pending import Claim
 from sync_worker.runtime import Runtime
@@ -65,6 +68,11 @@ class Dispatcher:
             return 0
         if self._runtime.flow.cooldown_remaining() > 0:
             return 0
+        gate = self._runtime.breaker.gate()
+        if gate.action == "hold":
+            return 0
+        if gate.action == "probe":
+            return self._probe(gate)
         room = settings.worker_concurrency * QUEUED_BATCHES_PER_SLOT - self._queue_depth()
         if room <= 0:
             return 0
@@ -76,6 +84,18 @@ class Dispatcher:
         for start in range(0, len(claims), size):
             self._publish(claims[start : start + size])
         return len(claims)
+
+    def _probe(self, gate: Gate) -> int:
+        """Send one due user's change as the half-open probe, here rather than through the
+        queue, so exactly one call goes out and its answer decides the breaker's state."""
+        try:
+            claims = self._runtime.pending.claim_due(1)
+            if claims:
+                self._runtime.syncer.sync_claims(claims, probe=True)
+            return len(claims)
+        finally:
+            # A no-op once the probe's answer was recorded; frees the lock if nothing was sent.
+            self._runtime.breaker.release_probe(gate)
 
     def run(self, stop: threading.Event) -> None:
         """Tick until `stop` is set; a Redis outage is logged and waited out, never fatal."""

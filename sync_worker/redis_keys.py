@@ -53,6 +53,18 @@ RATE_BUCKET = PREFIX + "rate-bucket"
 COOLDOWN = PREFIX + "cooldown"
 """unix time until which nobody calls Recur (set from a 429's Retry-After); expires by itself."""
 
+BREAKER = PREFIX + "breaker"
+"""hash: the circuit breaker's state, cool-down and outage start (see breaker.py)."""
+
+BREAKER_WINDOW = PREFIX + "breaker-window"
+"""hash {second}:c / {second}:f -> calls and transient failures in that second (sliding window)."""
+
+BREAKER_PROBE = PREFIX + "breaker-probe"
+"""token of the one dispatcher sending the half-open probe; expires if it dies."""
+
+BREAKER_OUTAGES = PREFIX + "breaker-outages"
+"""zset "start:end" -> end of each finished outage, so the retry budget can leave them out."""
+
 # Counters kept in Redis so every process adds to the same numbers (see metrics.py).
 STATS = PREFIX + "stats"
 """hash counter name -> integer."""

@@ -50,6 +50,9 @@ class StatusSnapshot:
     paused: dict[str, Any] | None
     cooldown_seconds: float
     last_reconciliation: dict[str, Any] | None
+    breaker: dict[str, Any] = field(default_factory=dict)
+    oldest_due_seconds: float = 0.0
+    """How long the most overdue user has been waiting past its due time (0 when none is)."""
     collected_at: float = field(default_factory=time.time)
 
     @property
@@ -135,6 +138,24 @@ def last_reconciliation(client: redis.Redis) -> dict[str, Any] | None:
         return {"error": "the newest report is not valid JSON"}
 
 
+def oldest_due_seconds(client: redis.Redis, now: float) -> float:
+    """Seconds the earliest due user has waited past its due time: the age of the queue."""
+    oldest = cast(list[tuple[Any, float]], client.zrange(keys.DUE, 0, 0, withscores=True))
+    return round(max(0.0, now - oldest[0][1]), 3) if oldest else 0.0
+
+
+def last_finished_reconciliation(client: redis.Redis) -> dict[str, Any] | None:
+    """The newest report of a reconciliation that finished (not failed, not a dry run)."""
+    for raw in cast(list[bytes], client.lrange(keys.RECONCILE_REPORTS, 0, -1)):
+        try:
+            report = cast(dict[str, Any], json.loads(raw))
+        except ValueError:
+            continue
+        if report.get("status") == "finished":
+            return report
+    return None
+
+
 def gather_status(runtime: Runtime) -> StatusSnapshot:
     """Read every number of the status snapshot from Redis."""
     client = runtime.redis
@@ -151,4 +172,6 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
         paused=runtime.flow.paused(),
         cooldown_seconds=round(runtime.flow.cooldown_remaining(), 3),
         last_reconciliation=last_reconciliation(client),
+        breaker=runtime.breaker.snapshot(),
+        oldest_due_seconds=oldest_due_seconds(client, time.time()),
     )

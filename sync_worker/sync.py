@@ -6,11 +6,13 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
     429/5xx/timeout  -> a few quick retries, then back to the pending store on a backoff;
                         past the retry budget -> dead letter `retries_exhausted`
     401/403          -> the sync pauses for everybody; the change waits, nothing is consumed
+    breaker open     -> handed back unsent and uncounted until the cool-down ends (breaker.py)
     404              -> dead letter `not_found`; 409 -> `conflict`; 400/422 -> `rejected`
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from typing import Any, cast
 
 from tenacity import RetryCallState
 
+from sync_worker.breaker import Breaker, BreakerOpen, BreakerView
 from sync_worker.dlq import Reason, creation_record, failure_record, new_dead_letter_id
 from sync_worker.events import SYNCED_FIELDS
 from sync_worker.flow import FlowControl, Throttled
@@ -55,6 +58,8 @@ DEAD_REASONS: dict[type[RecurStatusError], Reason] = {
 }
 EVENT_IDS_LOGGED = 10
 DEFAULT_COOL_DOWN_SECONDS = 1.0
+HOLD_JITTER_SECONDS = 1.0
+"""Spread of the due times of changes held by the breaker, so they do not all come due at once."""
 
 
 class LeaseLost(Exception):
@@ -88,6 +93,7 @@ class Syncer:
         settings: Settings,
         pending: PendingStore,
         flow: FlowControl,
+        breaker: Breaker,
         client: RecurClient,
         stats: Stats,
         clock: Callable[[], float] = time.time,
@@ -95,21 +101,28 @@ class Syncer:
         self._settings = settings
         self._pending = pending
         self._flow = flow
+        self._breaker = breaker
         self._client = client
         self._stats = stats
         self._clock = clock
 
-    def sync_claims(self, claims: list[Claim]) -> list[SyncOutcome]:
+    def sync_claims(self, claims: list[Claim], *, probe: bool = False) -> list[SyncOutcome]:
         """Sync a batch of claims.
 
         The batch's Redis work is done in bulk (one round trip to read every snapshot, one to
         settle every success); the PATCHes go one at a time. A paused sync hands every claim
         straight back, and so does a batch from the moment one of its calls gets a 401/403.
+        An open circuit breaker does the same (uncounted, until its cool-down ends). `probe`
+        marks the breaker's half-open probe, whose answer closes or re-opens it.
         """
         outcomes: list[SyncOutcome] = []
         succeeded: list[tuple[Claim, Snapshot, float]] = []
         paused = self._flow.paused() is not None
-        snapshots = [None] * len(claims) if paused else self._pending.snapshot_many(claims)
+        view = None if probe or paused else self._breaker.view()
+        held = view if view is not None and view.is_open else None
+        unread = paused or held is not None
+        snapshots = [None] * len(claims) if unread else self._pending.snapshot_many(claims)
+        answered = 0
         for claim, snapshot in zip(claims, snapshots, strict=True):
             if paused:
                 self._pending.hand_back(
@@ -118,19 +131,29 @@ class Syncer:
                 outcomes.append(SyncOutcome(claim.user_id, "paused"))
                 continue
             started = self._clock()
-            outcome = self._deliver(claim, snapshot, started)
+            if held is not None:
+                outcomes.append(self._hold(claim, snapshot, held, started))
+                continue
+            outcome = self._deliver(claim, snapshot, started, probe=probe)
             if outcome is None:
                 succeeded.append((claim, cast(Snapshot, snapshot), started))
+                answered += bool(snapshot is not None and patch_body(snapshot))
                 continue
             outcomes.append(outcome)
+            answered += _refused(outcome)
             paused = outcome.result == "paused"
+            if outcome.result == "held":
+                held = self._breaker.view()
+        if answered:
+            # Recur answered these calls: it is up (a probe's answer closes the breaker).
+            self._breaker.record(successes=answered, probe=probe)
         if succeeded:
             outcomes += self._settle(succeeded)
         self._stats.flush()
         return outcomes
 
     def _deliver(
-        self, claim: Claim, snapshot: Snapshot | None, started: float
+        self, claim: Claim, snapshot: Snapshot | None, started: float, *, probe: bool
     ) -> SyncOutcome | None:
         """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
@@ -141,9 +164,11 @@ class Syncer:
         if not body:
             return None
         try:
-            self._send(claim, body)
+            self._send(claim, body, attempts=1 if probe else self._settings.retry_fast_attempts)
         except LeaseLost:
             return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
+        except BreakerOpen as opened:
+            return self._hold(claim, snapshot, opened.view, started, error=opened.error)
         except Throttled as throttled:
             self._pending.hand_back(claim, delay=throttled.wait, error=None)
             return self._report(
@@ -152,7 +177,9 @@ class Syncer:
                 snapshot,
             )
         except RetryAfterTooLong as too_long:
-            return self._failed(claim, snapshot, too_long.error, started, wait=too_long.wait)
+            return self._failed(
+                claim, snapshot, too_long.error, started, wait=too_long.wait, probe=probe
+            )
         except (Unauthorized, Forbidden) as error:
             return self._pause(claim, snapshot, error, started)
         except RecurStatusError as error:
@@ -161,9 +188,9 @@ class Syncer:
                 reason = "rejected"
             if reason is not None:
                 return self._dead(claim, snapshot, body, error, reason, started)
-            return self._failed(claim, snapshot, error, started)
+            return self._failed(claim, snapshot, error, started, probe=probe)
         except RecurError as error:
-            return self._failed(claim, snapshot, error, started)
+            return self._failed(claim, snapshot, error, started, probe=probe)
         self._stats.incr("patches_total", status_class="2xx")
         return None
 
@@ -188,7 +215,7 @@ class Syncer:
             outcomes.append(self._report(outcome, started, snapshot))
         return outcomes
 
-    def _send(self, claim: Claim, body: dict[str, Any]) -> None:
+    def _send(self, claim: Claim, body: dict[str, Any], *, attempts: int) -> None:
         patch = CustomerPatch.model_construct(**body)
         if "external_id" in body and body["external_id"] is None:
             patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
@@ -203,10 +230,14 @@ class Syncer:
             self._stats.incr("sync_retries_total", kind="quick")
             if isinstance(error, RateLimited):
                 self._flow.cool_down(error.retry_after or DEFAULT_COOL_DOWN_SECONDS)
+            elif error is not None:
+                view = self._breaker.record(failures=1)
+                if view.is_open:  # stop retrying into an outage: hand it back, uncounted
+                    raise BreakerOpen(error, view)
 
         call_with_quick_retries(
             lambda: self._client.update_customer_by_external_id(claim.user_id, patch),
-            attempts=self._settings.retry_fast_attempts,
+            attempts=attempts,
             max_seconds=self._settings.retry_fast_max_seconds,
             before_attempt=before_attempt,
             on_retry=on_retry,
@@ -227,11 +258,18 @@ class Syncer:
         started: float,
         *,
         wait: float | None = None,
+        probe: bool = False,
     ) -> SyncOutcome:
         self._count_failure(error)
         asked = wait if wait is not None else retry_after_of(error)
         if isinstance(error, RateLimited):
             self._flow.cool_down(asked or DEFAULT_COOL_DOWN_SECONDS)
+            if probe:  # Recur answered: it is up, and the cool-down holds everybody
+                self._breaker.record(successes=1, probe=True)
+        else:
+            view = self._breaker.record(failures=1, probe=probe)
+            if view.is_open:  # the call that tripped it, or one in flight when it opened
+                return self._hold(claim, snapshot, view, started, error=error)
         now = self._clock()
         attempts = snapshot.attempts + 1
         delay = handback_delay(
@@ -242,7 +280,9 @@ class Syncer:
         )
         since = snapshot.retry_since if snapshot.retry_since is not None else now
         status = error.status if isinstance(error, RecurStatusError) else None
-        if now + delay - since > self._settings.retry_budget_seconds:
+        # The budget counts only time the breaker was closed: an outage it held does not use it.
+        overdue = now + delay - since - self._settings.retry_budget_seconds
+        if overdue > 0 and self._breaker.open_seconds_since(since) < overdue:
             return self._dead(
                 claim, snapshot, patch_body(snapshot), error, "retries_exhausted", started
             )
@@ -256,6 +296,24 @@ class Syncer:
             snapshot,
             error=error,
         )
+
+    def _hold(
+        self,
+        claim: Claim,
+        snapshot: Snapshot | None,
+        view: BreakerView,
+        started: float,
+        *,
+        error: BaseException | None = None,
+    ) -> SyncOutcome:
+        """Hand a claim back unsent and uncounted, due when the breaker's cool-down ends."""
+        wait = max(0.0, view.open_until - self._clock())
+        delay = wait + random.uniform(0, HOLD_JITTER_SECONDS)  # noqa: S311 - jitter
+        self._pending.hand_back(claim, delay=delay, error=None)
+        self._stats.incr("sync_retries_total", kind="held")
+        status = error.status if isinstance(error, RecurStatusError) else None
+        outcome = SyncOutcome(claim.user_id, "held", status=status, next_retry_in=delay)
+        return self._report(outcome, started, snapshot, error=error)
 
     def _pause(
         self, claim: Claim, snapshot: Snapshot, error: RecurStatusError, started: float
@@ -365,6 +423,16 @@ class Syncer:
             next_retry_in=outcome.next_retry_in,
             dead_letter_id=outcome.dead_letter_id,
         )
+
+
+def _refused(outcome: SyncOutcome) -> bool:
+    """Recur answered with a 4xx other than 429: it refused the data, so it is up."""
+    return (
+        outcome.result in ("dead_letter", "paused")
+        and outcome.status is not None
+        and outcome.status < 500
+        and outcome.status != 429
+    )
 
 
 def _error_info(error: BaseException) -> dict[str, Any]:

@@ -23,6 +23,18 @@ def _report_line(report: dict[str, Any] | None) -> str:
     return counts or json.dumps(report, ensure_ascii=False)
 
 
+def _breaker_line(breaker: dict[str, Any]) -> str:
+    window = f"{breaker.get('window_failures', 0)}/{breaker.get('window_calls', 0)} failed"
+    state = breaker.get("state", "closed")
+    if state == "closed":
+        return f"[green]closed[/] ({window} in the window)"
+    left = breaker.get("open_seconds_left", 0)
+    return (
+        f"[bold red]{state.upper()}[/]: sends held, intake still accepts; probe in {left:.0f} s "
+        f"(cool-down {breaker.get('cool_down_seconds', 0):.0f} s, trips {breaker.get('trips', 0)})"
+    )
+
+
 def _print(out: Console, snapshot: StatusSnapshot) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -39,6 +51,7 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
         )
     grid.add_row("sync", state)
     grid.add_row("mode", snapshot.mode)
+    grid.add_row("circuit breaker", _breaker_line(snapshot.breaker))
     if snapshot.cooldown_seconds > 0:
         grid.add_row("cool-down", f"[yellow]{snapshot.cooldown_seconds:.1f} s left (429)[/]")
     grid.add_row(

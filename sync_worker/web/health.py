@@ -1,4 +1,8 @@
-"""`/healthz` (the process answers) and `/readyz` (Redis answers and the sync is not paused)."""
+"""`/healthz` (the process answers) and `/readyz` (Redis answers and the sync is not paused).
+
+An open circuit breaker leaves `/readyz` at 200: intake still accepts and stores events, which is
+what a load balancer asks about; the body says the breaker is open, for people and probes.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await state.redis.ping()
         paused = await state.redis.get(keys.PAUSED)
+        breaker = await state.redis.hget(keys.BREAKER, "state")
     except (redis.RedisError, OSError) as error:
         return JSONResponse(
             {"status": "unavailable", "reason": "redis_unreachable", "error": str(error)},
@@ -37,4 +42,8 @@ async def readyz(request: Request) -> JSONResponse:
             {"status": "paused", "reason": "sync_paused", "paused": json.loads(paused)},
             status_code=503,
         )
-    return JSONResponse({"status": "ready", "mode": state.settings.mode_label})
+    body = {"status": "ready", "mode": state.settings.mode_label, "breaker": "closed"}
+    if breaker is not None and breaker not in (b"closed", "closed"):
+        name = breaker.decode() if isinstance(breaker, bytes) else str(breaker)
+        body.update(breaker=name, reason="breaker_open")
+    return JSONResponse(body)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 from fastapi import APIRouter, Request
@@ -33,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sync_worker.runtime import Runtime
-from sync_worker.status import gather_status
+from sync_worker.status import StatusSnapshot, gather_status, last_finished_reconciliation
 from sync_worker.web.state import web_state
 
 PREFIX = "recur_sync_"
@@ -52,6 +53,7 @@ COUNTERS: dict[str, str] = {
     "dead_letters_trimmed_total": "Dead letters deleted after the retention period.",
     "claims_requeued_total": "Claims whose lease lapsed and were offered again.",
     "sync_paused_total": "Times the sync paused on 401/403.",
+    "breaker_transitions_total": "Circuit breaker transitions, by the state entered.",
 }
 HISTOGRAM_HELP = {
     "sync_latency_seconds": "Seconds from the first event of a change to Recur applying it.",
@@ -141,6 +143,13 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
     yield _gauge("paused", "1 while the sync is paused on 401/403.", float(bool(snapshot.paused)))
     yield _gauge("cooldown_seconds", "Seconds left of a 429 cool-down.", snapshot.cooldown_seconds)
     yield _gauge("workers_alive", "Workers with a recent heartbeat.", len(snapshot.workers))
+    yield _gauge(
+        "oldest_due_age_seconds",
+        "Seconds the most overdue pending user has waited past its due time.",
+        snapshot.oldest_due_seconds,
+    )
+    yield from breaker_families(snapshot)
+    yield from reconciliation_families(runtime)
     applied = values.get("syncs_applied_total", 0.0)
     if applied:
         yield _gauge(
@@ -148,6 +157,60 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
             "Events accepted per PATCH applied: how much the debounce saves.",
             values.get("events_accepted_total", 0.0) / applied,
         )
+
+
+def breaker_families(snapshot: StatusSnapshot) -> Iterator[Metric]:
+    """The circuit breaker: open or not, its state, the window's counts, the cool-down."""
+    breaker = snapshot.breaker
+    state = str(breaker.get("state", "closed"))
+    yield _gauge(
+        "breaker_open",
+        "1 while the circuit breaker holds sends (open or half-open).",
+        float(state != "closed"),
+    )
+    states = GaugeMetricFamily(
+        PREFIX + "breaker_state", "1 for the circuit breaker's current state.", labels=["state"]
+    )
+    for name in ("closed", "open", "half_open"):
+        states.add_metric([name], float(name == state))
+    yield states
+    yield _gauge(
+        "breaker_window_calls",
+        "Calls to Recur in the breaker's sliding window.",
+        breaker.get("window_calls", 0),
+    )
+    yield _gauge(
+        "breaker_window_failures",
+        "Transient failures in the breaker's sliding window.",
+        breaker.get("window_failures", 0),
+    )
+    yield _gauge(
+        "breaker_cool_down_seconds",
+        "The breaker's current cool-down (doubled after each failed probe, capped).",
+        breaker.get("cool_down_seconds", 0),
+    )
+
+
+def reconciliation_families(runtime: Runtime) -> Iterator[Metric]:
+    """The newest finished reconciliation: when, and how much drift it found (absent before)."""
+    report = last_finished_reconciliation(runtime.redis)
+    if report is None or not report.get("finished_at"):
+        return
+    yield _gauge(
+        "reconciliation_last_finished_timestamp_seconds",
+        "Unix time the newest finished reconciliation ended.",
+        datetime.fromisoformat(str(report["finished_at"])).timestamp(),
+    )
+    yield _gauge(
+        "reconciliation_last_scanned",
+        "Customers the newest finished reconciliation scanned.",
+        float(report.get("scanned", 0)),
+    )
+    yield _gauge(
+        "reconciliation_last_drifted",
+        "Customers the newest finished reconciliation found drifted from the ledger.",
+        float(report.get("drifted", 0)),
+    )
 
 
 class RedisStatsCollector(Collector):
