@@ -176,8 +176,10 @@ class Chaos:
                 status = self.post(event, client=client)
                 assert status == 202, f"{event.event_id}: {status}"
 
-    def post_concurrently(self, events: list[Event], *, threads: int = 6) -> None:
-        """Deliver events from several threads at once (merchant retries in parallel)."""
+    def post_concurrently(
+        self, events: list[Event], *, threads: int = 6, expect: int = 202
+    ) -> None:
+        """Deliver events from several threads at once; each must be answered `expect`."""
         chunks = [events[i::threads] for i in range(threads)]
         failures: list[str] = []
 
@@ -185,7 +187,7 @@ class Chaos:
             with httpx.Client(timeout=10) as client:
                 for event in chunk:
                     status = self.post(event, client=client)
-                    if status != 202:
+                    if status != expect:
                         failures.append(f"{event.event_id}: {status}")
 
         workers = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
