@@ -1,0 +1,71 @@
+"""One real web process and one worker for the whole module, on the session's Redis and
+sandbox (both emptied before each test), and the secret scan of every stack log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from sync_worker import redis_keys as keys
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.sandbox import SandboxHandle
+from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack
+from tests.hostile.leaks import leaked_secrets
+
+
+@pytest.fixture(scope="module")
+def live_stack(
+    redis_server: RedisServer,
+    sandbox_server: SandboxHandle,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """Web and worker, started once per module (hostile tests are many and short)."""
+    env = {
+        **FAST_SETTINGS,
+        "REDIS_URL": redis_server.url,
+        "RECUR_API_URL": sandbox_server.url,
+        "RECUR_SECRET_KEY": sandbox_server.secret_key,
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    if redis_server.process is None:
+        redis_server.start()
+    system = Stack(
+        redis_server=redis_server,
+        sandbox=sandbox_server,
+        directory=tmp_path_factory.mktemp("hostile"),
+        env=env,
+    )
+    try:
+        system.start_web()
+        system.start_worker()
+        yield system
+    finally:
+        system.stop_all()
+
+
+@pytest.fixture
+def web(live_stack: Stack) -> Stack:
+    """The module's stack with Redis flushed and the sandbox reset."""
+    client = redis.Redis.from_url(live_stack.redis_server.url)
+    client.flushall()
+    client.close()
+    live_stack.sandbox.control.reset()
+    return live_stack
+
+
+def nothing_reached_recur(stack: Stack) -> None:
+    """Assert a refused delivery left no trace: nothing pending in Redis, no call to Recur."""
+    client = stack.redis
+    assert list(client.scan_iter(keys.PREFIX + "pending*")) == []
+    assert client.zcard(keys.DUE) == 0
+    assert stack.sandbox.control.requests() == []
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """After each test, no process any stack started has logged a secret."""
+    yield
+    assert leaked_secrets() == []
