@@ -2,13 +2,17 @@
 
 `dlq:{id}` hash (all values text): id, user_id, reason, http_status, error_code, error_message,
 request (the JSON body that was sent), fields (JSON {field: {value, ts_ms}}: what to restore on
-replay), event_ids (JSON), attempts, first_failure, last_failure, replay_count, created_at.
+replay), event_ids (JSON), attempts, first_failure, last_failure, replay_count, created_at, and
+history (JSON list: each operator edit before a replay, {at, by, changes: [{field, action, from,
+to}]}).
 `dlq-index` zset: id -> last failure time. Entries are written by the pending store's script in
 the same step that takes the change out of the pending store, so none is lost between the two.
 
 A replay merges the entry's fields back into the pending store (a field newer in the ledger or
 in the pending store wins) and the normal sync path sends it; the entry is deleted only when that
 sync succeeds, and if it fails again the same entry comes back with its replay count raised.
+A replay may first edit the entry (see replay_edit.py): the edit replaces the queued fields and
+is appended to the history in one transaction, under the same guard as the replay.
 """
 
 from __future__ import annotations
@@ -16,18 +20,35 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, cast
 
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.events import SYNCED_FIELDS
 from sync_worker.pending import FieldState, PendingStore
 
 Reason = Literal["not_found", "conflict", "rejected", "retries_exhausted"]
 REASONS: tuple[Reason, ...] = ("not_found", "conflict", "rejected", "retries_exhausted")
 REPLAY_GUARD_SECONDS = 60
+
+_EDIT = """
+-- KEYS: entry. ARGV: fields_json, change_json. Appends to the history as text (no re-encoding).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local history = redis.call('HGET', KEYS[1], 'history') or '[]'
+if history == '[]' then
+  history = '[' .. ARGV[2] .. ']'
+else
+  history = string.sub(history, 1, -2) .. ',' .. ARGV[2] .. ']'
+end
+redis.call('HSET', KEYS[1], 'fields', ARGV[1], 'history', history)
+return 1
+"""
+
+Edit = Callable[["DeadLetter"], tuple[dict[str, dict[str, Any]], dict[str, Any]]]
+"""An operator's edit: from the entry, its new `fields` and the history record of the change."""
 
 
 def new_dead_letter_id(now: float | None = None) -> str:
@@ -54,6 +75,7 @@ class DeadLetter:
     last_failure: float
     replay_count: int = 0
     created_at: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +152,7 @@ def dead_letter_from_hash(raw: dict[str, str]) -> DeadLetter:
         last_failure=float(raw.get("last_failure", "0")),
         replay_count=int(raw.get("replay_count", "0")),
         created_at=float(raw.get("created_at", "0")),
+        history=json.loads(raw.get("history", "[]")),
     )
 
 
@@ -150,6 +173,7 @@ class DeadLetterQueue:
     def __init__(self, client: redis.Redis, *, pending: PendingStore) -> None:
         self._redis = client
         self._pending = pending
+        self._edit = client.register_script(_EDIT)
 
     def ids(self) -> list[str]:
         """Every entry id, newest failure first."""
@@ -231,8 +255,14 @@ class DeadLetterQueue:
         old = self._redis.zrangebyscore(keys.DEAD_LETTERS, "-inf", repr(cutoff))
         return self.delete([_text(m) for m in cast(list[bytes | str], old)])
 
-    def replay(self, entry_id: str, *, dry_run: bool = False) -> ReplayResult:
-        """Send an entry back through the normal sync path (see the module docstring)."""
+    def replay(
+        self, entry_id: str, *, dry_run: bool = False, edit: Edit | None = None
+    ) -> ReplayResult:
+        """Send an entry back through the normal sync path (see the module docstring).
+
+        With `edit`, the entry's queued fields are replaced and the change is added to its
+        history first; with `dry_run` as well, nothing is written and the edited PATCH is shown.
+        """
         guard = keys.dead_letter_replaying(entry_id)
         if not self._redis.set(guard, "1", nx=True, ex=REPLAY_GUARD_SECONDS):
             return ReplayResult(id=entry_id, outcome="busy")
@@ -240,19 +270,34 @@ class DeadLetterQueue:
             entry = self.get(entry_id)
             if entry is None:
                 return ReplayResult(id=entry_id, outcome="missing")
+            request, change = entry.request, None
+            if edit is not None:
+                fields, change = edit(entry)
+                entry = replace(entry, fields=fields)
+                request = {k: v["value"] for k, v in fields.items() if k in SYNCED_FIELDS}
             if dry_run:
                 return ReplayResult(
-                    id=entry_id,
-                    outcome="would_replay",
-                    user_id=entry.user_id,
-                    request=entry.request,
+                    id=entry_id, outcome="would_replay", user_id=entry.user_id, request=request
                 )
             merged = self._pending.restore(entry.user_id, entry.field_states(), replay_of=entry.id)
             if merged < 0:
                 return ReplayResult(id=entry_id, outcome="busy", user_id=entry.user_id)
+            if merged and change is not None:
+                # Recorded once the edited change is queued, so a replay already under way
+                # (busy above) cannot leave a history entry for an edit that never went out.
+                self._record_edit(entry_id, entry.fields, change)
             outcome: Literal["replayed", "stale"] = "replayed" if merged else "stale"
             return ReplayResult(
-                id=entry_id, outcome=outcome, user_id=entry.user_id, request=entry.request
+                id=entry_id, outcome=outcome, user_id=entry.user_id, request=request
             )
         finally:
             self._redis.delete(guard)
+
+    def _record_edit(
+        self, entry_id: str, fields: dict[str, dict[str, Any]], change: dict[str, Any]
+    ) -> None:
+        """Replace the queued fields and append `change` to the history, in one step."""
+        self._edit(
+            keys=[keys.dead_letter(entry_id)],
+            args=[json.dumps(fields, ensure_ascii=False), json.dumps(change, ensure_ascii=False)],
+        )

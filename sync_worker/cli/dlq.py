@@ -2,18 +2,21 @@
 
 Thin over `DeadLetterQueue`: a replay puts the entry's change back into the pending store, and
 the workers send it through the normal sync path; the entry disappears once that succeeds.
+`replay ID --set name=...` edits the queued change first (replay_edit.py), recorded in the
+entry's history under the OS user who ran it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import re
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import redis
 import typer
@@ -21,7 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from sync_worker.dlq import REASONS
+from sync_worker.dlq import REASONS, Edit
+from sync_worker.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, load_settings
 from sync_worker.status import format_age
@@ -120,11 +124,30 @@ def _cell(value: object, present: bool, absent: str) -> str:
     return json.dumps(value, ensure_ascii=False) if present else f"[dim]{absent}[/]"
 
 
+def _history_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(title="edits before replay")
+    for column in ("when", "who", "field", "from", "to"):
+        table.add_column(column, overflow="fold")
+    for record in history:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("at", 0)))
+        who = f"{record.get('by')} ({record.get('via')})"
+        for change in record.get("changes", []):
+            removed = change.get("action") == "unset"
+            table.add_row(
+                stamp,
+                who,
+                str(change.get("field")),
+                json.dumps(change.get("from"), ensure_ascii=False),
+                "(removed)" if removed else json.dumps(change.get("to"), ensure_ascii=False),
+            )
+    return table
+
+
 def _show_text(out: Console, found: Triage) -> None:
     entry = found.entry
     details = Table.grid(padding=(0, 2))
     for name, value in entry.to_dict().items():
-        if name in ("fields", "extra"):
+        if name in ("fields", "extra", "history"):
             continue
         if name in ("first_failure", "last_failure", "created_at") and value:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
@@ -133,6 +156,8 @@ def _show_text(out: Console, found: Triage) -> None:
             value = json.dumps(value, ensure_ascii=False)
         details.add_row(f"[bold]{name}[/]", str(value))
     out.print(details)
+    if entry.history:
+        out.print(_history_table(entry.history))
     rows = found.rows()
     upstream = entry.reason in ("not_found", "conflict")
     if rows:
@@ -204,17 +229,38 @@ def replay(
         bool,
         typer.Option("--dry-run", help="Print the PATCH each replay would send; change nothing."),
     ] = False,
+    set_values: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="PATH=VALUE",
+            help="Edit the queued change first (one ID): name=..., external_id=..., "
+            "metadata.KEY=... (a string) or PATH:=JSON. Repeatable.",
+        ),
+    ] = None,
+    unset_external_id: Annotated[
+        bool,
+        typer.Option(
+            "--unset-external-id", help="Drop the queued external-id change (no rebind is sent)."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Send dead letters back through the normal sync path (exit 1 if any could not be).
 
     An entry whose user already has a newer state applied or pending is skipped as stale. An
     entry stays in the queue until its sync succeeds; if it fails again its replay count rises.
+    With --set or --unset-external-id, the one entry given is edited first (the edit wins over
+    the queued values and is kept in the entry's history); an invalid value exits 2.
     """
     _check_reason(reason)
     out = console()
     results = []
+    edits = FieldEdits(_assignments(set_values or []), unset_external_id)
+    if edits and (len(ids or []) != 1 or replay_all or reason is not None):
+        raise typer.BadParameter("edit one entry at a time: give exactly one ID")
     with open_runtime() as runtime:
+        edit = _edit(runtime, edits) if edits else None
         selected = _select(runtime, ids or [], replay_all=replay_all, reason=reason)
         with Progress(
             TextColumn("replaying"),
@@ -226,7 +272,11 @@ def replay(
         ) as progress:
             task = progress.add_task("replay", total=len(selected))
             for entry_id in selected:
-                results.append(runtime.dlq.replay(entry_id, dry_run=dry_run))
+                try:
+                    results.append(runtime.dlq.replay(entry_id, dry_run=dry_run, edit=edit))
+                except EditError as error:
+                    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+                    raise typer.Exit(2) from None
                 progress.advance(task)
     counts: Counter[str] = Counter(result.outcome for result in results)
     if as_json:
@@ -253,6 +303,22 @@ def replay(
         out.print(summary)
     if any(counts.get(outcome) for outcome in FAILED_OUTCOMES):
         raise typer.Exit(1)
+
+
+def _assignments(items: list[str]) -> dict[str, object]:
+    try:
+        return parse_assignments(items)
+    except EditError as error:
+        raise typer.BadParameter(str(error), param_hint="--set") from None
+
+
+def _edit(runtime: Runtime, edits: FieldEdits) -> Edit:
+    try:
+        return build_edit(
+            edits, actor={"by": getpass.getuser(), "via": "cli"}, ledger=runtime.ledger
+        )
+    except EditError as error:
+        raise typer.BadParameter(str(error), param_hint="--set") from None
 
 
 @app.command("delete")

@@ -5,7 +5,9 @@ thread pool so the event loop keeps serving webhooks meanwhile.
 
     GET    /admin/api/dead-letters               ?reason= &user_id= &limit=
     GET    /admin/api/dead-letters/{id}          ?triage=true adds the customer as Recur has it
-    POST   /admin/api/dead-letters/{id}/replay   ?dry_run=true
+    POST   /admin/api/dead-letters/{id}/replay   ?dry_run=true, optional edit body:
+                                                 {"set": {"name": ..., "metadata.plan": ...},
+                                                  "unset_external_id": false}
     POST   /admin/api/dead-letters/replay        {"reason"?, "user_id"?, "all"?, "dry_run"?}
     DELETE /admin/api/dead-letters/{id}
     GET    /admin/api/status
@@ -21,9 +23,10 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from sync_worker.logging import get_logger
+from sync_worker.replay_edit import EditError, FieldEdits, build_edit
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError
 from sync_worker.status import gather_status
@@ -48,6 +51,22 @@ class ReplayFilter(BaseModel):
     user_id: str | None = None
     all: bool = False
     dry_run: bool = False
+
+
+class ReplayEdit(BaseModel):
+    """An edit of the queued change before the replay (see replay_edit.py for the paths)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    set_values: dict[str, Any] = Field(default_factory=dict, alias="set")
+    unset_external_id: bool = False
+
+
+def _invalid_edit(error: EditError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": "invalid_edit", "message": str(error), "errors": error.errors}},
+        status_code=422,
+    )
 
 
 def _runtime(request: Request) -> Runtime:
@@ -121,12 +140,32 @@ def replay_by_filter(request: Request, body: ReplayFilter) -> dict[str, Any]:
 
 
 @router.post("/dead-letters/{entry_id}/replay")
-def replay_one(request: Request, entry_id: str, dry_run: bool = False) -> JSONResponse:
-    """Replay one dead letter: 202 replayed, 200 stale or dry run, 409 busy, 404 missing."""
-    result = _runtime(request).dlq.replay(entry_id, dry_run=dry_run)
+def replay_one(
+    request: Request, entry_id: str, dry_run: bool = False, body: ReplayEdit | None = None
+) -> JSONResponse:
+    """Replay one dead letter: 202 replayed, 200 stale or dry run, 409 busy, 404 missing.
+
+    With a body, the queued change is edited first and the edit kept in the entry's history
+    (by `admin`, via `api`); 422 names each invalid value.
+    """
+    runtime = _runtime(request)
+    edits = FieldEdits(body.set_values, body.unset_external_id) if body else FieldEdits()
+    try:
+        edit = None
+        if edits:
+            edit = build_edit(edits, actor={"by": "admin", "via": "api"}, ledger=runtime.ledger)
+        result = runtime.dlq.replay(entry_id, dry_run=dry_run, edit=edit)
+    except EditError as error:
+        return _invalid_edit(error)
     if result.outcome == "missing":
         raise _not_found(entry_id)
-    log.info("dead_letter_replayed", source="api", id=entry_id, outcome=result.outcome)
+    log.info(
+        "dead_letter_replayed",
+        source="api",
+        id=entry_id,
+        outcome=result.outcome,
+        edited=sorted(edits.values) + (["-external_id"] if edits.unset_external_id else []),
+    )
     return JSONResponse(asdict(result), status_code=REPLAY_STATUS[result.outcome])
 
 

@@ -1,7 +1,8 @@
 """`GET /admin`: one server-rendered page for operators, no JavaScript and no build step.
 
 It shows the numbers of `sync-worker status` and the dead letters (filtered by reason), with
-replay and delete buttons. Each button is a plain HTML form POSTing to `/admin/actions/...`,
+replay and delete buttons, and a page per dead letter to edit its change before replaying it
+(dead_letter_page.py). Each button is a plain HTML form POSTing to `/admin/actions/...`,
 which acts and redirects back (post/redirect/get, so a reload never repeats an action).
 
 Access: `/admin/login` takes ADMIN_TOKEN and sets a signed session cookie (HttpOnly,
@@ -24,8 +25,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sync_worker.dlq import REASONS, DeadLetter
 from sync_worker.logging import get_logger
+from sync_worker.replay_edit import EditError, build_edit
 from sync_worker.status import StatusSnapshot, format_age, gather_status
 from sync_worker.web import auth
+from sync_worker.web.dead_letter_page import entry_html, form_edits
 from sync_worker.web.state import web_state
 
 log = get_logger(__name__)
@@ -166,6 +169,13 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
         )
     else:
         state = "<div class='banner ok'>Sync running.</div>"
+    if snapshot.breaker.get("state", "closed") != "closed":
+        state += (
+            "<div class='banner bad' id='breaker'><strong>Circuit breaker "
+            f"{escape(str(snapshot.breaker['state']))}</strong>: Recur is failing, sends are held "
+            "and intake still accepts; one probe goes out in "
+            f"{float(snapshot.breaker.get('open_seconds_left', 0)):.0f} s.</div>"
+        )
     cards = [
         _card("mode", snapshot.mode),
         *(_card(f"queue {name}", depth) for name, depth in snapshot.queues.items()),
@@ -201,8 +211,8 @@ def _row(entry: DeadLetter, csrf: str, reason: str, now: float) -> str:
         f"<form class='inline' method='post' action='/admin/actions/replay/{entry_path}'>"
         f"{_hidden(csrf, reason)}<button type='submit' name='replay'>Replay</button></form> "
         f"<form class='inline' method='post' action='/admin/actions/delete/{entry_path}'>"
-        f"{_hidden(csrf, reason)}<button type='submit' name='delete'>Delete</button></form>"
-        "</td></tr>"
+        f"{_hidden(csrf, reason)}<button type='submit' name='delete'>Delete</button></form> "
+        f"<a href='/admin/dead-letters/{entry_path}'>Edit</a></td></tr>"
     )
 
 
@@ -342,3 +352,49 @@ async def delete_action(request: Request, entry_id: str) -> Response:
     deleted = await asyncio.to_thread(web_state(request).runtime.dlq.delete, [entry_id])
     log.info("dead_letter_deleted", source="dashboard", id=entry_id, deleted=deleted)
     return _back(form.get("reason", ""), "deleted" if deleted else "missing", max(deleted, 1))
+
+
+def _session_actor(request: Request) -> dict[str, str]:
+    """Who edits from the dashboard: the admin, and when their session began (not the cookie)."""
+    issued = request.cookies.get(auth.SESSION_COOKIE, "").partition(".")[0]
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(issued or 0)))
+    return {"by": "admin", "via": "dashboard", "session": started}
+
+
+@router.get("/dead-letters/{entry_id}", response_model=None)
+async def dead_letter_page(request: Request, entry_id: str) -> Response:
+    """One dead letter, its edit history and the edit-and-replay form."""
+    found = _session(request)
+    if found is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    entry = await asyncio.to_thread(web_state(request).runtime.dlq.get, entry_id)
+    if entry is None:
+        return _back("", "missing", 1)
+    return _html(entry.id, entry_html(entry, _hidden(auth.csrf_token(*found), "")))
+
+
+@router.post("/actions/edit-replay/{entry_id}", response_model=None)
+async def edit_replay_action(request: Request, entry_id: str) -> Response:
+    """Edit the queued change as the form says, then replay it; the form again if invalid."""
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    runtime = web_state(request).runtime
+    entry = await asyncio.to_thread(runtime.dlq.get, entry_id)
+    if entry is None:
+        return _back("", "missing", 1)
+    try:
+        edits = form_edits(form, entry)
+        edit = build_edit(edits, actor=_session_actor(request), ledger=runtime.ledger)
+        result = await asyncio.to_thread(runtime.dlq.replay, entry_id, edit=edit)
+    except EditError as error:
+        hidden = _hidden(form.get("csrf", ""), "")
+        return _html(entry.id, entry_html(entry, hidden, str(error)), status=422)
+    log.info(
+        "dead_letter_replayed",
+        source="dashboard",
+        id=entry_id,
+        outcome=result.outcome,
+        edited=sorted(edits.values),
+    )
+    return _back("", result.outcome, 1)
