@@ -1,0 +1,6 @@
+"""The operator tests' fixtures (a runtime on the test Redis and the sandbox, the web app
+in-process), shared here rather than copied."""
+
+from tests.operators.conftest import operator_env, runtime, web
+
+__all__ = ["operator_env", "runtime", "web"]
