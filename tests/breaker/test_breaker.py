@@ -10,6 +10,7 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.breaker import Breaker
+from sync_worker.settings import ConfigError, load_settings
 from sync_worker.stats import Stats
 
 T0 = 1_800_000_000.0
@@ -202,3 +203,14 @@ def test_outage_time_is_left_out_of_the_retry_budget(
     assert breaker.open_seconds_since(T0) == 50
     assert breaker.open_seconds_since(T0 + 120) == 30  # only the overlap
     assert breaker.open_seconds_since(T0 + 200) == 0
+
+
+def test_bad_breaker_settings_fail_at_start_up_with_one_line() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^BREAKER_COOL_DOWN_SECONDS must not exceed BREAKER_MAX"
+    ):
+        load_settings(breaker_cool_down_seconds=700)
+    with pytest.raises(ConfigError, match=r"^BREAKER_FAILURE_RATIO: .*greater than 0"):
+        load_settings(breaker_failure_ratio=0)
+    with pytest.raises(ConfigError, match=r"^BREAKER_MIN_CALLS: "):
+        load_settings(breaker_min_calls=0)
