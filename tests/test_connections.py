@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from sync_worker.connections import (
     redis_client,
     sentinel_target,
 )
+from sync_worker.devstack.stack import find_redis_server
 from sync_worker.settings import Settings
 from tests.fixtures.redis_server import RedisServer, free_port
 
@@ -41,8 +41,9 @@ def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor testmaster 127.0.0.1 {redis_server.port} 1\n"
     )
-    binary = shutil.which("redis-server")
-    assert binary is not None
+    found = find_redis_server()
+    assert found is not None
+    binary = found.path
     process = subprocess.Popen(
         [binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
