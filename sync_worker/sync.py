@@ -123,6 +123,7 @@ class Syncer:
         unread = paused or held is not None
         snapshots = [None] * len(claims) if unread else self._pending.snapshot_many(claims)
         answered = 0
+        batch_started = self._clock()
         for claim, snapshot in zip(claims, snapshots, strict=True):
             if paused:
                 self._pending.hand_back(
@@ -133,6 +134,12 @@ class Syncer:
             started = self._clock()
             if held is not None:
                 outcomes.append(self._hold(claim, snapshot, held, started))
+                continue
+            if started - batch_started > self._settings.lease_seconds / 2 and not (
+                self._pending.renew(claim)
+            ):
+                # Earlier users of the batch were slow: this claim lapsed and may be another's.
+                outcomes.append(self._report(SyncOutcome(claim.user_id, "lost"), started))
                 continue
             outcome = self._deliver(claim, snapshot, started, probe=probe)
             if outcome is None:
