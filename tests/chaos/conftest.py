@@ -19,6 +19,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(line)
 
 
+@pytest.fixture
+def stack_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """The stack's environment with a short circuit-breaker cool-down: scenarios that inject
+    failures open the breaker, and its default (30 s, doubling) would only make them slow.
+    Holding sends while it is open is tested in tests/breaker."""
+    return {
+        **stack_env,
+        "BREAKER_COOL_DOWN_SECONDS": "1",
+        "BREAKER_MAX_COOL_DOWN_SECONDS": "2",
+    }
+
+
 @pytest.fixture(autouse=True)
 def no_secret_in_logs() -> Iterator[None]:
     """After each scenario, no process of the stack has logged a secret."""
