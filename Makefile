@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 chaos: $(STAMP)
-	$(BIN)/pytest -m slow tests/chaos
+	CHAOS_FULL=1 $(BIN)/pytest -m slow tests/chaos
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -1,13 +1,36 @@
-"""Chaos scenarios: the results table at the end of the run, and no secret in any log."""
+"""Chaos scenarios: the results table at the end of the run, and no secret in any log.
+
+`make chaos` runs every scenario (CHAOS_FULL=1). The normal suite (CI) skips those marked
+`chaos_full`: the kill -9 and Redis-restart variants, whose plain cases
+tests/pipeline/test_faults.py already runs there. That keeps the CI share near two minutes.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.chaos.harness import RESULTS, table
 from tests.hostile.leaks import leaked_secrets
+
+FULL_MARKER = "chaos_full"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{FULL_MARKER}: a chaos scenario only `make chaos` runs (CHAOS_FULL=1)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("CHAOS_FULL") == "1":
+        return
+    skip = pytest.mark.skip(reason="a long chaos variant: run it with make chaos")
+    for item in items:
+        if item.get_closest_marker(FULL_MARKER) is not None:
+            item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -46,6 +46,7 @@ def requeued_claims(stack: Stack) -> int:
     return int(stack.redis.hget(keys.STATS, "claims_requeued_total") or 0)
 
 
+@pytest.mark.chaos_full
 def test_kill_9_mid_patch_then_restart(stack: Stack) -> None:
     chaos = Chaos.start(stack, "1a kill -9 mid-PATCH, restart", users=20)
     control = stack.sandbox.control
@@ -62,6 +63,7 @@ def test_kill_9_mid_patch_then_restart(stack: Stack) -> None:
     assert requeued_claims(stack) > 0  # the dead worker's claims came back through the sweeper
 
 
+@pytest.mark.chaos_full
 def test_kill_9_one_of_two_workers_the_other_takes_over(stack: Stack) -> None:
     stack.start_worker(name="worker-b")
     chaos = Chaos.start(stack, "1b kill -9 one of two workers", users=24)
@@ -76,6 +78,7 @@ def test_kill_9_one_of_two_workers_the_other_takes_over(stack: Stack) -> None:
     assert stack.dead_letters() == []
 
 
+@pytest.mark.chaos_full
 def test_redis_restart_with_work_queued_in_flight_and_retrying(stack: Stack) -> None:
     chaos = Chaos.start(stack, "2 Redis restart, work in every state", users=30)
     control = stack.sandbox.control
