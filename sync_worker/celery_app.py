@@ -23,6 +23,7 @@ from kombu import Queue
 
 from sync_worker.connections import broker_transport_options
 from sync_worker.logging import configure_logging
+from sync_worker.ops_webhooks import OpsDeliverer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings, load_settings
 
@@ -120,6 +121,8 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         },
     )
     celery.steps["worker"].add(DispatcherStep)
+    if settings.ops_webhook_url is not None:
+        celery.steps["worker"].add(OpsWebhooksStep)
 
     @setup_logging.connect(weak=False)
     def _configure_logging(**_: Any) -> None:
@@ -158,6 +161,37 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class OpsWebhooksStep(bootsteps.StartStopStep):
+    """Delivers operational webhooks on a thread of their own (ops_webhooks.py), so a slow
+    receiver never delays the dispatcher's claims. Added only when OPS_WEBHOOK_URL is set."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._deliverer: OpsDeliverer | None = None
+
+    def start(self, worker: Any) -> None:
+        runtime = worker.app.runtime
+        deliverer = OpsDeliverer.from_settings(
+            runtime.settings, client=runtime.redis, stats=runtime.stats
+        )
+        self._deliverer = deliverer
+        self._thread = threading.Thread(
+            target=deliverer.run, args=(self._stop,), name="ops-webhooks", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._deliverer is not None:
+            self._deliverer.close()
 
 
 @task_prerun.connect(weak=False)

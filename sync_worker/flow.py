@@ -68,7 +68,11 @@ class Throttled(Exception):
 
 
 class FlowControl:
-    """The shared rate limit, cool-down and pause."""
+    """The shared rate limit, cool-down and pause.
+
+    `notify(type, data)` hears each pause and resume (`sync.paused`, `sync.resumed`), whoever
+    caused it: a worker's 401, the auth probe, or an operator's resume.
+    """
 
     def __init__(
         self,
@@ -77,8 +81,10 @@ class FlowControl:
         rate_per_second: float,
         burst: int,
         sleep: Callable[[float], None] = time.sleep,
+        notify: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self._redis = client
+        self._notify = notify
         self._rate = rate_per_second
         self._burst = burst
         self._sleep = sleep
@@ -140,11 +146,17 @@ class FlowControl:
     def pause(self, *, reason: str, status: int | None, message: str) -> bool:
         """Pause the sync for everybody; True if this call paused it (it was running)."""
         record = {"reason": reason, "status": status, "message": message, "since": time.time()}
-        return bool(self._redis.set(keys.PAUSED, json.dumps(record), nx=True))
+        paused = bool(self._redis.set(keys.PAUSED, json.dumps(record), nx=True))
+        if paused and self._notify is not None:
+            self._notify("sync.paused", {"reason": reason, "status": status, "message": message})
+        return paused
 
     def resume(self) -> bool:
         """Lift the pause; True if it was paused."""
-        return bool(self._redis.delete(keys.PAUSED))
+        resumed = bool(self._redis.delete(keys.PAUSED))
+        if resumed and self._notify is not None:
+            self._notify("sync.resumed", {})
+        return resumed
 
     def paused(self) -> dict[str, Any] | None:
         """Why the sync is paused, or None when it runs."""

@@ -43,6 +43,7 @@ from sync_worker.drift import Counts, Drift, compare_page, would_merge
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
+from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.page_stream import PageStream
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
@@ -177,6 +178,7 @@ class Reconciler:
         pending: PendingStore,
         dlq: DeadLetterQueue,
         flow: FlowControl,
+        ops: OpsEmitter,
         reports_kept: int,
         timezone: str = "UTC",
         page_attempts: int = PAGE_ATTEMPTS,
@@ -189,6 +191,7 @@ class Reconciler:
         self._pending = pending
         self._dlq = dlq
         self._flow = flow
+        self._ops = ops
         self._reports_kept = reports_kept
         self._zone = ZoneInfo(timezone)
         self._attempts = page_attempts
@@ -212,6 +215,7 @@ class Reconciler:
             pending=runtime.pending,
             dlq=runtime.dlq,
             flow=runtime.flow,
+            ops=runtime.ops,
             **options,
         )
 
@@ -332,6 +336,7 @@ class Reconciler:
         pipe.execute()
         outcome = {k: v for k, v in report.items() if k != "samples"}
         (log.error if error else log.info)("reconcile_" + status, **outcome)
+        self._ops.emit("reconciliation.finished", outcome)
         return report
 
     def _compare(self, customers: list[Customer], counts: Counts, *, dry_run: bool) -> None:

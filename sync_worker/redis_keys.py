@@ -65,6 +65,16 @@ BREAKER_PROBE = PREFIX + "breaker-probe"
 BREAKER_OUTAGES = PREFIX + "breaker-outages"
 """zset "start:end" -> end of each finished outage, so the retry budget can leave them out."""
 
+# Operational webhooks. See ops_webhooks.py for the delivery layout.
+OPS_OUTBOX = PREFIX + "ops:outbox"
+"""list of JSON event envelopes, newest first, not yet taken for delivery; capped with LTRIM."""
+
+OPS_DUE = PREFIX + "ops:due"
+"""zset event id -> unix time of its next delivery attempt (claimed: when that claim lapses)."""
+
+OPS_EVENT = PREFIX + "ops:event:"
+"""ops:event:{id} -> hash {body, attempts} of one event being delivered."""
+
 # Counters kept in Redis so every process adds to the same numbers (see metrics.py).
 STATS = PREFIX + "stats"
 """hash counter name -> integer."""
@@ -134,6 +144,11 @@ def reconcile_seen(run_id: str) -> str:
 def reconcile_scheduled(day: str) -> str:
     """The marker of the nightly reconciliation of one date (YYYY-MM-DD)."""
     return RECONCILE_SCHEDULED + day
+
+
+def ops_event(event_id: str) -> str:
+    """The delivery hash of one operational webhook event."""
+    return OPS_EVENT + event_id
 
 
 def worker_heartbeat(hostname: str) -> str:

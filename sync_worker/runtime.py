@@ -14,6 +14,7 @@ from sync_worker.dlq import DeadLetterQueue
 from sync_worker.flow import FlowControl
 from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
+from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RecurError
@@ -46,14 +47,21 @@ class Runtime:
             dedup_ttl_seconds=settings.event_dedup_ttl_seconds,
             lease_seconds=settings.lease_seconds,
         )
+        self.stats = Stats(self.redis)
+        self.ops = OpsEmitter(
+            self.redis,
+            enabled=settings.ops_webhook_url is not None,
+            max_queued=settings.ops_webhook_max_queued,
+            stats=self.stats,
+        )
         self.flow = FlowControl(
             self.redis,
             rate_per_second=settings.rate_limit_per_second,
             burst=settings.rate_limit_burst,
+            notify=self.ops.emit,
         )
         self.ledger = Ledger(self.redis)
         self.dlq = DeadLetterQueue(self.redis, pending=self.pending)
-        self.stats = Stats(self.redis)
         self.breaker = Breaker(
             self.redis,
             window_seconds=settings.breaker_window_seconds,
@@ -64,6 +72,7 @@ class Runtime:
             # The probe is one call; the lock outlives it so a crashed prober frees it in time.
             probe_ttl_seconds=settings.lease_seconds,
             stats=self.stats,
+            on_transition=self.ops.emit,
         )
 
     @cached_property
@@ -85,6 +94,7 @@ class Runtime:
             breaker=self.breaker,
             client=self.recur,
             stats=self.stats,
+            ops=self.ops,
         )
 
     def sweep(self) -> dict[str, int]:

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     # Dead letters.
     dlq_retention_days: float = Field(default=30.0, gt=0)
 
+    # Operational webhooks (ops_webhooks.py): off unless OPS_WEBHOOK_URL is set.
+    ops_webhook_url: AnyHttpUrl | None = None
+    ops_webhook_secret: SecretStr | None = None
+    ops_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    ops_webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    ops_webhook_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    ops_webhook_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    ops_webhook_max_queued: int = Field(default=10_000, ge=10)
+
     # Reconciliation.
     reconcile_schedule: str = "0 3 * * *"
     reconcile_timezone: str = "UTC"
@@ -112,7 +121,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a Recur secret key starting with sk_test_ or sk_live_")
         return SecretStr(raw)
 
-    @field_validator("webhook_secret")
+    @field_validator("webhook_secret", "ops_webhook_secret")
     @classmethod
     def _webhook_secret_is_standard(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -188,6 +197,15 @@ class Settings(BaseSettings):
         if self.breaker_cool_down_seconds > self.breaker_max_cool_down_seconds:
             raise ValueError(
                 "BREAKER_COOL_DOWN_SECONDS must not exceed BREAKER_MAX_COOL_DOWN_SECONDS"
+            )
+        if self.ops_webhook_url is not None and self.ops_webhook_secret is None:
+            raise ValueError(
+                "OPS_WEBHOOK_SECRET: not set; OPS_WEBHOOK_URL needs it to sign its deliveries "
+                "(whsec_ followed by base64)"
+            )
+        if self.ops_webhook_backoff_base_seconds > self.ops_webhook_backoff_max_seconds:
+            raise ValueError(
+                "OPS_WEBHOOK_BACKOFF_BASE_SECONDS must not exceed OPS_WEBHOOK_BACKOFF_MAX_SECONDS"
             )
         return self
 

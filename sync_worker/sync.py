@@ -25,6 +25,7 @@ from sync_worker.dlq import Reason, creation_record, failure_record, new_dead_le
 from sync_worker.events import SYNCED_FIELDS
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
+from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.pending import Claim, PendingStore, Snapshot
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
@@ -96,9 +97,11 @@ class Syncer:
         breaker: Breaker,
         client: RecurClient,
         stats: Stats,
+        ops: OpsEmitter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._ops = ops
         self._pending = pending
         self._flow = flow
         self._breaker = breaker
@@ -378,13 +381,28 @@ class Syncer:
             ),
         )
         self._stats.incr("dead_letters_total", reason=reason)
+        # A replayed entry that failed again is updated in place, not written anew.
+        dead_letter_id = written or ",".join(snapshot.replay_of)
+        self._ops.emit(
+            "dead_letter.created",
+            {
+                "id": dead_letter_id,
+                "user_id": claim.user_id,
+                "reason": reason,
+                "http_status": status,
+                "error_code": code,
+                "error_message": message[:300],
+                "attempts": snapshot.attempts + 1,
+                "replayed": not written,
+            },
+        )
         return self._report(
             SyncOutcome(
                 claim.user_id,
                 "dead_letter",
                 status=status,
                 attempts=snapshot.attempts + 1,
-                dead_letter_id=written or ",".join(snapshot.replay_of),
+                dead_letter_id=dead_letter_id,
             ),
             started,
             snapshot,
