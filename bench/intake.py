@@ -150,7 +150,8 @@ def main() -> None:
         )
         results.append((f"recur-sync intake at {args.rate:,}/s offered", paced))
     rows = [
-        [name, r.requests, r.rate, r.p50_ms, r.p99_ms, f"{r.rate / base.rate:.2f}",
+        [name, r.requests, r.rate, r.p50_ms, r.p99_ms,
+         "-" if "offered" in name else f"{r.rate / base.rate:.2f}",
          " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items()))]
         for name, r in results
     ]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 import redis
@@ -19,6 +20,7 @@ from sync_worker.web.state import WebState
 log = get_logger(__name__)
 
 STATS_FLUSH_SECONDS = 1.0
+GC_THRESHOLDS = (100_000, 50, 1000)
 
 
 async def _flush_stats_forever(runtime: Runtime) -> None:
@@ -37,6 +39,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The import-time heap is never garbage: freeze it out of the collector, and collect
+        # less often. Measured: full collections over it stalled requests for ~40 ms, which set
+        # the intake's p99 (51 ms -> 11 ms at 32 connections, bench/intake.py).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         flusher = asyncio.create_task(_flush_stats_forever(process_runtime))
         try:
             yield
