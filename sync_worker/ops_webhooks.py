@@ -69,6 +69,7 @@ ADMIT_PER_CLAIM = 1000
 POLL_SECONDS = 1.0
 """How long the deliverer waits when nothing is due."""
 ERROR_MESSAGE_CHARS = 300
+DROP_LOG_SECONDS = 60.0
 
 _CLAIM = """
 -- KEYS: outbox, due. ARGV: now, lease_until, limit, max_queued, event_prefix, admit_max
@@ -139,6 +140,8 @@ class OpsEmitter:
         self._max_queued = max_queued
         self._stats = stats
         self._clock = clock
+        self._dropped = 0
+        self._next_drop_log = 0.0
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Queue one event; a Redis error is logged and counted, never raised to the caller."""
@@ -164,8 +167,18 @@ class OpsEmitter:
             self._stats.incr(COUNTER, outcome="emit_failed")
             return
         if length > self._max_queued:
-            log.warning("ops_webhook_dropped", type=event_type, why="outbox full", kept=length - 1)
-            self._stats.incr(COUNTER, length - self._max_queued, outcome="dropped")
+            dropped = length - self._max_queued
+            self._stats.incr(COUNTER, dropped, outcome="dropped")
+            # One line a minute, not one per event: a flood of drops must not flood the logs.
+            self._dropped += dropped
+            if now >= self._next_drop_log:
+                log.warning(
+                    "ops_webhooks_dropped",
+                    dropped=self._dropped,
+                    kept=self._max_queued,
+                    why="outbox full: the receiver is unreachable or not keeping up",
+                )
+                self._dropped, self._next_drop_log = 0, now + DROP_LOG_SECONDS
 
 
 @dataclass(frozen=True)
