@@ -54,6 +54,7 @@ COUNTERS: dict[str, str] = {
     "claims_requeued_total": "Claims whose lease lapsed and were offered again.",
     "sync_paused_total": "Times the sync paused on 401/403.",
     "breaker_transitions_total": "Circuit breaker transitions, by the state entered.",
+    "ops_webhooks_total": "Operational webhooks, by outcome (delivered, retried, gave_up, ...).",
 }
 HISTOGRAM_HELP = {
     "sync_latency_seconds": "Seconds from the first event of a change to Recur applying it.",
