@@ -16,3 +16,15 @@ def test_one_event_becomes_one_patch(stack: Stack) -> None:
     customer = stack.sandbox.control.customer_by_external_id("user_1")
     assert customer is not None
     assert customer["name"] == "王大明"
+
+
+def test_plain_celery_worker_command_syncs_too(web_stack: Stack) -> None:
+    """`celery -A sync_worker.celery_app worker`, with no options, runs the same worker."""
+    worker = web_stack.spawn("celery", "-A", "sync_worker.celery_app", "worker", module="celery")
+    wait_for(lambda: "ready." in worker.log(), timeout=60)
+    web_stack.sandbox.control.create_customer("a@b.tw", name="old", external_id="user_1")
+    assert web_stack.post(user_event("evt_c", "user_1", name="via celery")).status_code == 202
+    wait_for(lambda: web_stack.sandbox.control.requests(method="PATCH"))
+    customer = web_stack.sandbox.control.customer_by_external_id("user_1")
+    assert customer is not None
+    assert customer["name"] == "via celery"
