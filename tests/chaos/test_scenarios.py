@@ -209,7 +209,14 @@ def test_dropped_celery_message_is_redriven_by_the_sweeper(stack: Stack) -> None
         def all_claimed_and_published() -> bool:
             return client.zcard(keys.DUE) == 0 and client.llen(SYNC_QUEUE) > 0
 
-        assert poll(all_claimed_and_published, timeout=30)
+        if not poll(all_claimed_and_published, timeout=60):
+            state = {
+                "due": client.zcard(keys.DUE),
+                "queued": client.llen(SYNC_QUEUE),
+                "in flight": client.zcard(keys.INFLIGHT),
+                "control replies": replies,
+            }
+            pytest.fail(f"the batches never waited in the broker: {state}")
         client.delete(SYNC_QUEUE)  # every published batch is gone from the broker
         assert client.zcard(keys.INFLIGHT) > 0
         celery.control.add_consumer(SYNC_QUEUE, reply=True, timeout=5)
