@@ -30,6 +30,7 @@ log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10
 QUEUED_BATCHES_PER_SLOT = 2
+PROBE_CANDIDATES = 10
 
 
 class Dispatcher:
@@ -88,11 +89,20 @@ class Dispatcher:
     def _probe(self, gate: Gate) -> int:
         """Send one due user's change as the half-open probe, here rather than through the
         queue, so exactly one call goes out and its answer decides the breaker's state."""
+        pending = self._runtime.pending
         try:
-            claims = self._runtime.pending.claim_due(1)
-            if claims:
-                self._runtime.syncer.sync_claims(claims, probe=True)
-            return len(claims)
+            candidates = pending.claim_due(PROBE_CANDIDATES)
+            if not candidates:
+                return 0
+            # A user whose own change keeps failing says little about Recur's health: probe with
+            # the one that failed least, so a few poison users cannot hold everybody back.
+            attempts = pending.attempts_of([c.user_id for c in candidates])
+            chosen = candidates[attempts.index(min(attempts))]
+            for other in candidates:
+                if other is not chosen:
+                    pending.hand_back(other, delay=0, error=None)
+            self._runtime.syncer.sync_claims([chosen], probe=True)
+            return 1
         finally:
             # A no-op once the probe's answer was recorded; frees the lock if nothing was sent.
             self._runtime.breaker.release_probe(gate)

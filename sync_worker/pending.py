@@ -472,6 +472,13 @@ class PendingStore:
         texts = [_text(item) for item in flat]
         return [Claim(user_id=u, token=t) for u, t in zip(texts[::2], texts[1::2], strict=True)]
 
+    def attempts_of(self, user_ids: list[str]) -> list[int]:
+        """How many failed rounds each user's pending change has had, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hget(keys.pending(user_id), "attempts")
+        return [int(value or 0) for value in pipe.execute()]
+
     def snapshot(self, claim: Claim) -> Snapshot | None:
         """Read the user's pending change under the claim; None if the claim was lost."""
         return self.snapshot_many([claim])[0]

@@ -98,3 +98,25 @@ def test_held_work_is_uncounted_and_outlives_the_retry_budget(
     # user_1 first failed more than the budget ago, but the breaker held it for most of that
     assert runtime.redis.zcard(keys.DEAD_LETTERS) == 0
     assert attempts(runtime, "user_1") == 2
+
+
+def test_the_probe_is_a_user_whose_change_has_not_kept_failing(
+    runtime: Runtime, sandbox: SandboxHandle
+) -> None:
+    for user in USERS:
+        sandbox.control.create_customer(f"{user}@x.tw", name="old", external_id=user)
+        accept(runtime, user, name=f"new {user}")
+    runtime.redis.hset(keys.pending("user_1"), "attempts", 5)  # a poison change, due first
+    runtime.breaker.record(failures=5)
+    assert runtime.breaker.view().state == "open"
+    runtime.redis.hset(keys.BREAKER, "open_until", "0")
+    runtime.redis.zadd(keys.DUE, {"user_1": 0, "user_2": 1, "user_3": 2})
+
+    published: list[list[Claim]] = []
+    assert dispatcher(runtime, published).tick() == 1
+    (probe,) = sandbox.control.requests(method="PATCH")
+    assert probe["external_id"] == "user_2"
+    assert runtime.breaker.view().state == "closed"
+    # the candidates not chosen wait, due, for the next claim
+    assert runtime.redis.zscore(keys.DUE, "user_1") is not None
+    assert runtime.redis.zscore(keys.DUE, "user_3") is not None
