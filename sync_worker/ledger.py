@@ -17,7 +17,7 @@ from typing import Any, cast
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.pending import FieldState
+from sync_worker.pending import FieldState, _dumps
 
 _SEED = """
 -- KEYS: ledger, index. ARGV: user, now, (field, value, ts)... Newer timestamps only.
@@ -111,5 +111,7 @@ class Ledger:
         stamp = ts_ms if ts_ms is not None else int(time.time() * 1000)
         args: list[Any] = [user_id, repr(time.time())]
         for name, value in fields.items():
-            args += [name, json.dumps(value, ensure_ascii=False, sort_keys=True), stamp]
+            # The encoding the pending store writes after a sync: a value reads the same
+            # whichever wrote it (the reconciliation decodes both sides anyway).
+            args += [name, _dumps(value), stamp]
         self._seed(keys=[keys.ledger(user_id), keys.LEDGER_INDEX], args=args)

@@ -4,12 +4,13 @@ One pass, under a lock so that only one runs at a time:
 
 1. resume from the checkpoint a crashed or failed pass left, else start at the first page;
 2. for each page of `GET /v1/customers?limit=100&starting_after=...`, compare every customer that
-   has an external id with the ledger. A drifted field is merged back into the pending store with
-   the ledger's value and time (`PendingStore.restore`), so the normal sync path repairs it
+   has an external id with the ledger, inside Redis (drift_script.py), which also adds the page's
+   external ids to the run's `seen` set. A drifted field is merged back into the pending store
+   with the ledger's value and time (`PendingStore.restore`), so the normal sync path repairs it
    (debounce, stale guard, retries, dead letters); a newer pending update wins that merge by
-   itself. Email is immutable upstream: a mismatch is reported, never sent. Then, in one
-   transaction, the page's external ids go into the run's `seen` set and the cursor and counts
-   into the checkpoint. The next pages are fetched meanwhile (page_stream.py), with retries;
+   itself. Email is immutable upstream: a mismatch is reported, never sent. Then the cursor and
+   counts go into the checkpoint. The next pages are fetched meanwhile (page_stream.py), with
+   retries;
 3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
    batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,21 +34,20 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import redis
-from redis.exceptions import LockError
-from redis.lock import Lock
 
 from sync_worker import redis_keys as keys
 from sync_worker.dlq import DeadLetterQueue
-from sync_worker.drift import Counts, Drift, compare_page, would_merge
+from sync_worker.drift import Counts, Drift, would_merge
 from sync_worker.flow import FlowControl, Throttled
-from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
+from sync_worker.page_script import PageScript, Record
 from sync_worker.page_stream import PageStream
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
-from sync_worker.recur.models import Customer, CustomerPage
+from sync_worker.recur.models import CustomerPage
+from sync_worker.run_lock import LockKeeper
 from sync_worker.runtime import Runtime
 
 log = get_logger(__name__)
@@ -105,40 +104,6 @@ def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="milliseconds")
 
 
-class _LockKeeper:
-    """Renews the run lock on a thread while the pass runs; notes if it was lost."""
-
-    def __init__(self, lock: Lock, *, ttl: float) -> None:
-        self._lock = lock
-        self._ttl = ttl
-        self._stop = threading.Event()
-        self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name="reconcile-lock", daemon=True)
-
-    def _keep(self) -> None:
-        while not self._stop.wait(self._ttl / 3):
-            try:
-                self._lock.reacquire()
-            except LockError:
-                self.lost.set()
-                return
-            except redis.RedisError as error:
-                # One missed renewal is not fatal: the TTL leaves two more tries.
-                log.warning("reconcile_lock_renew_failed", error=str(error))
-
-    def __enter__(self) -> _LockKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        try:
-            self._lock.release()
-        except LockError:
-            log.warning("reconcile_lock_lost_before_release")
-
-
 @dataclass
 class _Run:
     """The state of one pass: what a checkpoint saves and progress shows."""
@@ -165,6 +130,16 @@ class _Run:
             **self.counts.numbers(),
         }
 
+    def record(self) -> Record:
+        """The checkpoint (none in a dry run) and progress as of now."""
+        if self.dry_run:
+            return Record(None, self.progress())
+        # vars, not asdict: the same JSON without deep-copying the samples on every page.
+        counts = json.dumps(vars(self.counts))
+        return Record(
+            ["run_id", self.run_id, "cursor", self.cursor or "", "counts", counts], self.progress()
+        )
+
 
 class Reconciler:
     """Runs reconciliation passes; collaborators come in as arguments."""
@@ -174,7 +149,6 @@ class Reconciler:
         *,
         client: redis.Redis,
         recur: RecurClient,
-        ledger: Ledger,
         pending: PendingStore,
         dlq: DeadLetterQueue,
         flow: FlowControl,
@@ -187,7 +161,6 @@ class Reconciler:
     ) -> None:
         self._redis = client
         self._recur = recur
-        self._ledger = ledger
         self._pending = pending
         self._dlq = dlq
         self._flow = flow
@@ -198,6 +171,13 @@ class Reconciler:
         self._lock_ttl = lock_ttl_seconds
         self._clock = clock
         self._missing = client.register_script(_MISSING)
+        self._page_script = PageScript(
+            client,
+            ledger_prefix=keys.LEDGER,
+            checkpoint=keys.RECONCILE_CHECKPOINT,
+            progress=keys.RECONCILE_PROGRESS,
+            seen_ttl=int(SEEN_TTL_SECONDS),
+        )
 
     @classmethod
     def from_runtime(cls, runtime: Runtime, **overrides: Any) -> Reconciler:
@@ -211,7 +191,6 @@ class Reconciler:
         return cls(
             client=runtime.redis,
             recur=runtime.recur,
-            ledger=runtime.ledger,
             pending=runtime.pending,
             dlq=runtime.dlq,
             flow=runtime.flow,
@@ -231,7 +210,7 @@ class Reconciler:
             running = progress(self._redis) or {}
             log.info("reconcile_already_running", run_id=running.get("run_id"))
             return RunResult("already_running", running)
-        with _LockKeeper(lock, ttl=self._lock_ttl) as keeper:
+        with LockKeeper(lock, ttl=self._lock_ttl) as keeper:
             try:
                 # Checked under the lock: a run that finished set the marker before releasing.
                 day = datetime.fromtimestamp(self._clock(), tz=self._zone).date().isoformat()
@@ -265,12 +244,15 @@ class Reconciler:
             resumed_at_page=counts.pages,
         )
 
-    def _pass(self, run: _Run, keeper: _LockKeeper, hook: PageHook | None) -> dict[str, Any]:
+    def _pass(self, run: _Run, keeper: LockKeeper, hook: PageHook | None) -> dict[str, Any]:
         counts = run.counts
         log.info("reconcile_started", **run.progress())
-        self._save(run, [])
+        self._page_script.save(run.record(), seen=run.seen)
         error: str | None = None
         pages = self._pages(run.cursor)
+        # The last page compared, whose checkpoint goes with the next page's script (one round
+        # trip per page), or is saved alone when the pass stops.
+        unsaved: Record | None = None
         try:
             while True:
                 if keeper.lost.is_set():
@@ -290,18 +272,27 @@ class Reconciler:
                 if not isinstance(page, CustomerPage):
                     raise page
                 more = page.has_more and bool(page.data)
-                run.cursor = (page.next_cursor or page.data[-1].id) if more else None
-                self._compare(page.data, counts, dry_run=run.dry_run)
+                # The script adds this page's ids to `seen` before its checkpoint is saved: a
+                # crash in between re-reads the page on resume, which adds the same ids again.
+                drifted = self._page_script.compare(
+                    page.data, counts, seen=run.seen, record=unsaved
+                )
+                if unsaved is not None and hook is not None:
+                    hook(unsaved.progress)
+                if drifted:
+                    self._repair(drifted, counts, dry_run=run.dry_run)
                 counts.pages += 1
-                self._save(run, [c.external_id for c in page.data if c.external_id is not None])
-                if hook is not None:
-                    hook(run.progress())
+                run.cursor = (page.next_cursor or page.data[-1].id) if more else None
+                unsaved = run.record()
                 if not more:
                     break
+            self._flush(run, unsaved, hook)
+            unsaved = None
             self._count_missing(run.seen, counts)
             self._replay_found(run.seen, counts, dry_run=run.dry_run)
         except (RecurError, Throttled, _Failed) as failure:
             error = str(failure)
+            self._flush(run, unsaved, hook)
         finally:
             pages.close()
         return self._finish(run, error)
@@ -339,12 +330,6 @@ class Reconciler:
         self._ops.emit("reconciliation.finished", outcome)
         return report
 
-    def _compare(self, customers: list[Customer], counts: Counts, *, dry_run: bool) -> None:
-        ids = [c.external_id for c in customers if c.external_id]
-        drifted = compare_page(customers, self._ledger.get_many(ids), counts)
-        if drifted:
-            self._repair(drifted, counts, dry_run=dry_run)
-
     def _repair(self, repairs: dict[str, Drift], counts: Counts, *, dry_run: bool) -> None:
         if dry_run:
             # What restore would merge: a field at least as new as the pending one.
@@ -364,18 +349,13 @@ class Reconciler:
                 # A newer pending update (or one applied meanwhile) will set these fields.
                 counts.left_to_pending += 1
 
-    def _save(self, run: _Run, seen_ids: list[str]) -> None:
-        """Record a page's external ids, the checkpoint and the progress, all or none."""
-        pipe = self._redis.pipeline(transaction=True)
-        if seen_ids:
-            pipe.sadd(run.seen, *seen_ids)
-            pipe.expire(run.seen, int(SEEN_TTL_SECONDS))
-        if not run.dry_run:
-            counts = json.dumps(asdict(run.counts))
-            checkpoint = ["run_id", run.run_id, "cursor", run.cursor or "", "counts", counts]
-            pipe.hset(keys.RECONCILE_CHECKPOINT, items=checkpoint)
-        pipe.set(keys.RECONCILE_PROGRESS, json.dumps(run.progress()))
-        pipe.execute()
+    def _flush(self, run: _Run, unsaved: Record | None, hook: PageHook | None) -> None:
+        """Save the last page's checkpoint, which no next page carried."""
+        if unsaved is None:
+            return
+        self._page_script.save(unsaved, seen=run.seen)
+        if hook is not None:
+            hook(unsaved.progress)
 
     def _count_missing(self, seen: str, counts: Counts) -> None:
         """Ledger users Recur did not list, found by Redis one SSCAN batch at a time."""

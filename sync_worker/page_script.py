@@ -1,0 +1,201 @@
+"""One Lua script per page of the reconciliation: drift.compare_page, run inside Redis.
+
+Decoding a page's ledger entries into Python objects and comparing them cost the reconciliation
+more than fetching the page did. Redis is another process, so a comparison it runs overlaps with
+our Python (the next page's fetch) instead of adding to it under the GIL; and every round trip
+of the comparing thread waits for the GIL on the way back, so the page makes one. Python sends
+the page compactly (one JSON argument) and gets back only what it must act on: the unknown and
+email-mismatched ids (for the samples) and the drifted users with their ledger values and times
+(what `PendingStore.restore` merges back). The same script adds the page's ids to the run's seen
+set and writes the previous page's checkpoint and progress (a `Record`): that page's repairs
+were done before, so a checkpoint never covers a page whose repairs are not enqueued yet.
+
+`drift.compare_page` stays the reference; a property test holds the two to the same results.
+Where Lua cannot match Python exactly (all unlikely in user metadata and documented here):
+- email case is folded ASCII-only (`string.lower`), not with Unicode `str.casefold`;
+- cjson decodes `[]` and `{}` alike, so an empty list and an empty object compare equal;
+- JSON `true`/`false` differ from `1`/`0` (Python's `True == 1` says equal);
+- numbers are doubles: integers beyond 2**53 may compare equal to their neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from sync_worker.drift import Counts, Drift
+from sync_worker.pending import FieldState
+from sync_worker.recur.models import Customer
+
+_PAGE = """
+-- KEYS: seen, checkpoint, progress. ARGV: rows as JSON [[external_id, name, metadata, email],
+-- ...], ledger prefix, seen TTL, progress JSON ('' for none), checkpoint items (none in a dry
+-- run). Returns {unknown ids, email-mismatch ids, drifted users}; a drifted user is
+-- {id, (field, ledger v:, ledger t:)...} for name then metadata, as in drift.compare_page.
+if ARGV[4] ~= '' then
+  if #ARGV > 4 then redis.call('HSET', KEYS[2], unpack(ARGV, 5)) end
+  redis.call('SET', KEYS[3], ARGV[4])
+end
+local null, decode = cjson.null, cjson.decode
+
+-- Deep equality of decoded JSON (tables compared key by key, both ways).
+local function same(a, b)
+  if a == b then return true end
+  if type(a) ~= 'table' or type(b) ~= 'table' then return false end
+  for k, v in pairs(a) do
+    if not same(v, b[k]) then return false end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false end
+  end
+  return true
+end
+
+-- Python's falsiness, which `metadata or {}` relies on: all of these mean "no metadata".
+local function blank(v)
+  return v == null or v == false or v == 0 or v == ''
+    or (type(v) == 'table' and next(v) == nil)
+end
+
+local rows = decode(ARGV[1])
+local ids, unknown, emails, drifted = {}, {}, {}, {}
+for i, row in ipairs(rows) do
+  local user = row[1]
+  ids[i] = user
+  local key = ARGV[2] .. user
+  -- A field counts only with both its value and its time, as in ledger.entry_from_hash.
+  local h = redis.call('HMGET', key,
+    'v:name', 't:name', 'v:metadata', 't:metadata', 'v:email', 't:email')
+  if not (h[1] or h[2] or h[3] or h[4] or h[5] or h[6])
+     and redis.call('EXISTS', key) == 0 then
+    unknown[#unknown + 1] = user
+  else
+    if h[5] and h[6] then
+      -- string.lower is ASCII-only: a mismatch in non-ASCII case is reported (never repaired).
+      local want = decode(h[5])
+      if type(want) ~= 'string' or string.lower(want) ~= string.lower(row[4]) then
+        emails[#emails + 1] = user
+      end
+    end
+    local out = {user}
+    if h[1] and h[2] and not same(decode(h[1]), row[2]) then
+      out[#out + 1] = 'name'
+      out[#out + 1] = h[1]
+      out[#out + 1] = h[2]
+    end
+    if h[3] and h[4] then
+      local want, have = decode(h[3]), row[3]
+      local differs
+      if blank(want) or blank(have) then
+        differs = blank(want) ~= blank(have)
+      else
+        differs = not same(want, have)
+      end
+      if differs then
+        out[#out + 1] = 'metadata'
+        out[#out + 1] = h[3]
+        out[#out + 1] = h[4]
+      end
+    end
+    if #out > 1 then drifted[#drifted + 1] = out end
+  end
+end
+if #ids > 0 then
+  redis.call('SADD', KEYS[1], unpack(ids))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return {unknown, emails, drifted}
+"""
+
+_Reply = tuple[list[bytes | str], list[bytes | str], list[list[bytes | str]]]
+"""The script's answer: unknown ids, email-mismatch ids, drifted users."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a finished page leaves: the checkpoint's fields (None in a dry run), the progress."""
+
+    checkpoint: list[str] | None
+    progress: dict[str, Any]
+
+    def args(self) -> list[str]:
+        """The script's arguments from the fourth on."""
+        return [json.dumps(self.progress), *(self.checkpoint or [])]
+
+
+class PageScript:
+    """Compares pages with the ledger in Redis; records their ids as seen and the checkpoints."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ledger_prefix: str,
+        checkpoint: str,
+        progress: str,
+        seen_ttl: int,
+    ) -> None:
+        self._script = client.register_script(_PAGE)
+        self._prefix = ledger_prefix
+        self._checkpoint = checkpoint
+        self._progress = progress
+        self._seen_ttl = seen_ttl
+
+    def save(self, record: Record, *, seen: str) -> None:
+        """Write a checkpoint and progress alone (the pass's start and its last page)."""
+        self._call("[]", record, seen)
+
+    def compare(
+        self,
+        customers: list[Customer],
+        counts: Counts,
+        *,
+        seen: str,
+        record: Record | None,
+    ) -> dict[str, Drift]:
+        """What `drift.compare_page` returns and counts; the compared ids go into `seen`.
+
+        `record` (the previous page's) is written first, in the same script.
+        """
+        rows = [[c.external_id, c.name, c.metadata, c.email] for c in customers if c.external_id]
+        counts.scanned += len(customers)
+        counts.without_external_id += len(customers) - len(rows)
+        if not rows:
+            if record is not None:
+                self.save(record, seen=seen)
+            return {}
+        reply = self._call(json.dumps(rows, ensure_ascii=False), record, seen)
+        unknown, emails, changed = cast(_Reply, reply)
+        for kind, users in (("unknown_to_ledger", unknown), ("email_mismatches", emails)):
+            for user in users:
+                counts.sample(kind, _text(user))
+        counts.unknown_to_ledger += len(unknown)
+        counts.email_mismatches += len(emails)
+        drifted: dict[str, Drift] = {}
+        for user, *flat in changed:
+            user_id = _text(user)
+            drift = {
+                _text(name): FieldState(value=json.loads(value), ts_ms=int(float(stamp)))
+                for name, value, stamp in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+            }
+            counts.drifted_name += "name" in drift
+            counts.drifted_metadata += "metadata" in drift
+            counts.sample("drifted", user_id)
+            drifted[user_id] = drift
+        counts.drifted += len(drifted)
+        counts.in_sync += len(rows) - len(unknown) - len(drifted)
+        return drifted
+
+    def _call(self, rows: str, record: Record | None, seen: str) -> Any:
+        tail = record.args() if record is not None else [""]
+        return self._script(
+            keys=[seen, self._checkpoint, self._progress],
+            args=[rows, self._prefix, self._seen_ttl, *tail],
+        )
