@@ -640,12 +640,22 @@ class PendingStore:
         Returns how many fields were at least as new as both the applied and the pending state,
         or -1 when `replay_of` names a dead letter whose replay is already under way.
         """
-        payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
-        merged = self._restore(
-            keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
-            args=[user_id, repr(self._clock()), json.dumps(payload), replay_of],
-        )
-        return int(cast(int, merged))
+        return self.restore_many({user_id: fields}, replay_of=replay_of)[0]
+
+    def restore_many(
+        self, changes: dict[str, dict[str, FieldState]], *, replay_of: str = ""
+    ) -> list[int]:
+        """`restore` for several users in one round trip (the reconciliation's repairs)."""
+        pipe = self._redis.pipeline(transaction=False)
+        now = repr(self._clock())
+        for user_id, fields in changes.items():
+            payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
+            self._restore(
+                keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
+                args=[user_id, now, json.dumps(payload), replay_of],
+                client=pipe,
+            )
+        return [int(merged) for merged in pipe.execute()]
 
     def depths(self) -> dict[str, int]:
         """Users waiting (due now or later) and users being sent now."""

@@ -341,7 +341,7 @@ class Reconciler:
                 for drift, stamps in zip(repairs.values(), pipe.execute(), strict=True)
             ]
         else:
-            merges = [self._pending.restore(u, drift) > 0 for u, drift in repairs.items()]
+            merges = [merged > 0 for merged in self._pending.restore_many(repairs)]
         for merged in merges:
             if merged:
                 counts.enqueued += 1
