@@ -72,7 +72,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(settings.log_level)
-    for noisy in ("httpx", "httpcore"):
+    # Celery's "Task received"/"succeeded" lines repeat what our own outcome lines say, once per
+    # task, with the whole argument list; failures still come through at ERROR.
+    for noisy in ("httpx", "httpcore", "celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -127,6 +127,15 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     return workers
 
 
+def sync_mode(own: str, workers: list[dict[str, Any]]) -> str:
+    """Test or live: what the workers report (they hold the key that counts), else our own key's
+    mode; a mix of both is said plainly, since it means two accounts share one Redis."""
+    reported = sorted({str(w["mode"]) for w in workers if w.get("mode") not in (None, "unset")})
+    if not reported:
+        return own
+    return reported[0] if len(reported) == 1 else "mixed: " + ", ".join(reported)
+
+
 def last_reconciliation(client: redis.Redis) -> dict[str, Any] | None:
     """The newest reconciliation report (the list is kept newest first), or None."""
     raw = client.lindex(keys.RECONCILE_REPORTS, 0)
@@ -160,15 +169,16 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
     """Read every number of the status snapshot from Redis."""
     client = runtime.redis
     depths = runtime.pending.depths()
+    workers = live_workers(client)
     return StatusSnapshot(
-        mode=runtime.settings.mode_label,
+        mode=sync_mode(runtime.settings.mode_label, workers),
         queues=queue_depths(client),
         pending_users=depths["pending"],
         due_now=depths["due_now"],
         inflight=depths["inflight"],
         retrying_users=retrying_users(client),
         dead_letters=runtime.dlq.counts_by_reason(),
-        workers=live_workers(client),
+        workers=workers,
         paused=runtime.flow.paused(),
         cooldown_seconds=round(runtime.flow.cooldown_remaining(), 3),
         last_reconciliation=last_reconciliation(client),

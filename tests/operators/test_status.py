@@ -90,3 +90,11 @@ def test_help_explains_the_options() -> None:
     assert "--json" in status_help
     assert "Queue depths" in status_help
     assert "auth pause" in runner.invoke(app, ["resume", "--help"]).stdout
+
+
+def test_mode_is_what_the_workers_hold_when_the_caller_has_no_key() -> None:
+    from sync_worker.status import sync_mode
+
+    assert sync_mode("unset", [{"mode": "test"}]) == "test"
+    assert sync_mode("live", []) == "live"
+    assert sync_mode("unset", [{"mode": "live"}, {"mode": "test"}]) == "mixed: live, test"
