@@ -19,6 +19,7 @@ from sync_worker.cli.status import resume, status
 from sync_worker.settings import ConfigError
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     name="sync-worker",
     help="Sync merchant user updates to the Recur billing API, reliably.",
     no_args_is_help=True,

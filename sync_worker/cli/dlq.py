@@ -32,6 +32,7 @@ from sync_worker.status import format_age
 from sync_worker.triage import Triage, triage
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Inspect and act on dead letters (changes Recur refused for good).",
     no_args_is_help=True,
 )

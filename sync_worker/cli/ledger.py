@@ -24,7 +24,11 @@ from sync_worker.events import EventValidationError, validate_user_fields
 from sync_worker.ledger import Ledger
 from sync_worker.settings import load_settings
 
-app = typer.Typer(help="Manage the ledger: what Recur should hold, per user.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage the ledger: what Recur should hold, per user.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 Format = Literal["auto", "csv", "jsonl"]
 REJECTIONS_KEPT = 100
