@@ -28,6 +28,8 @@ def redact(text: str) -> str:
 def _redact_event(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    # uvicorn attaches a copy of its message with terminal colour codes; the message is enough.
+    event.pop("color_message", None)
     for key, value in list(event.items()):
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
