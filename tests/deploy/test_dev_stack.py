@@ -71,6 +71,8 @@ class DevRun:
             pytest.fail(f"sync-worker dev did not exit:\n{self.output()}")
         if self.reader is not None:
             self.reader.join(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return code
 
 
@@ -127,7 +129,7 @@ def dev(tmp_path: Path) -> Iterator[DevRun]:
     finally:
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)
-            run.wait_exit()
+        run.wait_exit()
         for pid in run.pids().values():
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
