@@ -4,6 +4,7 @@ and every series they name is one that `/metrics` of a real app exports."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,7 +28,10 @@ SERIES = re.compile(r"\brecur_sync_[a-z_]+\b")
 def promtool() -> str:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is not installed (apt-get install prometheus)")
+        # CI installs it (.ci/run), so there a missing promtool is a failure, not a skip.
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is not installed (apt-get install prometheus)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
     return binary
 
 
