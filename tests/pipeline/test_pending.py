@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sync_worker import redis_keys as keys
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
-from sync_worker.pending import Claim, FieldState, PendingStore
+from sync_worker.pending import Claim, FieldState, PendingStore, Snapshot
 
 
 class Clock:
@@ -54,6 +54,14 @@ def claim_one(pending: PendingStore) -> Claim:
     claims = pending.claim_due(10)
     assert len(claims) == 1
     return claims[0]
+
+
+def claim_and_read(pending: PendingStore) -> tuple[Claim, Snapshot]:
+    """Claim the one due user and read its change, as a task does first."""
+    claim = claim_one(pending)
+    snapshot = pending.snapshot(claim)
+    assert snapshot is not None
+    return claim, snapshot
 
 
 def test_duplicate_event_id_is_refused(redis_url: str) -> None:
@@ -103,9 +111,7 @@ def test_event_older_than_applied_state_changes_nothing(redis_url: str) -> None:
     pending = store(client, clock)
     pending.accept(event("u1", 5000, name="applied"))
     clock.now += 3
-    claim = claim_one(pending)
-    snapshot = pending.snapshot(claim)
-    assert snapshot is not None
+    claim, snapshot = claim_and_read(pending)
     assert pending.mark_applied(claim, snapshot) == "done"
 
     late = pending.accept(event("u1", 4000, name="stale"))
@@ -124,9 +130,7 @@ def test_change_arriving_during_flight_is_kept_and_rescheduled(redis_url: str) -
     pending = store(client, clock)
     pending.accept(event("u1", 1000, name="first", metadata={"a": 1}))
     clock.now += 3
-    claim = claim_one(pending)
-    snapshot = pending.snapshot(claim)
-    assert snapshot is not None
+    claim, snapshot = claim_and_read(pending)
     # while the PATCH is in flight, a newer name arrives: it must not be scheduled on its own
     pending.accept(event("u1", 2000, name="second"))
     assert client.zscore(keys.DUE, "u1") is None
@@ -192,9 +196,7 @@ def test_dead_letter_takes_the_change_out_atomically(redis_url: str) -> None:
     pending = store(client, clock)
     pending.accept(event("u1", 1000, name="x"))
     clock.now += 3
-    claim = claim_one(pending)
-    snapshot = pending.snapshot(claim)
-    assert snapshot is not None
+    claim, snapshot = claim_and_read(pending)
     written, state = pending.dead_letter(
         claim,
         snapshot,
@@ -300,9 +302,7 @@ def test_rebind_moves_ledger_and_pending_change(redis_url: str) -> None:
     pending = store(client, clock)
     pending.accept(event("old", 1000, name="before", metadata={"a": 1}))
     clock.now += 3
-    claim = claim_one(pending)
-    snapshot = pending.snapshot(claim)
-    assert snapshot is not None
+    claim, snapshot = claim_and_read(pending)
     pending.accept(event("old", 2000, name="typed during the move"))
     assert pending.mark_applied(claim, snapshot) == "more"
     assert pending.rebind("old", "new") is True
