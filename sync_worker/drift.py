@@ -12,7 +12,7 @@ from typing import Any
 
 from sync_worker.ledger import LedgerEntry
 from sync_worker.pending import FieldState
-from sync_worker.recur.models import Customer
+from sync_worker.recur.models import ListedCustomer
 
 COMPARED_FIELDS = ("name", "metadata")
 """Fields a drift is repaired for (`email` cannot be sent, so it is only reported)."""
@@ -60,22 +60,23 @@ class Counts:
         return cls(**json.loads(text))
 
 
-def differs(name: str, desired: Any, customer: Customer) -> bool:
-    """True when Recur's value of a field is not the desired one."""
+def differs(name: str, desired: Any, customer: ListedCustomer) -> bool:
+    """True when Recur's value of a field (name or metadata) is not the desired one."""
+    have = customer.get(name)
     if name == "metadata":
         # Recur answers `{}` or null for "no metadata"; both match an empty desired object.
-        return (customer.metadata or {}) != (desired or {})
-    return bool(getattr(customer, name) != desired)
+        return (have or {}) != (desired or {})
+    return bool(have != desired)
 
 
 def compare_page(
-    customers: list[Customer], entries: dict[str, LedgerEntry], counts: Counts
+    customers: list[ListedCustomer], entries: dict[str, LedgerEntry], counts: Counts
 ) -> dict[str, Drift]:
     """Count a page against the ledger `entries` (by external id); the drifted users' fields."""
     counts.scanned += len(customers)
     drifted: dict[str, Drift] = {}
     for customer in customers:
-        user_id = customer.external_id
+        user_id = customer.get("external_id")
         if not user_id:
             counts.without_external_id += 1
             continue
@@ -85,7 +86,7 @@ def compare_page(
             counts.sample("unknown_to_ledger", user_id)
             continue
         email = entry.fields.get("email")
-        if email is not None and str(email.value).casefold() != customer.email.casefold():
+        if email is not None and str(email.value).casefold() != customer["email"].casefold():
             counts.email_mismatches += 1
             counts.sample("email_mismatches", user_id)
         drift = {

@@ -28,7 +28,7 @@ import redis
 
 from sync_worker.drift import Counts, Drift
 from sync_worker.pending import FieldState
-from sync_worker.recur.models import Customer
+from sync_worker.recur.models import ListedCustomer
 
 _PAGE = """
 -- KEYS: seen, checkpoint, progress. ARGV: rows as JSON [[external_id, name, metadata, email],
@@ -154,7 +154,7 @@ class PageScript:
 
     def compare(
         self,
-        customers: list[Customer],
+        customers: list[ListedCustomer],
         counts: Counts,
         *,
         seen: str,
@@ -164,7 +164,11 @@ class PageScript:
 
         `record` (the previous page's) is written first, in the same script.
         """
-        rows = [[c.external_id, c.name, c.metadata, c.email] for c in customers if c.external_id]
+        rows = [
+            [external_id, c.get("name"), c.get("metadata"), c["email"]]
+            for c in customers
+            if (external_id := c.get("external_id"))
+        ]
         counts.scanned += len(customers)
         counts.without_external_id += len(customers) - len(rows)
         if not rows:

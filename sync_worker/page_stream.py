@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 
 from tenacity import (
     RetryCallState,
@@ -28,7 +29,7 @@ from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RateLimited, RecurError, is_transient
-from sync_worker.recur.models import CustomerPage
+from sync_worker.recur.models import CustomerListing, ListedCustomer
 from sync_worker.recur.retry import retry_after_of
 from sync_worker.settings import RECONCILE_PAGE_SIZE
 
@@ -39,7 +40,24 @@ AHEAD = 2
 MAX_WAIT_SECONDS = 120.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
 
-Fetched = tuple[CustomerPage | RecurError | Throttled, int]
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page's customers, and where the next page starts (None: this is the last)."""
+
+    customers: list[ListedCustomer]
+    next: str | None
+
+    @classmethod
+    def of(cls, listing: CustomerListing) -> Page:
+        """The page Recur listed; an empty page ends the listing whatever `has_more` says."""
+        customers = listing["data"]
+        if not listing["has_more"] or not customers:
+            return cls(customers, None)
+        return cls(customers, listing.get("next_cursor") or customers[-1]["id"])
+
+
+Fetched = tuple[Page | RecurError | Throttled, int]
 """A page or the error its last try ended in, and how many tries failed before."""
 
 
@@ -89,9 +107,9 @@ class PageStream:
                 page, retried = self._fetch(cursor)
                 if not self._put((page, retried)):
                     return
-                if not isinstance(page, CustomerPage) or not page.has_more or not page.data:
+                if not isinstance(page, Page) or page.next is None:
                     return
-                cursor = page.next_cursor or page.data[-1].id
+                cursor = page.next
         except Exception as error:  # noqa: BLE001 - handed to the reader, who raises it
             self._put(error)
 
@@ -127,9 +145,9 @@ class PageStream:
             reraise=True,
         )
         try:
-            page = retrying(
-                self._client.list_customers, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
+            listing = retrying(
+                self._client.list_customer_fields, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
             )
         except (RecurError, Throttled) as error:
             return error, retried
-        return page, retried
+        return Page.of(listing), retried

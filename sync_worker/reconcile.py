@@ -42,11 +42,10 @@ from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.page_script import PageScript, Record
-from sync_worker.page_stream import PageStream
+from sync_worker.page_stream import Page, PageStream
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
-from sync_worker.recur.models import CustomerPage
 from sync_worker.run_lock import LockKeeper
 from sync_worker.runtime import Runtime
 
@@ -269,22 +268,21 @@ class Reconciler:
                     pages.close()
                     pages = self._pages(None)
                     continue
-                if not isinstance(page, CustomerPage):
+                if not isinstance(page, Page):
                     raise page
-                more = page.has_more and bool(page.data)
                 # The script adds this page's ids to `seen` before its checkpoint is saved: a
                 # crash in between re-reads the page on resume, which adds the same ids again.
                 drifted = self._page_script.compare(
-                    page.data, counts, seen=run.seen, record=unsaved
+                    page.customers, counts, seen=run.seen, record=unsaved
                 )
                 if unsaved is not None and hook is not None:
                     hook(unsaved.progress)
                 if drifted:
                     self._repair(drifted, counts, dry_run=run.dry_run)
                 counts.pages += 1
-                run.cursor = (page.next_cursor or page.data[-1].id) if more else None
+                run.cursor = page.next
                 unsaved = run.record()
-                if not more:
+                if page.next is None:
                     break
             self._flush(run, unsaved, hook)
             unsaved = None

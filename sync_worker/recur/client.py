@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from sync_worker import __version__
 from sync_worker.recur.errors import (
@@ -22,10 +22,13 @@ from sync_worker.recur.errors import (
     RecurTransportError,
     error_from_response,
 )
-from sync_worker.recur.models import Customer, CustomerPage, CustomerPatch
+from sync_worker.recur.models import Customer, CustomerListing, CustomerPage, CustomerPatch
 from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings
 
-_Model = TypeVar("_Model", bound=BaseModel)
+_Shape = TypeVar("_Shape")
+
+_LIST = "/v1/customers"
+_LISTING = TypeAdapter(CustomerListing)
 
 Throttle = Callable[[], None]
 """Called before every request; blocks until the shared rate limit allows one more."""
@@ -115,12 +118,14 @@ class RecurClient:
     def update_customer_by_external_id(self, external_id: str, patch: CustomerPatch) -> Customer:
         """`PATCH /v1/customers/external/{external_id}`: the customer as Recur now has it."""
         path = _external_path(external_id)
-        return _parse(Customer, self._request("PATCH", path, json=patch.body()), "PATCH", path)
+        body = self._request("PATCH", path, json=patch.body())
+        return _parse(Customer.model_validate_json, body, "a Customer", "PATCH", path)
 
     def get_customer_by_external_id(self, external_id: str) -> Customer:
         """`GET /v1/customers/external/{external_id}`."""
         path = _external_path(external_id)
-        return _parse(Customer, self._request("GET", path), "GET", path)
+        body = self._request("GET", path)
+        return _parse(Customer.model_validate_json, body, "a Customer", "GET", path)
 
     def list_customers(
         self,
@@ -138,8 +143,18 @@ class RecurClient:
             params["email"] = email
         if status is not None:
             params["status"] = status
-        payload = self._request("GET", "/v1/customers", params=params)
-        return _parse(CustomerPage, payload, "GET", "/v1/customers")
+        payload = self._request("GET", _LIST, params=params)
+        return _parse(CustomerPage.model_validate_json, payload, "a CustomerPage", "GET", _LIST)
+
+    def list_customer_fields(
+        self, *, limit: int = RECONCILE_PAGE_SIZE, starting_after: str | None = None
+    ) -> CustomerListing:
+        """One page of `GET /v1/customers`, only the fields the reconciliation reads (lean)."""
+        params: dict[str, str | int] = {"limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        payload = self._request("GET", _LIST, params=params)
+        return _parse(_LISTING.validate_json, payload, "a customer listing", "GET", _LIST)
 
     def iter_pages(
         self, *, starting_after: str | None = None, limit: int = RECONCILE_PAGE_SIZE
@@ -186,15 +201,16 @@ class RecurClient:
         raise error_from_response(response, method=method, path=path)
 
 
-def _parse(model: type[_Model], content: bytes, method: str, path: str) -> _Model:
+def _parse(
+    validate: Callable[[bytes], _Shape], content: bytes, shape: str, method: str, path: str
+) -> _Shape:
     # A 2xx that is not JSON, or not the documented shape, is a failed call, not a crash of the
     # caller. Validating straight from the bytes skips building Python dicts first.
     try:
-        return model.model_validate_json(content)
+        return validate(content)
     except ValidationError as error:
         raise RecurError(
-            f"{method} {path} -> 2xx with a body that is not a {model.__name__} "
-            "(or not JSON): "
+            f"{method} {path} -> 2xx with a body that is not {shape} (or not JSON): "
             f"{error.error_count()} error(s), first: {error.errors()[0]['msg']}",
             method=method,
             path=path,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 NAME_MAX_CHARS = 255
@@ -39,6 +40,29 @@ class CustomerPage(BaseModel):
     has_more: bool
     next_cursor: str | None = None
     livemode: bool = False
+
+
+class ListedCustomer(TypedDict):
+    """A listed customer reduced to the fields the reconciliation reads; the rest is dropped.
+
+    Reading every customer every night, the reconciliation's page fetch is its critical path:
+    validating a page of 100 into `Customer` models cost 0.4 ms of it on a loaded 2-core machine,
+    these dicts a sixth of that (bench/reconcile.py). The fields read are still validated.
+    """
+
+    id: str
+    email: str
+    name: NotRequired[str | None]
+    external_id: NotRequired[str | None]
+    metadata: NotRequired[dict[str, Any] | None]
+
+
+class CustomerListing(TypedDict):
+    """One page of `GET /v1/customers` as `ListedCustomer`s."""
+
+    data: list[ListedCustomer]
+    has_more: bool
+    next_cursor: NotRequired[str | None]
 
 
 class CustomerPatch(BaseModel):
