@@ -49,6 +49,7 @@ class Processes:
 
     directory: Path
     running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         log = (self.directory / f"{name}.log").open("ab")
@@ -60,6 +61,7 @@ class Processes:
             start_new_session=True,
         )
         self.running.append(process)
+        self.pids[name] = process.pid
 
     def stop_all(self) -> None:
         for process in reversed(self.running):
@@ -122,6 +124,14 @@ def start_sandbox(processes: Processes, *, latency_ms: int = 0, customers: int =
         what="sandbox",
     )
     return url
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time (user + system) a process has used so far, from Linux /proc, all threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -26,7 +26,7 @@ import time
 import httpx
 import redis
 
-from bench.harness import SANDBOX_KEY, environment, start_sandbox, table
+from bench.harness import SANDBOX_KEY, Processes, cpu_seconds, environment, start_sandbox, table
 from sync_worker.ledger import Ledger
 from sync_worker.logging import configure_logging
 from sync_worker.reconcile import Reconciler
@@ -83,6 +83,19 @@ def seed_ledger(redis_url: str, customers: int, drift_percent: float) -> int:
     return drifted
 
 
+CPU_OF = ("self", "redis", "sandbox")
+
+
+def cpu_now(processes: Processes) -> list[float]:
+    """CPU seconds used so far by this process, Redis and the sandbox (in CPU_OF's order)."""
+    return [cpu_seconds(processes.pids.get(name, name)) for name in CPU_OF]
+
+
+def cpu_since(processes: Processes, before: list[float]) -> list[float]:
+    """CPU seconds each of CPU_OF used since `before`."""
+    return [now - then for now, then in zip(cpu_now(processes), before, strict=True)]
+
+
 def ours(runtime: Runtime) -> tuple[float, int, int, dict[str, object]]:
     """Seconds for one pass, RSS before it, peak RSS after it, and the report."""
     gc.collect()
@@ -122,30 +135,39 @@ def main() -> None:
         )
         configure_logging(settings)
         runtime = Runtime(settings)
-        raw_times: list[float] = []
-        our_times: list[float] = []
+        raw_times: list[tuple[float, list[float]]] = []
+        our_times: list[tuple[float, list[float]]] = []
         growth: list[int] = []
         report: dict[str, object] = {}
         baseline_rss = current_rss()
         for _ in range(args.repeat):
+            cpu = cpu_now(processes)
             elapsed, before, peak, report = ours(runtime)
-            our_times.append(elapsed)
+            our_times.append((elapsed, cpu_since(processes, cpu)))
             growth.append(max(0, peak - before))
+            cpu = cpu_now(processes)
             seconds, seen = raw_loop(sandbox)
+            raw_times.append((seconds, cpu_since(processes, cpu)))
             if seen != args.customers:
                 raise SystemExit(f"the raw loop saw {seen:,} customers, not {args.customers:,}")
-            raw_times.append(seconds)
         runtime.close()
 
-    raw, mine = min(raw_times), min(our_times)
+    (raw, raw_cpu), (mine, my_cpu) = min(raw_times), min(our_times)
     print(
         table(
             f"Reconciliation of {args.customers:,} customers ({drifted:,} drifted), "
             f"sandbox latency {args.latency_ms} ms, best of {args.repeat}",
-            ["", "seconds", "customers/s", "x raw loop", "peak RSS growth (MB)"],
+            ["", "seconds", "customers/s", "x raw loop", "peak RSS growth (MB)", CPU_HEADER],
             [
-                ["raw httpx paging loop", raw, args.customers / raw, 1.0, "-"],
-                ["Reconciler.run()", mine, args.customers / mine, mine / raw, growth[0] / MB],
+                ["raw httpx paging loop", raw, args.customers / raw, 1.0, "-", _cpu(raw_cpu)],
+                [
+                    "Reconciler.run()",
+                    mine,
+                    args.customers / mine,
+                    mine / raw,
+                    growth[0] / MB,
+                    _cpu(my_cpu),
+                ],
             ],
         )
     )
@@ -154,6 +176,13 @@ def main() -> None:
         f"enqueued {report['enqueued']:,}; RSS before the first pass {baseline_rss / MB:.1f} MB, "
         f"growth per pass {', '.join(f'{g / MB:.1f}' for g in growth)} MB"
     )
+
+
+CPU_HEADER = "CPU s: ours / Redis / sandbox"
+
+
+def _cpu(seconds: list[float]) -> str:
+    return " / ".join(f"{s:.2f}" for s in seconds)
 
 
 if __name__ == "__main__":
