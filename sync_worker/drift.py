@@ -1,7 +1,8 @@
 """Drift: how a page of Recur customers differs from the ledger, as counts (pure logic).
 
-The reconciliation (reconcile.py) feeds each page through `compare_page` and repairs what it
-returns; the counts it keeps here are what its checkpoints save and its report shows.
+The reconciliation compares each page inside Redis (page_script.py); `compare_page` is the
+reference that script is held to by a property test. The counts are what the reconciliation's
+checkpoints save and its report shows.
 """
 
 from __future__ import annotations
@@ -104,11 +105,3 @@ def compare_page(
         counts.sample("drifted", user_id)
         drifted[user_id] = drift
     return drifted
-
-
-def would_merge(drift: Drift, pending_stamps: list[Any]) -> bool:
-    """What `PendingStore.restore` would do: merge a field at least as new as its pending one."""
-    return any(
-        stamp is None or state.ts_ms >= int(float(stamp))
-        for state, stamp in zip(drift.values(), pending_stamps, strict=True)
-    )

@@ -5,10 +5,11 @@ more than fetching the page did. Redis is another process, so a comparison it ru
 our Python (the next page's fetch) instead of adding to it under the GIL; and every round trip
 of the comparing thread waits for the GIL on the way back, so the page makes one. Python sends
 the page compactly (one JSON argument) and gets back only what it must act on: the unknown and
-email-mismatched ids (for the samples) and the drifted users with their ledger values and times
-(what `PendingStore.restore` merges back). The same script adds the page's ids to the run's seen
-set and writes the previous page's checkpoint and progress (a `Record`): that page's repairs
-were done before, so a checkpoint never covers a page whose repairs are not enqueued yet.
+email-mismatched ids (for the samples) and the drifted users with their ledger values and times.
+The same script merges those back into the pending store (`PendingStore.restore`'s Lua, shared),
+adds the page's ids to the run's seen set and writes the previous page's checkpoint and progress
+(a `Record`): that page's repairs were done by its own script, so a checkpoint never covers a
+page whose repairs are not enqueued yet.
 
 `drift.compare_page` stays the reference; a property test holds the two to the same results.
 Where Lua cannot match Python exactly (all unlikely in user metadata and documented here):
@@ -21,25 +22,33 @@ Where Lua cannot match Python exactly (all unlikely in user metadata and documen
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
 
+from sync_worker import redis_keys as keys
 from sync_worker.drift import Counts, Drift
-from sync_worker.pending import FieldState
+from sync_worker.pending import RESTORE_FUNCTION, FieldState
 from sync_worker.recur.models import ListedCustomer
 
-_PAGE = """
--- KEYS: seen, checkpoint, progress. ARGV: rows as JSON [[external_id, name, metadata, email],
--- ...], ledger prefix, seen TTL, progress JSON ('' for none), checkpoint items (none in a dry
--- run). Returns {unknown ids, email-mismatch ids, drifted users}; a drifted user is
--- {id, (field, ledger v:, ledger t:)...} for name then metadata, as in drift.compare_page.
-if ARGV[4] ~= '' then
-  if #ARGV > 4 then redis.call('HSET', KEYS[2], unpack(ARGV, 5)) end
-  redis.call('SET', KEYS[3], ARGV[4])
+_PAGE = (
+    RESTORE_FUNCTION
+    + """
+-- KEYS: seen, checkpoint, progress, due, inflight. ARGV: rows as JSON [[external_id, name,
+-- metadata, email], ...], ledger prefix, seen TTL, pending prefix, now, '1' to repair or '0'
+-- (a dry run: count what would merge), progress JSON ('' for none), checkpoint items (none in
+-- a dry run). Returns {unknown ids, email-mismatch ids, drifted users}; a drifted user is
+-- {id, fields merged, (field, ledger v:, ledger t:)...} for name then metadata, the fields as
+-- in drift.compare_page.
+if ARGV[7] ~= '' then
+  if #ARGV > 7 then redis.call('HSET', KEYS[2], unpack(ARGV, 8)) end
+  redis.call('SET', KEYS[3], ARGV[7])
 end
 local null, decode = cjson.null, cjson.decode
+local repair = ARGV[6] == '1'
 
 -- Deep equality of decoded JSON (tables compared key by key, both ways).
 local function same(a, b)
@@ -80,11 +89,12 @@ for i, row in ipairs(rows) do
         emails[#emails + 1] = user
       end
     end
-    local out = {user}
+    local out, fields = {user, 0}, {}
     if h[1] and h[2] and not same(decode(h[1]), row[2]) then
       out[#out + 1] = 'name'
       out[#out + 1] = h[1]
       out[#out + 1] = h[2]
+      fields.name = {h[1], tonumber(h[2])}
     end
     if h[3] and h[4] then
       local want, have = decode(h[3]), row[3]
@@ -98,9 +108,13 @@ for i, row in ipairs(rows) do
         out[#out + 1] = 'metadata'
         out[#out + 1] = h[3]
         out[#out + 1] = h[4]
+        fields.metadata = {h[3], tonumber(h[4])}
       end
     end
-    if #out > 1 then drifted[#drifted + 1] = out end
+    if #out > 2 then
+      out[2] = restore(ARGV[4] .. user, key, KEYS[4], KEYS[5], user, ARGV[5], fields, '', repair)
+      drifted[#drifted + 1] = out
+    end
   end
 end
 if #ids > 0 then
@@ -109,8 +123,11 @@ if #ids > 0 then
 end
 return {unknown, emails, drifted}
 """
+)
 
-_Reply = tuple[list[bytes | str], list[bytes | str], list[list[bytes | str]]]
+_Reply = tuple[
+    list[bytes | str], list[bytes | str], list[tuple[bytes | str, int, *tuple[bytes | str, ...]]]
+]
 """The script's answer: unknown ids, email-mismatch ids, drifted users."""
 
 
@@ -126,31 +143,23 @@ class Record:
     progress: dict[str, Any]
 
     def args(self) -> list[str]:
-        """The script's arguments from the fourth on."""
+        """The script's arguments from the seventh on."""
         return [json.dumps(self.progress), *(self.checkpoint or [])]
 
 
 class PageScript:
-    """Compares pages with the ledger in Redis; records their ids as seen and the checkpoints."""
+    """Compares pages with the ledger in Redis, repairs drift, records ids seen and checkpoints."""
 
     def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        ledger_prefix: str,
-        checkpoint: str,
-        progress: str,
-        seen_ttl: int,
+        self, client: redis.Redis, *, seen_ttl: int, clock: Callable[[], float] = time.time
     ) -> None:
         self._script = client.register_script(_PAGE)
-        self._prefix = ledger_prefix
-        self._checkpoint = checkpoint
-        self._progress = progress
         self._seen_ttl = seen_ttl
+        self._clock = clock
 
     def save(self, record: Record, *, seen: str) -> None:
         """Write a checkpoint and progress alone (the pass's start and its last page)."""
-        self._call("[]", record, seen)
+        self._call("[]", record, seen, repair=False)
 
     def compare(
         self,
@@ -159,10 +168,14 @@ class PageScript:
         *,
         seen: str,
         record: Record | None,
+        repair: bool = True,
     ) -> dict[str, Drift]:
         """What `drift.compare_page` returns and counts; the compared ids go into `seen`.
 
-        `record` (the previous page's) is written first, in the same script.
+        Each drifted user's ledger state is merged back into the pending store, due now, in
+        the same script (`PendingStore.restore`, counted as enqueued, or left to a newer pending
+        update); with `repair` false (a dry run) only counted. `record` (the previous page's) is
+        written first.
         """
         rows = [
             [external_id, c.get("name"), c.get("metadata"), c["email"]]
@@ -175,7 +188,7 @@ class PageScript:
             if record is not None:
                 self.save(record, seen=seen)
             return {}
-        reply = self._call(json.dumps(rows, ensure_ascii=False), record, seen)
+        reply = self._call(json.dumps(rows, ensure_ascii=False), record, seen, repair=repair)
         unknown, emails, changed = cast(_Reply, reply)
         for kind, users in (("unknown_to_ledger", unknown), ("email_mismatches", emails)):
             for user in users:
@@ -183,7 +196,7 @@ class PageScript:
         counts.unknown_to_ledger += len(unknown)
         counts.email_mismatches += len(emails)
         drifted: dict[str, Drift] = {}
-        for user, *flat in changed:
+        for user, merged, *flat in changed:
             user_id = _text(user)
             drift = {
                 _text(name): FieldState(value=json.loads(value), ts_ms=int(float(stamp)))
@@ -192,14 +205,33 @@ class PageScript:
             counts.drifted_name += "name" in drift
             counts.drifted_metadata += "metadata" in drift
             counts.sample("drifted", user_id)
+            if merged > 0:
+                counts.enqueued += 1
+            else:
+                # A newer pending update (or one applied meanwhile) will set these fields.
+                counts.left_to_pending += 1
             drifted[user_id] = drift
         counts.drifted += len(drifted)
         counts.in_sync += len(rows) - len(unknown) - len(drifted)
         return drifted
 
-    def _call(self, rows: str, record: Record | None, seen: str) -> Any:
+    def _call(self, rows: str, record: Record | None, seen: str, *, repair: bool) -> Any:
         tail = record.args() if record is not None else [""]
         return self._script(
-            keys=[seen, self._checkpoint, self._progress],
-            args=[rows, self._prefix, self._seen_ttl, *tail],
+            keys=[
+                seen,
+                keys.RECONCILE_CHECKPOINT,
+                keys.RECONCILE_PROGRESS,
+                keys.DUE,
+                keys.INFLIGHT,
+            ],
+            args=[
+                rows,
+                keys.LEDGER,
+                self._seen_ttl,
+                keys.PENDING,
+                repr(self._clock()),
+                "1" if repair else "0",
+                *tail,
+            ],
         )

@@ -228,38 +228,54 @@ end
 return #users
 """
 
-_RESTORE = """
--- KEYS: pending, ledger, due, inflight. ARGV: user, now, fields_json {f: [value, ts]}, replay_id
--- Returns -1 when that dead letter is already being replayed, else how many fields merged.
-local replaying = cjson.decode(redis.call('HGET', KEYS[1], 'replay_of') or '[]')
-for _, id in ipairs(replaying) do
-  if id == ARGV[4] then return -1 end
-end
-local merged = 0
-for f, pair in pairs(cjson.decode(ARGV[3])) do
-  local ts = pair[2]
-  local applied = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
-  local pending = tonumber(redis.call('HGET', KEYS[1], 't:' .. f))
-  if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
-    redis.call('HSET', KEYS[1], 'v:' .. f, pair[1], 't:' .. f, string.format('%d', ts),
-               'e:' .. f, 'replay')
-    merged = merged + 1
+RESTORE_FUNCTION = """
+-- restore(pending key, ledger key, due, inflight, user, now, {field = {value JSON, ts}},
+-- replay id or '', write): merge each field at least as new as both the applied (ledger) and
+-- the pending one, due now. Returns how many merged (with write false: would merge), or -1
+-- when that dead letter is already being replayed.
+local function restore(pending, ledger, due, inflight, user, now, fields, replay_id, write)
+  local replaying = cjson.decode(redis.call('HGET', pending, 'replay_of') or '[]')
+  for _, id in ipairs(replaying) do
+    if id == replay_id then return -1 end
   end
+  local merged = 0
+  for f, pair in pairs(fields) do
+    local ts = pair[2]
+    local applied = tonumber(redis.call('HGET', ledger, 't:' .. f))
+    local current = tonumber(redis.call('HGET', pending, 't:' .. f))
+    if (applied == nil or ts >= applied) and (current == nil or ts >= current) then
+      if write then
+        redis.call('HSET', pending, 'v:' .. f, pair[1], 't:' .. f, string.format('%d', ts),
+                   'e:' .. f, 'replay')
+      end
+      merged = merged + 1
+    end
+  end
+  if merged == 0 or not write then return merged end
+  redis.call('HINCRBY', pending, 'version', 1)
+  redis.call('HSETNX', pending, 'first_seen', now)
+  redis.call('HSET', pending, 'due', now, 'attempts', 0)
+  redis.call('HDEL', pending, 'retry_since', 'last_error')
+  if replay_id ~= '' then
+    replaying[#replaying + 1] = replay_id
+    redis.call('HSET', pending, 'replay_of', cjson.encode(replaying))
+  end
+  if not redis.call('ZSCORE', inflight, user) then
+    redis.call('ZADD', due, now, user)
+  end
+  return merged
 end
-if merged == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[2])
-redis.call('HSET', KEYS[1], 'due', ARGV[2], 'attempts', 0)
-redis.call('HDEL', KEYS[1], 'retry_since', 'last_error')
-if ARGV[4] ~= '' then
-  replaying[#replaying + 1] = ARGV[4]
-  redis.call('HSET', KEYS[1], 'replay_of', cjson.encode(replaying))
-end
-if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-end
-return merged
 """
+"""Shared by `PendingStore.restore` and the reconciliation's page script (page_script.py)."""
+
+_RESTORE = (
+    RESTORE_FUNCTION
+    + """
+-- KEYS: pending, ledger, due, inflight. ARGV: user, now, fields_json {f: [value, ts]}, replay_id
+return restore(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], cjson.decode(ARGV[3]),
+               ARGV[4], true)
+"""
+)
 
 
 _REBIND = """
@@ -640,22 +656,12 @@ class PendingStore:
         Returns how many fields were at least as new as both the applied and the pending state,
         or -1 when `replay_of` names a dead letter whose replay is already under way.
         """
-        return self.restore_many({user_id: fields}, replay_of=replay_of)[0]
-
-    def restore_many(
-        self, changes: dict[str, dict[str, FieldState]], *, replay_of: str = ""
-    ) -> list[int]:
-        """`restore` for several users in one round trip (the reconciliation's repairs)."""
-        pipe = self._redis.pipeline(transaction=False)
-        now = repr(self._clock())
-        for user_id, fields in changes.items():
-            payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
-            self._restore(
-                keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
-                args=[user_id, now, json.dumps(payload), replay_of],
-                client=pipe,
-            )
-        return [int(merged) for merged in pipe.execute()]
+        payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
+        merged = self._restore(
+            keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
+            args=[user_id, repr(self._clock()), json.dumps(payload), replay_of],
+        )
+        return int(cast(int, merged))
 
     def depths(self) -> dict[str, int]:
         """Users waiting (due now or later) and users being sent now."""

@@ -4,9 +4,10 @@ One pass, under a lock so that only one runs at a time:
 
 1. resume from the checkpoint a crashed or failed pass left, else start at the first page;
 2. for each page of `GET /v1/customers?limit=100&starting_after=...`, compare every customer that
-   has an external id with the ledger, inside Redis (drift_script.py), which also adds the page's
-   external ids to the run's `seen` set. A drifted field is merged back into the pending store
-   with the ledger's value and time (`PendingStore.restore`), so the normal sync path repairs it
+   has an external id with the ledger, inside Redis (page_script.py), which also adds the page's
+   external ids to the run's `seen` set. A drifted field is merged back into the pending store,
+   by the same script, with the ledger's value and time (`PendingStore.restore`'s Lua), so the
+   normal sync path repairs it
    (debounce, stale guard, retries, dead letters); a newer pending update wins that merge by
    itself. Email is immutable upstream: a mismatch is reported, never sent. Then the cursor and
    counts go into the checkpoint. The next pages are fetched meanwhile (page_stream.py), with
@@ -37,13 +38,12 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.dlq import DeadLetterQueue
-from sync_worker.drift import Counts, Drift, would_merge
+from sync_worker.drift import Counts
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.page_script import PageScript, Record
 from sync_worker.page_stream import Page, PageStream
-from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
 from sync_worker.run_lock import LockKeeper
@@ -148,7 +148,6 @@ class Reconciler:
         *,
         client: redis.Redis,
         recur: RecurClient,
-        pending: PendingStore,
         dlq: DeadLetterQueue,
         flow: FlowControl,
         ops: OpsEmitter,
@@ -160,7 +159,6 @@ class Reconciler:
     ) -> None:
         self._redis = client
         self._recur = recur
-        self._pending = pending
         self._dlq = dlq
         self._flow = flow
         self._ops = ops
@@ -170,13 +168,7 @@ class Reconciler:
         self._lock_ttl = lock_ttl_seconds
         self._clock = clock
         self._missing = client.register_script(_MISSING)
-        self._page_script = PageScript(
-            client,
-            ledger_prefix=keys.LEDGER,
-            checkpoint=keys.RECONCILE_CHECKPOINT,
-            progress=keys.RECONCILE_PROGRESS,
-            seen_ttl=int(SEEN_TTL_SECONDS),
-        )
+        self._page_script = PageScript(client, seen_ttl=int(SEEN_TTL_SECONDS), clock=clock)
 
     @classmethod
     def from_runtime(cls, runtime: Runtime, **overrides: Any) -> Reconciler:
@@ -190,7 +182,6 @@ class Reconciler:
         return cls(
             client=runtime.redis,
             recur=runtime.recur,
-            pending=runtime.pending,
             dlq=runtime.dlq,
             flow=runtime.flow,
             ops=runtime.ops,
@@ -272,13 +263,15 @@ class Reconciler:
                     raise page
                 # The script adds this page's ids to `seen` before its checkpoint is saved: a
                 # crash in between re-reads the page on resume, which adds the same ids again.
-                drifted = self._page_script.compare(
-                    page.customers, counts, seen=run.seen, record=unsaved
+                self._page_script.compare(
+                    page.customers,
+                    counts,
+                    seen=run.seen,
+                    record=unsaved,
+                    repair=not run.dry_run,
                 )
                 if unsaved is not None and hook is not None:
                     hook(unsaved.progress)
-                if drifted:
-                    self._repair(drifted, counts, dry_run=run.dry_run)
                 counts.pages += 1
                 run.cursor = page.next
                 unsaved = run.record()
@@ -327,25 +320,6 @@ class Reconciler:
         (log.error if error else log.info)("reconcile_" + status, **outcome)
         self._ops.emit("reconciliation.finished", outcome)
         return report
-
-    def _repair(self, repairs: dict[str, Drift], counts: Counts, *, dry_run: bool) -> None:
-        if dry_run:
-            # What restore would merge: a field at least as new as the pending one.
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id, drift in repairs.items():
-                pipe.hmget(keys.pending(user_id), [f"t:{name}" for name in drift])
-            merges = [
-                would_merge(drift, stamps)
-                for drift, stamps in zip(repairs.values(), pipe.execute(), strict=True)
-            ]
-        else:
-            merges = [merged > 0 for merged in self._pending.restore_many(repairs)]
-        for merged in merges:
-            if merged:
-                counts.enqueued += 1
-            else:
-                # A newer pending update (or one applied meanwhile) will set these fields.
-                counts.left_to_pending += 1
 
     def _flush(self, run: _Run, unsaved: Record | None, hook: PageHook | None) -> None:
         """Save the last page's checkpoint, which no next page carried."""

@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
 from sync_worker.drift import Counts, compare_page
+from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
 from sync_worker.page_script import PageScript, Record
+from sync_worker.pending import PendingStore
 from sync_worker.recur.models import ListedCustomer
 
 SEEN = keys.reconcile_seen("rc_test")
@@ -75,9 +77,11 @@ def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, di
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(case=page_and_ledger())
-def test_the_script_counts_and_drifts_as_compare_page(
-    redis_client: redis.Redis, case: tuple[list[ListedCustomer], dict[str, dict[str, Any]]]
+@given(case=page_and_ledger(), repair=st.booleans())
+def test_the_script_counts_drifts_and_repairs_as_compare_page(
+    redis_client: redis.Redis,
+    case: tuple[list[ListedCustomer], dict[str, dict[str, Any]]],
+    repair: bool,
 ) -> None:
     customers, entries = case
     redis_client.flushdb()
@@ -87,13 +91,53 @@ def test_the_script_counts_and_drifts_as_compare_page(
     ids = [user for c in customers if (user := c.get("external_id"))]
     expected_counts = Counts()
     expected = compare_page(customers, ledger.get_many(ids), expected_counts)
+    # Nothing is pending here, so every drifted user is merged back (or would be, in a dry run).
+    expected_counts.enqueued = len(expected)
 
     counts = Counts()
-    drifted = _script(redis_client).compare(customers, counts, seen=SEEN, record=None)
+    script = _script(redis_client)
+    drifted = script.compare(customers, counts, seen=SEEN, record=None, repair=repair)
 
     assert drifted == expected
     assert counts == expected_counts
     assert redis_client.smembers(SEEN) == set(ids)
+    restored = {
+        user: {name: _pending_field(redis_client, user, name) for name in drift}
+        for user, drift in expected.items()
+    }
+    if repair:
+        assert restored == {
+            user: {name: (state.value, state.ts_ms) for name, state in drift.items()}
+            for user, drift in expected.items()
+        }
+        assert redis_client.zrange(keys.DUE, 0, -1) == sorted(expected)
+    else:
+        assert redis_client.keys(keys.PENDING + "*") == []
+        assert redis_client.zcard(keys.DUE) == 0
+
+
+def test_a_newer_pending_field_is_left_to_win(redis_client: redis.Redis) -> None:
+    Ledger(redis_client).seed("u1", {"name": "applied"}, ts_ms=1_000)
+    pending = PendingStore(
+        redis_client,
+        window_seconds=2.0,
+        max_wait_seconds=30.0,
+        dedup_ttl_seconds=3600,
+        lease_seconds=60.0,
+    )
+    pending.accept(UserEvent("evt_1", "user.updated", "u1", 2_000, {"name": "newest"}))
+    counts = Counts()
+
+    drifted = _script(redis_client).compare(
+        [ListedCustomer(id="c1", email="a@x.tw", name="edited in Recur", external_id="u1")],
+        counts,
+        seen=SEEN,
+        record=None,
+    )
+
+    assert list(drifted) == ["u1"]
+    assert (counts.drifted, counts.enqueued, counts.left_to_pending) == (1, 0, 1)
+    assert _pending_field(redis_client, "u1", "name") == ("newest", 2_000)
 
 
 def test_email_case_is_folded_ascii_only(redis_client: redis.Redis) -> None:
@@ -125,11 +169,10 @@ def test_the_previous_pages_record_is_written_first(redis_client: redis.Redis) -
     assert redis_client.ttl(SEEN) > 0
 
 
+def _pending_field(client: redis.Redis, user: str, name: str) -> tuple[Any, int]:
+    value, stamp = client.hmget(keys.pending(user), [f"v:{name}", f"t:{name}"])
+    return json.loads(value or "null"), int(stamp or 0)
+
+
 def _script(client: redis.Redis) -> PageScript:
-    return PageScript(
-        client,
-        ledger_prefix=keys.LEDGER,
-        checkpoint=keys.RECONCILE_CHECKPOINT,
-        progress=keys.RECONCILE_PROGRESS,
-        seen_ttl=3600,
-    )
+    return PageScript(client, seen_ttl=3600)
