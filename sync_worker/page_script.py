@@ -25,9 +25,10 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import redis
+from redis.exceptions import NoScriptError
 
 from sync_worker import redis_keys as keys
 from sync_worker.drift import Counts, Drift
@@ -131,6 +132,21 @@ _Reply = tuple[
 """The script's answer: unknown ids, email-mismatch ids, drifted users."""
 
 
+_T = TypeVar("_T")
+
+
+class _Connection(Protocol):
+    """What we use of a redis-py connection (whose methods are untyped)."""
+
+    def send_command(self, *args: Any) -> None: ...
+    def read_response(self) -> Any: ...
+    def disconnect(self) -> None: ...
+
+
+def _nothing() -> None:
+    return None
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -153,13 +169,14 @@ class PageScript:
     def __init__(
         self, client: redis.Redis, *, seen_ttl: int, clock: Callable[[], float] = time.time
     ) -> None:
+        self._redis = client
         self._script = client.register_script(_PAGE)
         self._seen_ttl = seen_ttl
         self._clock = clock
 
     def save(self, record: Record, *, seen: str) -> None:
         """Write a checkpoint and progress alone (the pass's start and its last page)."""
-        self._call("[]", record, seen, repair=False)
+        self._script(keys=self._keys(seen), args=self._args("[]", record, repair=False))
 
     def compare(
         self,
@@ -177,6 +194,22 @@ class PageScript:
         update); with `repair` false (a dry run) only counted. `record` (the previous page's) is
         written first.
         """
+        drifted, _ = self.compare_meanwhile(
+            customers, counts, seen=seen, record=record, repair=repair, meanwhile=_nothing
+        )
+        return drifted
+
+    def compare_meanwhile(
+        self,
+        customers: list[ListedCustomer],
+        counts: Counts,
+        *,
+        seen: str,
+        record: Record | None,
+        repair: bool,
+        meanwhile: Callable[[], _T],
+    ) -> tuple[dict[str, Drift], _T]:
+        """`compare`, calling `meanwhile()` while Redis runs the script; and what it returned."""
         rows = [
             [external_id, c.get("name"), c.get("metadata"), c["email"]]
             for c in customers
@@ -187,8 +220,9 @@ class PageScript:
         if not rows:
             if record is not None:
                 self.save(record, seen=seen)
-            return {}
-        reply = self._call(json.dumps(rows, ensure_ascii=False), record, seen, repair=repair)
+            return {}, meanwhile()
+        args = self._args(json.dumps(rows, ensure_ascii=False), record, repair=repair)
+        reply, during = self._run_meanwhile(seen, args, meanwhile)
         unknown, emails, changed = cast(_Reply, reply)
         for kind, users in (("unknown_to_ledger", unknown), ("email_mismatches", emails)):
             for user in users:
@@ -213,25 +247,46 @@ class PageScript:
             drifted[user_id] = drift
         counts.drifted += len(drifted)
         counts.in_sync += len(rows) - len(unknown) - len(drifted)
-        return drifted
+        return drifted, during
 
-    def _call(self, rows: str, record: Record | None, seen: str, *, repair: bool) -> Any:
+    def _run_meanwhile(
+        self, seen: str, args: list[str | int], meanwhile: Callable[[], _T]
+    ) -> tuple[Any, _T]:
+        # The command is written on a connection of our own and its reply read after
+        # `meanwhile()`: a client call would wait for the reply first. A connection whose reply
+        # was not read (an exception in between) is dropped, not handed back to the pool.
+        pool = self._redis.connection_pool
+        pooled = pool.get_connection()
+        connection = cast(_Connection, pooled)
+        command = ["EVALSHA", self._script.sha, len(self._keys(seen)), *self._keys(seen), *args]
+        try:
+            connection.send_command(*command)
+            during = meanwhile()
+            try:
+                reply = connection.read_response()
+            except NoScriptError:
+                # Redis restarted or its scripts were flushed: load it, and run it now.
+                self._redis.script_load(_PAGE)
+                connection.send_command(*command)
+                reply = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(pooled)
+        return reply, during
+
+    def _keys(self, seen: str) -> list[str]:
+        return [seen, keys.RECONCILE_CHECKPOINT, keys.RECONCILE_PROGRESS, keys.DUE, keys.INFLIGHT]
+
+    def _args(self, rows: str, record: Record | None, *, repair: bool) -> list[str | int]:
         tail = record.args() if record is not None else [""]
-        return self._script(
-            keys=[
-                seen,
-                keys.RECONCILE_CHECKPOINT,
-                keys.RECONCILE_PROGRESS,
-                keys.DUE,
-                keys.INFLIGHT,
-            ],
-            args=[
-                rows,
-                keys.LEDGER,
-                self._seen_ttl,
-                keys.PENDING,
-                repr(self._clock()),
-                "1" if repair else "0",
-                *tail,
-            ],
-        )
+        return [
+            rows,
+            keys.LEDGER,
+            self._seen_ttl,
+            keys.PENDING,
+            repr(self._clock()),
+            "1" if repair else "0",
+            *tail,
+        ]

@@ -7,11 +7,10 @@ One pass, under a lock so that only one runs at a time:
    has an external id with the ledger, inside Redis (page_script.py), which also adds the page's
    external ids to the run's `seen` set. A drifted field is merged back into the pending store,
    by the same script, with the ledger's value and time (`PendingStore.restore`'s Lua), so the
-   normal sync path repairs it
-   (debounce, stale guard, retries, dead letters); a newer pending update wins that merge by
-   itself. Email is immutable upstream: a mismatch is reported, never sent. Then the cursor and
-   counts go into the checkpoint. The next pages are fetched meanwhile (page_stream.py), with
-   retries;
+   normal sync path repairs it (debounce, stale guard, retries, dead letters); a newer pending
+   update wins that merge by itself. Email is immutable upstream: a mismatch is reported, never
+   sent. Then the cursor and counts go into the checkpoint. The next page is fetched while Redis
+   compares (page_fetch.py), with retries;
 3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
    batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -42,8 +42,8 @@ from sync_worker.drift import Counts
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
+from sync_worker.page_fetch import Fetched, Page, PageFetcher
 from sync_worker.page_script import PageScript, Record
-from sync_worker.page_stream import Page, PageStream
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
 from sync_worker.run_lock import LockKeeper
@@ -239,15 +239,18 @@ class Reconciler:
         log.info("reconcile_started", **run.progress())
         self._page_script.save(run.record(), seen=run.seen)
         error: str | None = None
-        pages = self._pages(run.cursor)
+        fetcher = PageFetcher(
+            self._recur, flow=self._flow, attempts=self._attempts, halt=keeper.lost
+        )
+        fetched: Fetched | None = fetcher.fetch(run.cursor)
         # The last page compared, whose checkpoint goes with the next page's script (one round
         # trip per page), or is saved alone when the pass stops.
         unsaved: Record | None = None
         try:
-            while True:
+            while fetched is not None:
                 if keeper.lost.is_set():
                     raise _Failed("the run lock was lost (Redis unreachable for too long?)")
-                page, retried = pages.next()
+                page, retried = fetched
                 counts.errors += retried
                 resuming = run.cursor is not None and counts.pages == run.resumed_at_page
                 if isinstance(page, BadRequest) and resuming:
@@ -256,27 +259,26 @@ class Reconciler:
                     self._redis.delete(run.seen)
                     counts = run.counts = Counts()
                     run.cursor, run.resumed_at_page = None, 0
-                    pages.close()
-                    pages = self._pages(None)
+                    fetched = fetcher.fetch(None)
                     continue
                 if not isinstance(page, Page):
                     raise page
-                # The script adds this page's ids to `seen` before its checkpoint is saved: a
-                # crash in between re-reads the page on resume, which adds the same ids again.
-                self._page_script.compare(
+                # Redis compares this page while the next one is fetched. The script adds this
+                # page's ids to `seen` before its checkpoint is saved: a crash in between re-reads
+                # the page on resume, which adds the same ids again.
+                _, fetched = self._page_script.compare_meanwhile(
                     page.customers,
                     counts,
                     seen=run.seen,
                     record=unsaved,
                     repair=not run.dry_run,
+                    meanwhile=partial(fetcher.fetch_after, page),
                 )
                 if unsaved is not None and hook is not None:
                     hook(unsaved.progress)
                 counts.pages += 1
                 run.cursor = page.next
                 unsaved = run.record()
-                if page.next is None:
-                    break
             self._flush(run, unsaved, hook)
             unsaved = None
             self._count_missing(run.seen, counts)
@@ -284,12 +286,7 @@ class Reconciler:
         except (RecurError, Throttled, _Failed) as failure:
             error = str(failure)
             self._flush(run, unsaved, hook)
-        finally:
-            pages.close()
         return self._finish(run, error)
-
-    def _pages(self, cursor: str | None) -> PageStream:
-        return PageStream(self._recur, flow=self._flow, cursor=cursor, attempts=self._attempts)
 
     def _finish(self, run: _Run, error: str | None) -> dict[str, Any]:
         """Store the report; a pass that did not fail drops its checkpoint and seen set."""

@@ -1,18 +1,19 @@
-"""Every page of `GET /v1/customers` from a cursor on, fetched ahead on a thread, with retries.
-
-The reconciliation compares and checkpoints one page while the next is already on its way, so
-a pass takes about as long as the paging alone. The thread pages on by itself (no hand-off on
-the critical path) into a queue of AHEAD pages, so memory stays a few pages.
+"""Fetching one page of `GET /v1/customers` for the reconciliation, with retries.
 
 A page that fails with 429, a 5xx or a timeout is tried again, the same cursor, after
 `Retry-After` when Recur gives one (a 429 also sets the shared cool-down, so live syncs back off
-too), else after a capped, jittered exponential; after `attempts` tries, the error is handed to
-the reader instead of a page, and the thread stops.
+too), else after a capped, jittered exponential; after `attempts` tries, the error is returned
+instead of a page. Waiting stops early when `halt` is set (the run lost its lock).
+
+There is no fetching thread: the reconciliation sends a page to Redis to compare and fetches the
+next one while Redis works (`PageScript.compare(..., meanwhile=...)`), so the comparison is off
+the critical path without a second Python thread contending for the GIL (measured with
+bench/reconcile.py: a fetching thread and a comparing thread handing the GIL back and forth cost
+a third more time than this one thread).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 
@@ -35,8 +36,6 @@ from sync_worker.settings import RECONCILE_PAGE_SIZE
 
 log = get_logger(__name__)
 
-AHEAD = 2
-"""Pages fetched but not yet read, at most."""
 MAX_WAIT_SECONDS = 120.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
 
@@ -73,56 +72,19 @@ def _wait(state: RetryCallState) -> float:
     return float(_BACKOFF(state))
 
 
-class PageStream:
-    """Pages from `cursor` on; read them with `next()`, and `close()` when done."""
+class PageFetcher:
+    """Fetches pages by cursor with retries; `fetch` never raises a Recur or throttle error."""
 
     def __init__(
-        self, client: RecurClient, *, flow: FlowControl, cursor: str | None, attempts: int
+        self, client: RecurClient, *, flow: FlowControl, attempts: int, halt: threading.Event
     ) -> None:
         self._client = client
         self._flow = flow
         self._attempts = attempts
-        self._queue: queue.Queue[Fetched | BaseException] = queue.Queue(maxsize=AHEAD)
-        self._halt = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(cursor,), name="reconcile-pages", daemon=True
-        )
-        self._thread.start()
+        self._halt = halt
 
-    def next(self) -> Fetched:
-        """The next page (or the error that ended the stream), waiting for it if need be."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop fetching: a page being retried gives up at its next wait."""
-        self._halt.set()
-        self._thread.join()
-
-    def _run(self, cursor: str | None) -> None:
-        try:
-            while not self._halt.is_set():
-                page, retried = self._fetch(cursor)
-                if not self._put((page, retried)):
-                    return
-                if not isinstance(page, Page) or page.next is None:
-                    return
-                cursor = page.next
-        except Exception as error:  # noqa: BLE001 - handed to the reader, who raises it
-            self._put(error)
-
-    def _put(self, item: Fetched | BaseException) -> bool:
-        while not self._halt.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _fetch(self, cursor: str | None) -> Fetched:
+    def fetch(self, cursor: str | None) -> Fetched:
+        """The page from `cursor` (None: the first), or the error its last try ended in."""
         retried = 0
 
         def before_sleep(state: RetryCallState) -> None:
@@ -133,15 +95,12 @@ class PageStream:
             if isinstance(error, RateLimited) and error.retry_after:
                 self._flow.cool_down(error.retry_after)
 
-        def sleep(seconds: float) -> None:
-            self._halt.wait(seconds)
-
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self._attempts) | stop_when_event_set(self._halt),
             wait=_wait,
             before_sleep=before_sleep,
-            sleep=sleep,
+            sleep=self._sleep,
             reraise=True,
         )
         try:
@@ -151,3 +110,10 @@ class PageStream:
         except (RecurError, Throttled) as error:
             return error, retried
         return Page.of(listing), retried
+
+    def fetch_after(self, page: Page) -> Fetched | None:
+        """The page after `page`, or None when `page` was the last."""
+        return None if page.next is None else self.fetch(page.next)
+
+    def _sleep(self, seconds: float) -> None:
+        self._halt.wait(seconds)
