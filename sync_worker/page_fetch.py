@@ -1,21 +1,19 @@
-"""Fetching one page of `GET /v1/customers` for the reconciliation, with retries.
+"""Every page of `GET /v1/customers` from a cursor on, fetched ahead on a thread, with retries.
+
+The reconciliation compares and checkpoints one page (inside Redis, which releases the GIL while
+it waits) while the next is already on its way, so a pass takes about as long as the paging
+alone. The thread pages on by itself into a queue of AHEAD pages, so memory stays a few pages.
 
 A page that fails with 429, a 5xx or a timeout is tried again, the same cursor, after
 `Retry-After` when Recur gives one (a 429 also sets the shared cool-down, so live syncs back off
 too), else after a capped, jittered exponential; after `attempts` tries, the error is returned
-instead of a page. Waiting stops early when `halt` is set (the run lost its lock).
-
-There is no fetching thread: the reconciliation sends a page to Redis to compare and fetches the
-next one while Redis works (`PageScript.compare(..., meanwhile=...)`), so the comparison is off
-the critical path without a second Python thread contending for the GIL (measured with
-bench/reconcile.py: a fetching thread and a comparing thread handing the GIL back and forth cost
-a third more time than this one thread).
+instead of a page, and the thread stops.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from dataclasses import dataclass
 
 from tenacity import (
     RetryCallState,
@@ -30,33 +28,19 @@ from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RateLimited, RecurError, is_transient
-from sync_worker.recur.models import CustomerListing, ListedCustomer
+from sync_worker.recur.models import RawCustomerPage
 from sync_worker.recur.retry import retry_after_of
 from sync_worker.settings import RECONCILE_PAGE_SIZE
 
 log = get_logger(__name__)
 
+AHEAD = 2
+"""Pages fetched but not yet read, at most."""
 MAX_WAIT_SECONDS = 120.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """A page's customers, and where the next page starts (None: this is the last)."""
-
-    customers: list[ListedCustomer]
-    next: str | None
-
-    @classmethod
-    def of(cls, listing: CustomerListing) -> Page:
-        """The page Recur listed; an empty page ends the listing whatever `has_more` says."""
-        customers = listing["data"]
-        if not listing["has_more"] or not customers:
-            return cls(customers, None)
-        return cls(customers, listing.get("next_cursor") or customers[-1]["id"])
-
-
-Fetched = tuple[Page | RecurError | Throttled, int]
+Fetched = tuple[RawCustomerPage | RecurError | Throttled, int]
 """A page or the error its last try ended in, and how many tries failed before."""
 
 
@@ -104,16 +88,60 @@ class PageFetcher:
             reraise=True,
         )
         try:
-            listing = retrying(
-                self._client.list_customer_fields, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
+            page = retrying(
+                self._client.list_customers_raw, limit=RECONCILE_PAGE_SIZE, starting_after=cursor
             )
         except (RecurError, Throttled) as error:
             return error, retried
-        return Page.of(listing), retried
-
-    def fetch_after(self, page: Page) -> Fetched | None:
-        """The page after `page`, or None when `page` was the last."""
-        return None if page.next is None else self.fetch(page.next)
+        return page, retried
 
     def _sleep(self, seconds: float) -> None:
         self._halt.wait(seconds)
+
+
+class PageStream:
+    """Pages from `cursor` on; read them with `next()`, and `close()` when done."""
+
+    def __init__(
+        self, client: RecurClient, *, flow: FlowControl, cursor: str | None, attempts: int
+    ) -> None:
+        self._queue: queue.Queue[Fetched | BaseException] = queue.Queue(maxsize=AHEAD)
+        self._halt = threading.Event()
+        self._fetcher = PageFetcher(client, flow=flow, attempts=attempts, halt=self._halt)
+        self._thread = threading.Thread(
+            target=self._run, args=(cursor,), name="reconcile-pages", daemon=True
+        )
+        self._thread.start()
+
+    def next(self) -> Fetched:
+        """The next page (or the error that ended the stream), waiting for it if need be."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop fetching: a page being retried gives up at its next wait."""
+        self._halt.set()
+        self._thread.join()
+
+    def _run(self, cursor: str | None) -> None:
+        try:
+            while not self._halt.is_set():
+                page, retried = self._fetcher.fetch(cursor)
+                if not self._put((page, retried)):
+                    return
+                if not isinstance(page, RawCustomerPage) or page.next is None:
+                    return
+                cursor = page.next
+        except Exception as error:  # noqa: BLE001 - handed to the reader, who raises it
+            self._put(error)
+
+    def _put(self, item: Fetched | BaseException) -> bool:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False

@@ -4,8 +4,9 @@ Decoding a page's ledger entries into Python objects and comparing them cost the
 more than fetching the page did. Redis is another process, so a comparison it runs overlaps with
 our Python (the next page's fetch) instead of adding to it under the GIL; and every round trip
 of the comparing thread waits for the GIL on the way back, so the page makes one. Python sends
-the page compactly (one JSON argument) and gets back only what it must act on: the unknown and
-email-mismatched ids (for the samples) and the drifted users with their ledger values and times.
+the page's body as Recur sent it, undecoded (the script decodes it and checks the fields it
+compares), and gets back only what it must act on: counts, the unknown and email-mismatched ids
+(for the samples) and the drifted users with their ledger values and times.
 The same script merges those back into the pending store (`PendingStore.restore`'s Lua, shared),
 adds the page's ids to the run's seen set and writes the previous page's checkpoint and progress
 (a `Record`): that page's repairs were done by its own script, so a checkpoint never covers a
@@ -25,31 +26,63 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, cast
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from sync_worker import redis_keys as keys
 from sync_worker.drift import Counts, Drift
 from sync_worker.pending import RESTORE_FUNCTION, FieldState
-from sync_worker.recur.models import ListedCustomer
+from sync_worker.recur.errors import RecurError
 
 _PAGE = (
     RESTORE_FUNCTION
     + """
--- KEYS: seen, checkpoint, progress, due, inflight. ARGV: rows as JSON [[external_id, name,
--- metadata, email], ...], ledger prefix, seen TTL, pending prefix, now, '1' to repair or '0'
--- (a dry run: count what would merge), progress JSON ('' for none), checkpoint items (none in
--- a dry run). Returns {unknown ids, email-mismatch ids, drifted users}; a drifted user is
--- {id, fields merged, (field, ledger v:, ledger t:)...} for name then metadata, the fields as
--- in drift.compare_page.
+-- KEYS: seen, checkpoint, progress, due, inflight. ARGV: the page's body as Recur sent it
+-- ({"data": [customer, ...], ...}), ledger prefix, seen TTL, pending prefix, now, '1' to repair
+-- or '0' (a dry run: count what would merge), progress JSON ('' for none), checkpoint items
+-- (none in a dry run). Returns {customers, customers with an external id, unknown ids,
+-- email-mismatch ids, drifted users}; a drifted user is {id, fields merged, (field, ledger v:,
+-- ledger t:)...} for name then metadata, the fields as in drift.compare_page. A page whose
+-- compared fields are not the documented types is refused (an error reply starting MALFORMED)
+-- before anything is written.
+local null, decode = cjson.null, cjson.decode
+local repair = ARGV[6] == '1'
+
+local function malformed(why)
+  return redis.error_reply('MALFORMED ' .. why)
+end
+
+-- Absent or null, or of the type wanted.
+local function optional(v, wanted)
+  return v == nil or v == null or type(v) == wanted
+end
+
+local decoded, page = pcall(decode, ARGV[1])
+if not decoded or type(page) ~= 'table' or type(page.data) ~= 'table' then
+  return malformed('the page is not a JSON object with a data list')
+end
+local rows = {}
+for i, c in ipairs(page.data) do
+  if type(c) ~= 'table' or type(c.email) ~= 'string' or not optional(c.name, 'string')
+     or not optional(c.metadata, 'table') or not optional(c.external_id, 'string') then
+    return malformed('customer ' .. i .. ': email, name, metadata or external_id')
+  end
+  local user = c.external_id
+  if user ~= nil and user ~= null and user ~= '' then
+    -- Absent is null, as in Python's `customer.get(...)`.
+    local name, metadata = c.name, c.metadata
+    if name == nil then name = null end
+    if metadata == nil then metadata = null end
+    rows[#rows + 1] = {user, name, metadata, c.email}
+  end
+end
+
 if ARGV[7] ~= '' then
   if #ARGV > 7 then redis.call('HSET', KEYS[2], unpack(ARGV, 8)) end
   redis.call('SET', KEYS[3], ARGV[7])
 end
-local null, decode = cjson.null, cjson.decode
-local repair = ARGV[6] == '1'
 
 -- Deep equality of decoded JSON (tables compared key by key, both ways).
 local function same(a, b)
@@ -70,7 +103,6 @@ local function blank(v)
     or (type(v) == 'table' and next(v) == nil)
 end
 
-local rows = decode(ARGV[1])
 local ids, unknown, emails, drifted = {}, {}, {}, {}
 for i, row in ipairs(rows) do
   local user = row[1]
@@ -122,29 +154,25 @@ if #ids > 0 then
   redis.call('SADD', KEYS[1], unpack(ids))
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return {unknown, emails, drifted}
+return {#page.data, #rows, unknown, emails, drifted}
 """
 )
 
 _Reply = tuple[
-    list[bytes | str], list[bytes | str], list[tuple[bytes | str, int, *tuple[bytes | str, ...]]]
+    int,
+    int,
+    list[bytes | str],
+    list[bytes | str],
+    list[tuple[bytes | str, int, *tuple[bytes | str, ...]]],
 ]
 """The script's answer: unknown ids, email-mismatch ids, drifted users."""
 
 
-_T = TypeVar("_T")
+_NO_CUSTOMERS = b'{"data": []}'
 
 
-class _Connection(Protocol):
-    """What we use of a redis-py connection (whose methods are untyped)."""
-
-    def send_command(self, *args: Any) -> None: ...
-    def read_response(self) -> Any: ...
-    def disconnect(self) -> None: ...
-
-
-def _nothing() -> None:
-    return None
+class MalformedPage(RecurError):
+    """A 2xx page whose customers are not the documented shape in the fields compared."""
 
 
 def _text(value: bytes | str) -> str:
@@ -169,61 +197,39 @@ class PageScript:
     def __init__(
         self, client: redis.Redis, *, seen_ttl: int, clock: Callable[[], float] = time.time
     ) -> None:
-        self._redis = client
         self._script = client.register_script(_PAGE)
         self._seen_ttl = seen_ttl
         self._clock = clock
 
     def save(self, record: Record, *, seen: str) -> None:
         """Write a checkpoint and progress alone (the pass's start and its last page)."""
-        self._script(keys=self._keys(seen), args=self._args("[]", record, repair=False))
+        self._script(keys=self._keys(seen), args=self._args(_NO_CUSTOMERS, record, repair=False))
 
     def compare(
-        self,
-        customers: list[ListedCustomer],
-        counts: Counts,
-        *,
-        seen: str,
-        record: Record | None,
-        repair: bool = True,
+        self, body: bytes, counts: Counts, *, seen: str, record: Record | None, repair: bool = True
     ) -> dict[str, Drift]:
-        """What `drift.compare_page` returns and counts; the compared ids go into `seen`.
+        """What `drift.compare_page` returns and counts for a page's body; its ids go into `seen`.
 
         Each drifted user's ledger state is merged back into the pending store, due now, in
         the same script (`PendingStore.restore`, counted as enqueued, or left to a newer pending
         update); with `repair` false (a dry run) only counted. `record` (the previous page's) is
-        written first.
+        written first. A body whose compared fields are not the documented types raises
+        `MalformedPage`, and nothing is written.
         """
-        drifted, _ = self.compare_meanwhile(
-            customers, counts, seen=seen, record=record, repair=repair, meanwhile=_nothing
-        )
-        return drifted
-
-    def compare_meanwhile(
-        self,
-        customers: list[ListedCustomer],
-        counts: Counts,
-        *,
-        seen: str,
-        record: Record | None,
-        repair: bool,
-        meanwhile: Callable[[], _T],
-    ) -> tuple[dict[str, Drift], _T]:
-        """`compare`, calling `meanwhile()` while Redis runs the script; and what it returned."""
-        rows = [
-            [external_id, c.get("name"), c.get("metadata"), c["email"]]
-            for c in customers
-            if (external_id := c.get("external_id"))
-        ]
-        counts.scanned += len(customers)
-        counts.without_external_id += len(customers) - len(rows)
-        if not rows:
-            if record is not None:
-                self.save(record, seen=seen)
-            return {}, meanwhile()
-        args = self._args(json.dumps(rows, ensure_ascii=False), record, repair=repair)
-        reply, during = self._run_meanwhile(seen, args, meanwhile)
-        unknown, emails, changed = cast(_Reply, reply)
+        try:
+            reply = self._script(keys=self._keys(seen), args=self._args(body, record, repair))
+        except ResponseError as error:
+            if not str(error).startswith("MALFORMED "):
+                raise
+            why = str(error).removeprefix("MALFORMED ")
+            raise MalformedPage(
+                f"GET /v1/customers -> 2xx with a page that is not the documented shape: {why}",
+                method="GET",
+                path="/v1/customers",
+            ) from error
+        scanned, compared, unknown, emails, changed = cast(_Reply, reply)
+        counts.scanned += scanned
+        counts.without_external_id += scanned - compared
         for kind, users in (("unknown_to_ledger", unknown), ("email_mismatches", emails)):
             for user in users:
                 counts.sample(kind, _text(user))
@@ -246,43 +252,16 @@ class PageScript:
                 counts.left_to_pending += 1
             drifted[user_id] = drift
         counts.drifted += len(drifted)
-        counts.in_sync += len(rows) - len(unknown) - len(drifted)
-        return drifted, during
-
-    def _run_meanwhile(
-        self, seen: str, args: list[str | int], meanwhile: Callable[[], _T]
-    ) -> tuple[Any, _T]:
-        # The command is written on a connection of our own and its reply read after
-        # `meanwhile()`: a client call would wait for the reply first. A connection whose reply
-        # was not read (an exception in between) is dropped, not handed back to the pool.
-        pool = self._redis.connection_pool
-        pooled = pool.get_connection()
-        connection = cast(_Connection, pooled)
-        command = ["EVALSHA", self._script.sha, len(self._keys(seen)), *self._keys(seen), *args]
-        try:
-            connection.send_command(*command)
-            during = meanwhile()
-            try:
-                reply = connection.read_response()
-            except NoScriptError:
-                # Redis restarted or its scripts were flushed: load it, and run it now.
-                self._redis.script_load(_PAGE)
-                connection.send_command(*command)
-                reply = connection.read_response()
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(pooled)
-        return reply, during
+        counts.in_sync += compared - len(unknown) - len(drifted)
+        return drifted
 
     def _keys(self, seen: str) -> list[str]:
         return [seen, keys.RECONCILE_CHECKPOINT, keys.RECONCILE_PROGRESS, keys.DUE, keys.INFLIGHT]
 
-    def _args(self, rows: str, record: Record | None, *, repair: bool) -> list[str | int]:
+    def _args(self, body: bytes, record: Record | None, repair: bool) -> list[bytes | str | int]:
         tail = record.args() if record is not None else [""]
         return [
-            rows,
+            body,
             keys.LEDGER,
             self._seen_ttl,
             keys.PENDING,

@@ -9,8 +9,8 @@ One pass, under a lock so that only one runs at a time:
    by the same script, with the ledger's value and time (`PendingStore.restore`'s Lua), so the
    normal sync path repairs it (debounce, stale guard, retries, dead letters); a newer pending
    update wins that merge by itself. Email is immutable upstream: a mismatch is reported, never
-   sent. Then the cursor and counts go into the checkpoint. The next page is fetched while Redis
-   compares (page_fetch.py), with retries;
+   sent. Then the cursor and counts go into the checkpoint. The next pages are fetched meanwhile
+   (page_fetch.py), with retries;
 3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
    batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -42,10 +41,11 @@ from sync_worker.drift import Counts
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
-from sync_worker.page_fetch import Fetched, Page, PageFetcher
+from sync_worker.page_fetch import PageStream
 from sync_worker.page_script import PageScript, Record
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
+from sync_worker.recur.models import RawCustomerPage
 from sync_worker.run_lock import LockKeeper
 from sync_worker.runtime import Runtime
 
@@ -239,18 +239,15 @@ class Reconciler:
         log.info("reconcile_started", **run.progress())
         self._page_script.save(run.record(), seen=run.seen)
         error: str | None = None
-        fetcher = PageFetcher(
-            self._recur, flow=self._flow, attempts=self._attempts, halt=keeper.lost
-        )
-        fetched: Fetched | None = fetcher.fetch(run.cursor)
+        pages = self._pages(run.cursor)
         # The last page compared, whose checkpoint goes with the next page's script (one round
         # trip per page), or is saved alone when the pass stops.
         unsaved: Record | None = None
         try:
-            while fetched is not None:
+            while True:
                 if keeper.lost.is_set():
                     raise _Failed("the run lock was lost (Redis unreachable for too long?)")
-                page, retried = fetched
+                page, retried = pages.next()
                 counts.errors += retried
                 resuming = run.cursor is not None and counts.pages == run.resumed_at_page
                 if isinstance(page, BadRequest) and resuming:
@@ -259,26 +256,23 @@ class Reconciler:
                     self._redis.delete(run.seen)
                     counts = run.counts = Counts()
                     run.cursor, run.resumed_at_page = None, 0
-                    fetched = fetcher.fetch(None)
+                    pages.close()
+                    pages = self._pages(None)
                     continue
-                if not isinstance(page, Page):
+                if not isinstance(page, RawCustomerPage):
                     raise page
-                # Redis compares this page while the next one is fetched. The script adds this
-                # page's ids to `seen` before its checkpoint is saved: a crash in between re-reads
-                # the page on resume, which adds the same ids again.
-                _, fetched = self._page_script.compare_meanwhile(
-                    page.customers,
-                    counts,
-                    seen=run.seen,
-                    record=unsaved,
-                    repair=not run.dry_run,
-                    meanwhile=partial(fetcher.fetch_after, page),
+                # The script adds this page's ids to `seen` before its checkpoint is saved: a
+                # crash in between re-reads the page on resume, which adds the same ids again.
+                self._page_script.compare(
+                    page.body, counts, seen=run.seen, record=unsaved, repair=not run.dry_run
                 )
                 if unsaved is not None and hook is not None:
                     hook(unsaved.progress)
                 counts.pages += 1
                 run.cursor = page.next
                 unsaved = run.record()
+                if page.next is None:
+                    break
             self._flush(run, unsaved, hook)
             unsaved = None
             self._count_missing(run.seen, counts)
@@ -286,7 +280,12 @@ class Reconciler:
         except (RecurError, Throttled, _Failed) as failure:
             error = str(failure)
             self._flush(run, unsaved, hook)
+        finally:
+            pages.close()
         return self._finish(run, error)
+
+    def _pages(self, cursor: str | None) -> PageStream:
+        return PageStream(self._recur, flow=self._flow, cursor=cursor, attempts=self._attempts)
 
     def _finish(self, run: _Run, error: str | None) -> dict[str, Any]:
         """Store the report; a pass that did not fail drops its checkpoint and seen set."""

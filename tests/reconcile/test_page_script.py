@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from sync_worker import redis_keys as keys
 from sync_worker.drift import Counts, compare_page
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
-from sync_worker.page_script import PageScript, Record
+from sync_worker.page_script import MalformedPage, PageScript, Record
 from sync_worker.pending import PendingStore
 from sync_worker.recur.models import ListedCustomer
 
@@ -51,11 +52,15 @@ def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, di
     ledger: dict[str, dict[str, Any]] = {}
     for n, user in enumerate(users):
         name, metadata, email = draw(st.none() | names), draw(metadatas), draw(emails)
-        customers.append(
-            ListedCustomer(
-                id=f"cus_{n}", email=email, name=name, external_id=user, metadata=metadata
-            )
+        customer = ListedCustomer(
+            id=f"cus_{n}", email=email, name=name, external_id=user, metadata=metadata
         )
+        # Recur may leave out a null field instead of sending null: both mean None.
+        if name is None and draw(st.booleans()):
+            del customer["name"]
+        if metadata is None and draw(st.booleans()):
+            del customer["metadata"]
+        customers.append(customer)
         if draw(st.booleans()):
             continue  # unknown to the ledger
         fields: dict[str, Any] = {}
@@ -96,7 +101,7 @@ def test_the_script_counts_drifts_and_repairs_as_compare_page(
 
     counts = Counts()
     script = _script(redis_client)
-    drifted = script.compare(customers, counts, seen=SEEN, record=None, repair=repair)
+    drifted = script.compare(_body(customers), counts, seen=SEEN, record=None, repair=repair)
 
     assert drifted == expected
     assert counts == expected_counts
@@ -129,7 +134,7 @@ def test_a_newer_pending_field_is_left_to_win(redis_client: redis.Redis) -> None
     counts = Counts()
 
     drifted = _script(redis_client).compare(
-        [ListedCustomer(id="c1", email="a@x.tw", name="edited in Recur", external_id="u1")],
+        _body([ListedCustomer(id="c1", email="a@x.tw", name="edited in Recur", external_id="u1")]),
         counts,
         seen=SEEN,
         record=None,
@@ -140,6 +145,43 @@ def test_a_newer_pending_field_is_left_to_win(redis_client: redis.Redis) -> None
     assert _pending_field(redis_client, "u1", "name") == ("newest", 2_000)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b'{"data": 7}',
+        b'{"data": [7]}',
+        b'{"data": [{"id": "c1", "external_id": "u1"}]}',
+        b'{"data": [{"id": "c1", "email": "a@x.tw", "external_id": 7}]}',
+        b'{"data": [{"id": "c1", "email": "a@x.tw", "external_id": "u1", "name": []}]}',
+        b'{"data": [{"id": "c1", "email": "a@x.tw", "external_id": "u1", "metadata": "x"}]}',
+    ],
+)
+def test_a_malformed_page_is_refused_before_anything_is_written(
+    redis_client: redis.Redis, body: bytes
+) -> None:
+    Ledger(redis_client).seed("u1", {"name": "applied"}, ts_ms=1_000)
+    before = sorted(redis_client.keys("*"))
+    record = Record(["run_id", "rc_test", "cursor", "cus_9"], {"pages": 1})
+
+    with pytest.raises(MalformedPage, match="not the documented shape"):
+        _script(redis_client).compare(body, Counts(), seen=SEEN, record=record)
+
+    assert sorted(redis_client.keys("*")) == before
+
+
+def test_the_script_is_loaded_again_after_redis_forgot_it(redis_client: redis.Redis) -> None:
+    page = _body([ListedCustomer(id="c1", email="a@x.tw", external_id="u1")])
+    script = _script(redis_client)
+    script.compare(page, Counts(), seen=SEEN, record=None)
+    redis_client.script_flush()
+    counts = Counts()
+
+    script.compare(page, counts, seen=SEEN, record=None)
+
+    assert (counts.scanned, counts.unknown_to_ledger) == (1, 1)
+
+
 def test_email_case_is_folded_ascii_only(redis_client: redis.Redis) -> None:
     Ledger(redis_client).seed("u1", {"email": "ÉCOLE@X.TW"}, ts_ms=1)
     Ledger(redis_client).seed("u2", {"email": "ECOLE@X.TW"}, ts_ms=1)
@@ -148,7 +190,7 @@ def test_email_case_is_folded_ascii_only(redis_client: redis.Redis) -> None:
         ListedCustomer(id="c2", email="ecole@x.tw", external_id="u2"),
     ]
     counts = Counts()
-    _script(redis_client).compare(page, counts, seen=SEEN, record=None)
+    _script(redis_client).compare(_body(page), counts, seen=SEEN, record=None)
     # str.casefold would call u1 a match; Lua's string.lower leaves É as it is.
     assert counts.samples["email_mismatches"] == ["u1"]
 
@@ -156,7 +198,7 @@ def test_email_case_is_folded_ascii_only(redis_client: redis.Redis) -> None:
 def test_the_previous_pages_record_is_written_first(redis_client: redis.Redis) -> None:
     record = Record(["run_id", "rc_test", "cursor", "cus_9"], {"pages": 1})
     _script(redis_client).compare(
-        [ListedCustomer(id="c1", email="a@x.tw", external_id="u1")],
+        _body([ListedCustomer(id="c1", email="a@x.tw", external_id="u1")]),
         Counts(),
         seen=SEEN,
         record=record,
@@ -167,6 +209,12 @@ def test_the_previous_pages_record_is_written_first(redis_client: redis.Redis) -
     }
     assert json.loads(redis_client.get(keys.RECONCILE_PROGRESS) or "") == {"pages": 1}
     assert redis_client.ttl(SEEN) > 0
+
+
+def _body(customers: list[ListedCustomer]) -> bytes:
+    """A page as Recur sends it (fields the script does not read included)."""
+    data = [{"object": "customer", "status": "ACTIVE", **c} for c in customers]
+    return json.dumps({"object": "list", "data": data, "has_more": False}).encode()
 
 
 def _pending_field(client: redis.Redis, user: str, name: str) -> tuple[Any, int]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -250,6 +253,43 @@ def test_paging_falls_back_to_the_last_id_without_next_cursor() -> None:
         assert [c.id for c in client.iter_customers()] == ["cus_1", "cus_2", "cus_3"]
 
 
+@pytest.mark.parametrize(
+    ("listing", "expected_next"),
+    [
+        ({"data": [{"id": "cus_1"}, {"id": "cus_2"}], "has_more": True, "next_cursor": "c"}, "c"),
+        ({"data": [{"id": "cus_1"}, {"id": "cus_2"}], "has_more": True}, "cus_2"),
+        ({"data": [{"id": "cus_1"}], "has_more": True, "next_cursor": None}, "cus_1"),
+        ({"data": [{"id": "cus_1"}], "has_more": False, "next_cursor": "c"}, None),
+        ({"data": [], "has_more": True, "next_cursor": "c"}, None),
+    ],
+)
+def test_a_raw_page_keeps_the_body_and_finds_the_next_cursor(
+    listing: dict[str, object], expected_next: str | None
+) -> None:
+    body = json.dumps({"object": "list", **listing}).encode()
+    with mock_client(lambda request: httpx.Response(200, content=body)) as client:
+        page = client.list_customers_raw(starting_after="cus_0")
+    assert (page.body, page.next) == (body, expected_next)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"data": [{"id": "cus_1"}]}',
+        b'{"data": [{"id": 7}], "has_more": false}',
+        b'{"data": {}, "has_more": false}',
+    ],
+)
+def test_a_raw_page_with_broken_paging_is_a_recur_error(body: bytes) -> None:
+    with (
+        mock_client(lambda request: httpx.Response(200, content=body)) as client,
+        pytest.raises(RecurError, match="not a customer listing"),
+    ):
+        client.list_customers_raw()
+
+
 def test_paging_is_lazy() -> None:
     calls: list[httpx.Request] = []
 
@@ -424,3 +464,36 @@ def test_nobody_listening(sandbox: SandboxHandle) -> None:
     ):
         nowhere.get_customer_by_external_id("u1")
     assert not isinstance(caught.value, RecurTimeout)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    """A forward proxy that answers every request itself, noting the request line."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.requestline)
+        body = json.dumps(CUSTOMER).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+def test_a_proxy_named_by_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests skip httpx.Client.send when no proxy is configured; with one, the client routes.
+    with http.server.HTTPServer(("127.0.0.1", 0), _ProxyHandler) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            with RecurClient(base_url="http://recur.invalid", secret_key=KEY) as client:
+                assert client.get_customer_by_external_id("u1").id == "cus_1"
+        finally:
+            proxy.shutdown()
+    assert _ProxyHandler.seen == ["GET http://recur.invalid/v1/customers/external/u1 HTTP/1.1"]
