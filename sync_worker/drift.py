@@ -8,7 +8,7 @@ checkpoints save and its report shows.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from sync_worker.ledger import LedgerEntry
@@ -53,7 +53,7 @@ class Counts:
 
     def numbers(self) -> dict[str, int]:
         """The counts without the samples (what progress shows)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+        return {name: value for name, value in vars(self).items() if name != "samples"}
 
     @classmethod
     def from_json(cls, text: str) -> Counts:

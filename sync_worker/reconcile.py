@@ -10,7 +10,7 @@ One pass, under a lock so that only one runs at a time:
    normal sync path repairs it (debounce, stale guard, retries, dead letters); a newer pending
    update wins that merge by itself. Email is immutable upstream: a mismatch is reported, never
    sent. Then the cursor and counts go into the checkpoint. The next pages are fetched meanwhile
-   (page_fetch.py), with retries;
+   (page_stream.py), with retries;
 3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
    batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
@@ -41,8 +42,8 @@ from sync_worker.drift import Counts
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
-from sync_worker.page_fetch import PageStream
 from sync_worker.page_script import PageScript, Record
+from sync_worker.page_stream import PageStream
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
 from sync_worker.recur.models import RawCustomerPage
@@ -119,12 +120,16 @@ class _Run:
     def seen(self) -> str:
         return keys.reconcile_seen(self.run_id)
 
+    @cached_property
+    def started_at(self) -> str:
+        return _iso(self.started)
+
     def progress(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "dry_run": self.dry_run,
             "scheduled": self.scheduled,
-            "started_at": _iso(self.started),
+            "started_at": self.started_at,
             "cursor": self.cursor,
             **self.counts.numbers(),
         }

@@ -6,8 +6,8 @@ alone. The thread pages on by itself into a queue of AHEAD pages, so memory stay
 
 A page that fails with 429, a 5xx or a timeout is tried again, the same cursor, after
 `Retry-After` when Recur gives one (a 429 also sets the shared cool-down, so live syncs back off
-too), else after a capped, jittered exponential; after `attempts` tries, the error is returned
-instead of a page, and the thread stops.
+too), else after a capped, jittered exponential; after `attempts` tries, the error is handed to
+the reader instead of a page, and the thread stops.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ AHEAD = 2
 MAX_WAIT_SECONDS = 120.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
 
-
 Fetched = tuple[RawCustomerPage | RecurError | Throttled, int]
 """A page or the error its last try ended in, and how many tries failed before."""
 
@@ -56,18 +55,56 @@ def _wait(state: RetryCallState) -> float:
     return float(_BACKOFF(state))
 
 
-class PageFetcher:
-    """Fetches pages by cursor with retries; `fetch` never raises a Recur or throttle error."""
+class PageStream:
+    """Pages from `cursor` on; read them with `next()`, and `close()` when done."""
 
     def __init__(
-        self, client: RecurClient, *, flow: FlowControl, attempts: int, halt: threading.Event
+        self, client: RecurClient, *, flow: FlowControl, cursor: str | None, attempts: int
     ) -> None:
         self._client = client
         self._flow = flow
         self._attempts = attempts
-        self._halt = halt
+        self._queue: queue.Queue[Fetched | BaseException] = queue.Queue(maxsize=AHEAD)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(cursor,), name="reconcile-pages", daemon=True
+        )
+        self._thread.start()
 
-    def fetch(self, cursor: str | None) -> Fetched:
+    def next(self) -> Fetched:
+        """The next page (or the error that ended the stream), waiting for it if need be."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop fetching: a page being retried gives up at its next wait."""
+        self._halt.set()
+        self._thread.join()
+
+    def _run(self, cursor: str | None) -> None:
+        try:
+            while not self._halt.is_set():
+                page, retried = self._fetch(cursor)
+                if not self._put((page, retried)):
+                    return
+                if not isinstance(page, RawCustomerPage) or page.next is None:
+                    return
+                cursor = page.next
+        except Exception as error:  # noqa: BLE001 - handed to the reader, who raises it
+            self._put(error)
+
+    def _put(self, item: Fetched | BaseException) -> bool:
+        while not self._halt.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fetch(self, cursor: str | None) -> Fetched:
         """The page from `cursor` (None: the first), or the error its last try ended in."""
         retried = 0
 
@@ -97,51 +134,3 @@ class PageFetcher:
 
     def _sleep(self, seconds: float) -> None:
         self._halt.wait(seconds)
-
-
-class PageStream:
-    """Pages from `cursor` on; read them with `next()`, and `close()` when done."""
-
-    def __init__(
-        self, client: RecurClient, *, flow: FlowControl, cursor: str | None, attempts: int
-    ) -> None:
-        self._queue: queue.Queue[Fetched | BaseException] = queue.Queue(maxsize=AHEAD)
-        self._halt = threading.Event()
-        self._fetcher = PageFetcher(client, flow=flow, attempts=attempts, halt=self._halt)
-        self._thread = threading.Thread(
-            target=self._run, args=(cursor,), name="reconcile-pages", daemon=True
-        )
-        self._thread.start()
-
-    def next(self) -> Fetched:
-        """The next page (or the error that ended the stream), waiting for it if need be."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop fetching: a page being retried gives up at its next wait."""
-        self._halt.set()
-        self._thread.join()
-
-    def _run(self, cursor: str | None) -> None:
-        try:
-            while not self._halt.is_set():
-                page, retried = self._fetcher.fetch(cursor)
-                if not self._put((page, retried)):
-                    return
-                if not isinstance(page, RawCustomerPage) or page.next is None:
-                    return
-                cursor = page.next
-        except Exception as error:  # noqa: BLE001 - handed to the reader, who raises it
-            self._put(error)
-
-    def _put(self, item: Fetched | BaseException) -> bool:
-        while not self._halt.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
