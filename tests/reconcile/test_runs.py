@@ -7,12 +7,14 @@ import time
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from pydantic import SecretStr
 
 from sync_worker import redis_keys as keys
-from sync_worker.reconcile import RunResult, progress, reports
+from sync_worker.reconcile import Reconciler, RunResult, progress, reports
+from sync_worker.recur.client import RecurClient
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from tests.fixtures.sandbox import SandboxHandle
@@ -104,6 +106,46 @@ def test_a_page_failing_for_good_stops_the_run_failed_and_it_resumes_later(
     assert report["status"] == "finished"
     assert list_cursors(sandbox, since=seq) == cut[done - 1 : 9]
     assert (report["pages"], report["scanned"], report["in_sync"]) == (10, 1000, 1000)
+
+
+def test_a_malformed_page_stops_the_run_failed_after_the_pages_before_it(
+    runtime: Runtime, redis_client: redis.Redis
+) -> None:
+    # Recur (here a mock) answers page 2 with a customer whose email is missing.
+    def customer(n: int, **fields: object) -> dict[str, object]:
+        return {"id": f"cus_{n}", "email": f"u{n}@x.tw", "external_id": f"user_{n}", **fields}
+
+    def listing(request: httpx.Request) -> httpx.Response:
+        if "starting_after" not in request.url.params:
+            page = [customer(n) for n in range(1, 101)]
+        else:
+            page = [customer(101), {"id": "cus_102", "external_id": "user_102"}]
+        return httpx.Response(200, json={"object": "list", "data": page, "has_more": True})
+
+    recur = RecurClient(
+        base_url="https://api.recur.test",
+        secret_key="sk_test_x",
+        transport=httpx.MockTransport(listing),
+    )
+    reconciler = Reconciler(
+        client=runtime.redis,
+        recur=recur,
+        dlq=runtime.dlq,
+        flow=runtime.flow,
+        ops=runtime.ops,
+        reports_kept=10,
+        page_attempts=2,
+    )
+
+    failed = reconciler.run()
+
+    assert failed.status == "failed"
+    assert "customer 2" in failed.report["error"]
+    assert "not the documented shape" in failed.report["error"]
+    assert (failed.report["pages"], failed.report["scanned"]) == (1, 100)
+    assert redis_client.hget(keys.RECONCILE_CHECKPOINT, "cursor") == "cus_100"
+    # Nothing of the malformed page counted as seen.
+    assert not redis_client.sismember(keys.reconcile_seen(failed.report["run_id"]), "user_101")
 
 
 def test_a_checkpoint_recur_no_longer_knows_starts_over(
