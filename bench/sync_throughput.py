@@ -19,7 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import redis
 
-from bench.harness import SANDBOX_KEY, Processes, environment, start_sandbox, table, wait_until
+from bench.harness import (
+    SANDBOX_KEY,
+    Processes,
+    cpu_seconds,
+    environment,
+    start_sandbox,
+    table,
+    wait_until,
+)
 from sync_worker import redis_keys as keys
 from sync_worker.events import UserEvent
 from sync_worker.pending import PendingStore
@@ -86,6 +94,8 @@ def ours(
         client, window_seconds=0, max_wait_seconds=1, dedup_ttl_seconds=3600, lease_seconds=120
     )
     now_ms = int(time.time() * 1000)
+    worker = processes.pids[f"worker-{pool}"]
+    cpu = [cpu_seconds(worker), cpu_seconds(processes.pids["redis"])]
     started = time.perf_counter()
     for i in range(1, users + 1):
         user = f"user_{i}"
@@ -95,7 +105,9 @@ def ours(
     accepted = time.perf_counter() - started
     wait_until(lambda: client.scard(keys.LEDGER_INDEX) >= users, timeout=600, what="every PATCH")
     elapsed = time.perf_counter() - started
-    return elapsed, {"accept_seconds": accepted}
+    worker_cpu = cpu_seconds(worker) - cpu[0]
+    redis_cpu = cpu_seconds(processes.pids["redis"]) - cpu[1]
+    return elapsed, {"accept_seconds": accepted, "worker_cpu": worker_cpu, "redis_cpu": redis_cpu}
 
 
 def main() -> None:
@@ -108,23 +120,34 @@ def main() -> None:
     with environment() as (processes, redis_url):
         sandbox = start_sandbox(processes, latency_ms=args.latency_ms)
         seed(sandbox, args.users, args.latency_ms)
+        sandbox_cpu = cpu_seconds(processes.pids["sandbox"])
+        own_cpu = cpu_seconds()
         base = baseline(sandbox, args.users, args.concurrency)
+        base_cpu = cpu_seconds() - own_cpu
+        base_sandbox_cpu = cpu_seconds(processes.pids["sandbox"]) - sandbox_cpu
         seed(sandbox, args.users, args.latency_ms)
+        sandbox_cpu = cpu_seconds(processes.pids["sandbox"])
         mine, extra = ours(processes, redis_url, sandbox, args.users, args.concurrency, args.pool)
+        my_sandbox_cpu = cpu_seconds(processes.pids["sandbox"]) - sandbox_cpu
     rows = [
-        ["baseline: httpx loop", args.concurrency, base, args.users / base, "1.00"],
+        ["baseline: httpx loop", args.concurrency, base, args.users / base, "1.00",
+         f"{base_cpu:.2f} / - / {base_sandbox_cpu:.2f}"],
         [f"recur-sync worker ({args.pool})", args.concurrency, mine, args.users / mine,
-         f"{base / mine:.2f}"],
+         f"{base / mine:.2f}",
+         f"{extra['worker_cpu']:.2f} / {extra['redis_cpu']:.2f} / {my_sandbox_cpu:.2f}"],
     ]  # fmt: skip
     print(
         table(
             f"Sync throughput: {args.users:,} users, one event each, "
             f"sandbox latency {args.latency_ms} ms (target: ratio >= 0.80)",
-            ["run", "concurrency", "seconds", "PATCH/s", "ratio"],
+            ["run", "concurrency", "seconds", "PATCH/s", "ratio", "CPU s: ours / Redis / sandbox"],
             rows,
         )
     )
-    print(f"\n(accepting the {args.users:,} events took {extra['accept_seconds']:.2f} s of that)")
+    print(
+        f"\n(accepting the {args.users:,} events took {extra['accept_seconds']:.2f} s of that; "
+        "ours is the worker process: prefork children are not counted)"
+    )
 
 
 if __name__ == "__main__":
