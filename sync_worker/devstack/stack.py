@@ -260,6 +260,13 @@ class DevStack:
             ("Recur", f"sandbox at {url}, {count} demo customers user_1..user_{count}")
         )
         self._notes.append(("", f"what it received: {url}/_sandbox/requests"))
+        self._notes.append(
+            (
+                "",
+                "for commands that call Recur (reconcile, dlq show): "
+                f"export RECUR_API_URL={url} RECUR_SECRET_KEY={DEFAULT_SECRET_KEY}",
+            )
+        )
         return url
 
     def _start_apps(self, state_dir: Path) -> None:

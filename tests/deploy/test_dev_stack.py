@@ -185,6 +185,18 @@ def test_a_signed_event_becomes_a_patch_and_sigint_stops_everything(dev: DevRun)
         wait_for(lambda: len(patched()) == 2)
         assert patched() == {"user_1": {"name": "王大明"}, "user_2": {"name": "Ada"}}
 
+    # The banner says what to export for the commands that call Recur; a reconciliation run
+    # with just that finds the 20 demo customers.
+    exports = next(line for line in dev.lines if "export RECUR_API_URL=" in line)
+    recur_env = dict(item.split("=", 1) for item in exports.split("export ", 1)[1].split())
+    reconciled = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "reconcile", "--json"],
+        env={**dev.env, **recur_env}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    report = json.loads(reconciled.stdout.strip().splitlines()[-1])
+    assert (report["status"], report["scanned"]) == ("finished", 20)
+
     dev.process.send_signal(signal.SIGINT)
     assert dev.wait_exit() == 0, dev.output()
     assert [name for name, pid in pids.items() if running(pid)] == []
