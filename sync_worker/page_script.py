@@ -165,7 +165,8 @@ _Reply = tuple[
     list[bytes | str],
     list[tuple[bytes | str, int, *tuple[bytes | str, ...]]],
 ]
-"""The script's answer: unknown ids, email-mismatch ids, drifted users."""
+"""The script's answer: customers on the page, those with an external id, unknown ids,
+email-mismatch ids, drifted users ({id, fields merged, (field, value, time)...})."""
 
 
 _NO_CUSTOMERS = b'{"data": []}'
