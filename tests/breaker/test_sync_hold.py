@@ -56,6 +56,13 @@ def end_cool_down(runtime: Runtime) -> None:
     runtime.redis.zadd(keys.DUE, {u: 1 if u == b"user_1" else 0 for u in waiting})
 
 
+def changed_at_recur(runtime: Runtime, sandbox: SandboxHandle) -> None:
+    """Every user exists in Recur named "old", and a change to "new <user>" is pending."""
+    for user in USERS:
+        sandbox.control.create_customer(f"{user}@x.tw", name="old", external_id=user)
+        accept(runtime, user, name=f"new {user}")
+
+
 def dispatcher(runtime: Runtime, published: list[list[Claim]]) -> Dispatcher:
     return Dispatcher(runtime, publish=published.append, queue_depth=lambda: 0, hostname="t")
 
@@ -63,9 +70,7 @@ def dispatcher(runtime: Runtime, published: list[list[Claim]]) -> Dispatcher:
 def test_held_work_is_uncounted_and_outlives_the_retry_budget(
     runtime: Runtime, sandbox: SandboxHandle
 ) -> None:
-    for user in USERS:
-        sandbox.control.create_customer(f"{user}@x.tw", name="old", external_id=user)
-        accept(runtime, user, name=f"new {user}")
+    changed_at_recur(runtime, sandbox)
     sandbox.control.set_faults(outage=True)
 
     outcomes = sync_due(runtime)
@@ -103,9 +108,7 @@ def test_held_work_is_uncounted_and_outlives_the_retry_budget(
 def test_the_probe_is_a_user_whose_change_has_not_kept_failing(
     runtime: Runtime, sandbox: SandboxHandle
 ) -> None:
-    for user in USERS:
-        sandbox.control.create_customer(f"{user}@x.tw", name="old", external_id=user)
-        accept(runtime, user, name=f"new {user}")
+    changed_at_recur(runtime, sandbox)
     runtime.redis.hset(keys.pending("user_1"), "attempts", 5)  # a poison change, due first
     runtime.breaker.record(failures=5)
     assert runtime.breaker.view().state == "open"
