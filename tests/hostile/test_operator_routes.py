@@ -77,6 +77,8 @@ def test_admin_api_refuses_and_does_not_tell_which_ids_exist(
         auth.new_session("another-token-entirely"),
         auth.new_session(ADMIN_TOKEN, now=0),  # signed, but long expired
     ],
+    # Sessions carry random nonces: fixed ids keep collection identical across xdist workers.
+    ids=["none", "garbage", "malformed", "other-token", "expired"],
 )
 def test_dashboard_actions_refuse_and_do_not_tell_which_ids_exist(
     web: Stack, cookie: str | None
