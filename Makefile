@@ -1,36 +1,47 @@
 # Every target creates .venv and installs on first use, so on a fresh machine one command is enough.
+# `make run` installs only what running needs; test, lint, bench and chaos add the dev extra.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+# Tests mostly wait on real processes (Redis, workers, the sandbox), so more pytest workers than
+# cores pays: each xdist worker starts its own redis-server on a free port.
+TEST_WORKERS ?= 4
 
 .PHONY: run test lint format bench chaos clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+$(VENV):
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(VENV)
+	$(BIN)/pip install -q -e '.[run]'
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(DEV_STAMP) $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/sync-worker dev
 
-test: $(STAMP)
-	$(BIN)/pytest
+test: $(DEV_STAMP)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check sync_worker tests bench
 	$(BIN)/ruff format --check sync_worker tests bench
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format sync_worker tests bench
 	$(BIN)/ruff check --fix sync_worker tests bench
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
-chaos: $(STAMP)
+chaos: $(DEV_STAMP)
 	CHAOS_FULL=1 $(BIN)/pytest -m slow tests/chaos
 
 clean:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,18 @@ def test_readme_names_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme
     assert "make test" in readme
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    run_prerequisites = re.search(r"^run: (.+)$", makefile, re.M)
+    assert run_prerequisites is not None
+    assert run_prerequisites[1].strip() == "$(RUN_STAMP)"
+    assert "pip install -q -e '.[run]'" in makefile
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    run_only = " ".join(extras["run"])
+    for tool in ("pytest", "mypy", "ruff", "selenium", "hypothesis"):
+        assert tool not in run_only, tool
+        assert any(requirement.startswith(tool) for requirement in extras["dev"]), tool
