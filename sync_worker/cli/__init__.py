@@ -11,9 +11,10 @@ import sys
 import typer
 
 from sync_worker.cli import dlq, ledger
-from sync_worker.cli.dev import dev, send_test_event
+from sync_worker.cli.dev import dev
 from sync_worker.cli.reconcile import reconcile
 from sync_worker.cli.sandbox import sandbox
+from sync_worker.cli.send_event import send_test_event
 from sync_worker.cli.services import beat, web, worker
 from sync_worker.cli.status import resume, status
 from sync_worker.settings import ConfigError

@@ -1,33 +1,26 @@
-"""`sync-worker dev` (the whole stack in one terminal) and `sync-worker send-test-event`."""
+"""`sync-worker dev`: the whole stack in one terminal."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
-import httpx
 import typer
 
-from sync_worker.devstack.credentials import SECRETS_FILE, StateError, kept_secrets
+from sync_worker.devstack.credentials import StateError
 from sync_worker.devstack.stack import (
     DEFAULT_STATE_DIR,
-    INTAKE_PATH,
     DevOptions,
     DevStack,
     DevStackError,
-    local_url,
 )
 from sync_worker.devstack.supervisor import Supervisor
-from sync_worker.settings import ConfigError, load_settings
-from sync_worker.signatures import sign
+from sync_worker.settings import load_settings
 
 StateDir = Annotated[
     Path,
@@ -90,70 +83,3 @@ def dev(
     if supervisor.children:
         supervisor.say("stopped")
     raise typer.Exit(code)
-
-
-def send_test_event(
-    user: Annotated[
-        str, typer.Option(help="The user id: the Recur customer's external_id.")
-    ] = "user_1",
-    name: Annotated[
-        str | None, typer.Option(help="The new name (default: a name with the current time).")
-    ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option(help="The intake URL (default: this machine's WEB_PORT)."),
-    ] = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-) -> None:
-    """Post a correctly signed `user.updated` event to the intake and print the answer.
-
-    Signs with WEBHOOK_SECRET, or with the one `sync-worker dev` generated in the state dir.
-    """
-    settings = load_settings()
-    if settings.webhook_secret is not None:
-        secret = settings.webhook_secret.get_secret_value()
-    else:
-        secret = _kept_webhook_secret(state_dir)
-    target = url or local_url(settings.web_host, settings.web_port) + INTAKE_PATH
-    now = datetime.now(tz=UTC)
-    event_id = f"evt_test_{uuid.uuid4().hex[:16]}"
-    envelope = {
-        "id": event_id,
-        "type": "user.updated",
-        "timestamp": now.isoformat().replace("+00:00", "Z"),
-        "data": {"user_id": user, "name": name or f"Test user {now:%H:%M:%S}"},
-    }
-    body = json.dumps(envelope, ensure_ascii=False).encode()
-    timestamp = int(now.timestamp())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id=event_id, timestamp=timestamp, body=body),
-    }
-    try:
-        response = httpx.post(target, content=body, headers=headers, timeout=10)
-    except httpx.HTTPError as error:
-        typer.secho(f"error: POST {target} failed: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"POST {target} -> {response.status_code}")
-    typer.echo(response.text)
-    if response.is_error:
-        raise typer.Exit(1)
-    typer.echo(
-        f"The worker PATCHes customer {user} in Recur once the debounce window "
-        f"({settings.debounce_window_seconds:g} s) has passed."
-    )
-
-
-def _kept_webhook_secret(state_dir: Path) -> str:
-    try:
-        kept = kept_secrets(state_dir).get("WEBHOOK_SECRET")
-    except StateError as error:
-        raise ConfigError(f"WEBHOOK_SECRET: not set, and {error}") from None
-    if kept is None:
-        raise ConfigError(
-            f"WEBHOOK_SECRET: not set, and {state_dir / SECRETS_FILE} does not exist; "
-            "set it, or start `sync-worker dev` once to generate one"
-        )
-    return kept
