@@ -35,6 +35,7 @@ SCRIPT_CODES: dict[int, str] = {
     401: "unauthorized",
     403: "forbidden",
     404: "resource_not_found",
+    408: "request_timeout",
     409: "conflict",
     422: "validation_error",
     429: "rate_limited",
