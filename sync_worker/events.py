@@ -11,9 +11,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from sync_worker.recur.models import EXTERNAL_ID_PATTERN, NAME_MAX_CHARS
 
@@ -120,7 +127,14 @@ class _Rebind(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     user_id: str = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=EXTERNAL_ID_PATTERN)
-    new_user_id: str = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=EXTERNAL_ID_PATTERN)
+    # Required, and null unbinds the customer (`{"external_id": null}`): a missing key is an error.
+    new_user_id: (
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=EXTERNAL_ID_PATTERN),
+        ]
+        | None
+    )
 
 
 class _Envelope(BaseModel):

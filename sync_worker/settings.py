@@ -26,6 +26,15 @@ MAX_BODY_BYTES = 64 * 1024
 RECONCILE_PAGE_SIZE = 100
 
 
+def api_root(url: str) -> str:
+    """The Recur base URL without a trailing `/` or `/v1`: every request path starts with `/v1`,
+    and the seed's own examples write the base as `https://api.recur.tw/v1`."""
+    root = url.strip().rstrip("/")
+    while root.endswith("/v1"):
+        root = root.removesuffix("/v1").rstrip("/")
+    return root
+
+
 class ConfigError(Exception):
     """A setting that cannot work; `str()` is one line naming the variable."""
 
@@ -120,6 +129,11 @@ class Settings(BaseSettings):
         if not raw.startswith("sk_"):
             raise ValueError("must be a Recur secret key starting with sk_test_ or sk_live_")
         return SecretStr(raw)
+
+    @field_validator("recur_api_url")
+    @classmethod
+    def _api_url_without_version(cls, value: AnyHttpUrl) -> AnyHttpUrl:
+        return AnyHttpUrl(api_root(str(value)))
 
     @field_validator("webhook_secret", "ops_webhook_secret")
     @classmethod

@@ -6,6 +6,7 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
     429/5xx/timeout  -> a few quick retries, then back to the pending store on a backoff;
                         past the retry budget -> dead letter `retries_exhausted`
     401/403          -> the sync pauses for everybody; the change waits, nothing is consumed
+    404 not Recur's  -> (a wrong RECUR_API_URL or a proxy) retried, then paused the same way
     breaker open     -> handed back unsent and uncounted until the cool-down ends (breaker.py)
     404              -> dead letter `not_found`; 409 -> `conflict`; 400/422 -> `rejected`
 """
@@ -31,6 +32,7 @@ from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     BadRequest,
     Conflict,
+    EndpointNotFound,
     Forbidden,
     NotFound,
     RateLimited,
@@ -38,6 +40,7 @@ from sync_worker.recur.errors import (
     RecurStatusError,
     Unauthorized,
     ValidationFailed,
+    is_transient,
 )
 from sync_worker.recur.models import CustomerPatch
 from sync_worker.recur.retry import (
@@ -192,9 +195,21 @@ class Syncer:
             )
         except (Unauthorized, Forbidden) as error:
             return self._pause(claim, snapshot, error, started)
+        except EndpointNotFound as error:
+            # Not a verdict on this customer: every call would get it, so stop them all rather
+            # than turn each pending change into a `not_found` dead letter.
+            return self._pause(
+                claim,
+                snapshot,
+                error,
+                started,
+                reason="endpoint_not_found",
+                hint="check RECUR_API_URL: a 404 without Recur's error body means the request "
+                "did not reach the Customers API; the sync resumes by itself once a call succeeds",
+            )
         except RecurStatusError as error:
             reason = DEAD_REASONS.get(type(error))
-            if reason is None and 400 <= error.status < 500 and error.status != 429:
+            if reason is None and 400 <= error.status < 500 and not is_transient(error):
                 reason = "rejected"
             if reason is not None:
                 return self._dead(claim, snapshot, body, error, reason, started)
@@ -326,16 +341,25 @@ class Syncer:
         return self._report(outcome, started, snapshot, error=error)
 
     def _pause(
-        self, claim: Claim, snapshot: Snapshot, error: RecurStatusError, started: float
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        error: RecurStatusError,
+        started: float,
+        *,
+        reason: str = "unauthorized",
+        hint: str = "check RECUR_SECRET_KEY; the sync resumes by itself once a call succeeds",
     ) -> SyncOutcome:
         self._count_failure(error)
-        if self._flow.pause(reason="unauthorized", status=error.status, message=error.message):
+        message = error.message if reason == "unauthorized" else f"{error.message}; {hint}"
+        if self._flow.pause(reason=reason, status=error.status, message=message):
             log.error(
                 "sync_paused",
-                reason="unauthorized",
+                reason=reason,
                 status=error.status,
                 error_code=error.code,
-                hint="check RECUR_SECRET_KEY; the sync resumes by itself once a call succeeds",
+                path=error.path,
+                hint=hint,
             )
             self._stats.incr("sync_paused_total")
         self._pending.hand_back(claim, delay=self._settings.auth_probe_interval_seconds, error=None)

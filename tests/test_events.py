@@ -93,6 +93,18 @@ def test_the_rebind_event() -> None:
     )
 
 
+def test_the_unbind_event() -> None:
+    event = parse(envelope({"user_id": "old_1", "new_user_id": None}, type=EXTERNAL_ID_CHANGED))
+    assert event.user_id == "old_1"
+    assert event.fields == {"external_id": None}
+
+
+def test_a_rebind_without_new_user_id_is_refused() -> None:
+    assert fields_of(envelope({"user_id": "old_1"}, type=EXTERNAL_ID_CHANGED)) == {
+        "data.new_user_id"
+    }
+
+
 @pytest.mark.parametrize(
     "timestamp",
     [

@@ -243,3 +243,24 @@ def test_the_cli_refuses_a_publishable_key_in_one_line(tmp_path: Path) -> None:
     assert "publishable" in lines[0]
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "https://api.recur.tw",
+        "https://api.recur.tw/",
+        "https://api.recur.tw/v1",
+        "https://api.recur.tw/v1/",
+        " https://api.recur.tw/v1 ",
+    ],
+)
+def test_recur_api_url_with_or_without_v1(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    # The seed's examples write the base with /v1; paths add /v1 themselves: never /v1/v1.
+    monkeypatch.setenv("RECUR_API_URL", given)
+    assert str(load_settings().recur_api_url).rstrip("/") == "https://api.recur.tw"
+
+
+def test_recur_api_url_keeps_a_path_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECUR_API_URL", "https://gateway.example/recur/v1")
+    assert str(load_settings().recur_api_url) == "https://gateway.example/recur"

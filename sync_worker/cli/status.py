@@ -35,6 +35,11 @@ def _breaker_line(breaker: dict[str, Any]) -> str:
     )
 
 
+def _culprit(paused: dict[str, Any]) -> str:
+    """The setting a pause asks the operator to fix."""
+    return "RECUR_API_URL" if paused.get("reason") == "endpoint_not_found" else "RECUR_SECRET_KEY"
+
+
 def _print(out: Console, snapshot: StatusSnapshot) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -46,8 +51,8 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
         state = (
             f"[bold red]PAUSED[/] since {format_age(time.time() - since)} ago: "
             f"{snapshot.paused.get('reason')} (HTTP {snapshot.paused.get('status')}) "
-            f"{snapshot.paused.get('message', '')}; fix RECUR_SECRET_KEY, it resumes by itself "
-            "(or run `sync-worker resume`)"
+            f"{snapshot.paused.get('message', '')}; fix {_culprit(snapshot.paused)}, it resumes "
+            "by itself (or run `sync-worker resume`)"
         )
     grid.add_row("sync", state)
     grid.add_row("mode", snapshot.mode)

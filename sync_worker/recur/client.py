@@ -30,7 +30,7 @@ from sync_worker.recur.models import (
     ListingPaging,
     RawCustomerPage,
 )
-from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings
+from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings, api_root
 
 _Shape = TypeVar("_Shape")
 
@@ -57,7 +57,7 @@ class RecurClient:
     ) -> None:
         self._throttle = throttle
         self._options: dict[str, Any] = {
-            "base_url": base_url.rstrip("/"),
+            "base_url": api_root(base_url),
             "headers": {
                 "Authorization": f"Bearer {secret_key}",
                 "User-Agent": f"recur-sync/{__version__}",

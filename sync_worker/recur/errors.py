@@ -7,6 +7,8 @@
         └── RecurStatusError             .status .code .message .request_id .body (trimmed)
             ├── BadRequest 400 · Unauthorized 401 · Forbidden 403
             ├── NotFound 404 · Conflict 409 · ValidationFailed 422
+            ├── EndpointNotFound 404 without Recur's envelope (wrong base URL)    transient
+            ├── RequestTimeout 408                                               transient
             ├── RateLimited 429 .retry_after                                     transient
             └── ServerError 5xx .retry_after                                      transient
 
@@ -22,6 +24,9 @@ import time
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+NOT_FOUND_CODE = "resource_not_found"
+"""The code of Recur's documented 404; any other 404 did not come from a customer lookup."""
 
 BODY_KEPT = 500
 """How much of an error body an exception keeps: enough to debug, never a whole payload."""
@@ -88,6 +93,19 @@ class NotFound(RecurStatusError):
     """404 resource_not_found: no customer has that id or external id."""
 
 
+class EndpointNotFound(RecurStatusError):
+    """404 whose body is not Recur's `resource_not_found` envelope: no customer was looked up.
+
+    An HTML page or a JSON without that code comes from something that is not the Customers API
+    (a wrong `RECUR_API_URL`, a proxy or load balancer): a configuration or transport problem,
+    never a verdict about a customer, so it must not become a `not_found` dead letter.
+    """
+
+
+class RequestTimeout(RecurStatusError):
+    """408: the server (or a proxy) gave up waiting for our request; worth another try."""
+
+
 class Conflict(RecurStatusError):
     """409 conflict: the external id is used by another customer."""
 
@@ -109,6 +127,7 @@ STATUS_ERRORS: dict[int, type[RecurStatusError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    408: RequestTimeout,
     409: Conflict,
     422: ValidationFailed,
     429: RateLimited,
@@ -154,6 +173,8 @@ def error_from_response(response: httpx.Response, *, method: str, path: str) -> 
     status = response.status_code
     code, message = _error_fields(response)
     cls = STATUS_ERRORS.get(status)
+    if cls is NotFound and code != NOT_FOUND_CODE:
+        cls = EndpointNotFound
     if cls is None:
         cls = ServerError if status >= 500 else RecurStatusError
     return cls(
@@ -169,5 +190,9 @@ def error_from_response(response: httpx.Response, *, method: str, path: str) -> 
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for what another try may fix: no response, 429 and every 5xx."""
-    return isinstance(error, RecurTransportError | RateLimited | ServerError)
+    """True for what another try may fix: no response, 408, 429, every 5xx, and a 404 that is
+    not Recur's (a misrouted request says nothing about the customer)."""
+    return isinstance(
+        error,
+        RecurTransportError | RequestTimeout | RateLimited | ServerError | EndpointNotFound,
+    )

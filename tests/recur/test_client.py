@@ -15,6 +15,7 @@ from sync_worker import __version__
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     Conflict,
+    EndpointNotFound,
     NotFound,
     RateLimited,
     RecurError,
@@ -415,6 +416,25 @@ def test_not_found(sandbox: SandboxHandle, client: RecurClient) -> None:
     assert error.request_id.startswith("req_")
     assert json.loads(error.body)["error"]["code"] == "resource_not_found"
     assert str(error).startswith("PATCH /v1/customers/external/nobody -> 404 resource_not_found: ")
+
+
+@pytest.mark.parametrize("suffix", ["/v1", "/v1/", "/"])
+def test_a_base_url_with_v1_reaches_the_same_routes(sandbox: SandboxHandle, suffix: str) -> None:
+    sandbox.control.create_customer("a@example.tw", external_id="u1")
+    with RecurClient(base_url=sandbox.url + suffix, secret_key=sandbox.secret_key) as recur:
+        assert recur.get_customer_by_external_id("u1").email == "a@example.tw"
+    (call,) = sandbox.control.requests(method="GET")
+    assert call["path"] == "/v1/customers/external/u1"
+
+
+def test_a_wrong_base_url_is_not_a_missing_customer(sandbox: SandboxHandle) -> None:
+    # The sandbox answers a path outside /v1 with a plain-text 404, as a wrong base URL would.
+    sandbox.control.create_customer("a@example.tw", external_id="u1")
+    recur = RecurClient(base_url=sandbox.url + "/api", secret_key=sandbox.secret_key)
+    with recur, pytest.raises(EndpointNotFound) as caught:
+        recur.update_customer_by_external_id("u1", CustomerPatch(name="x"))
+    assert caught.value.status == 404
+    assert not isinstance(caught.value, NotFound)
 
 
 def test_conflict(sandbox: SandboxHandle, client: RecurClient) -> None:

@@ -13,6 +13,7 @@ from sync_worker.recur.errors import (
     BODY_KEPT,
     BadRequest,
     Conflict,
+    EndpointNotFound,
     Forbidden,
     NotFound,
     RateLimited,
@@ -20,6 +21,7 @@ from sync_worker.recur.errors import (
     RecurStatusError,
     RecurTimeout,
     RecurTransportError,
+    RequestTimeout,
     ServerError,
     SyncWorkerError,
     Unauthorized,
@@ -36,6 +38,7 @@ STATUS_CLASSES: dict[int, type[RecurStatusError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    408: RequestTimeout,
     409: Conflict,
     422: ValidationFailed,
     429: RateLimited,
@@ -62,8 +65,10 @@ def response(
 
 
 def documented(
-    status: int, code: str = "some_code", message: str = "some message"
+    status: int, code: str | None = None, message: str = "some message"
 ) -> httpx.Response:
+    if code is None:  # a 404 is Recur's only with its documented code
+        code = "resource_not_found" if status == 404 else "some_code"
     return response(status, {"error": {"code": code, "message": message}})
 
 
@@ -72,7 +77,7 @@ def test_every_status_maps_to_its_class(status: int, cls: type[RecurStatusError]
     error = error_from_response(documented(status), method="PATCH", path=PATH)
     assert type(error) is cls
     assert error.status == status
-    assert error.code == "some_code"
+    assert error.code == ("resource_not_found" if status == 404 else "some_code")
     assert error.message == "some message"
     assert error.method == "PATCH"
     assert error.path == PATH
@@ -117,10 +122,41 @@ def test_a_body_that_is_not_json_keeps_the_status_class() -> None:
     ids=["list", "flat error", "no error key", "empty error", "string"],
 )
 def test_json_not_in_the_documented_shape(body: object) -> None:
-    error = error_from_response(response(404, body), method="GET", path=PATH)
-    assert type(error) is NotFound
+    error = error_from_response(response(400, body), method="GET", path=PATH)
+    assert type(error) is BadRequest
     assert error.code == "http_error"
-    assert error.message == "Not Found"
+    assert error.message == "Bad Request"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"<html><body>404 Not Found</body></html>", "text/html"),
+        (b"Not Found", "text/plain"),
+        (b'{"error": {"code": "not_found", "message": "no such route"}}', "application/json"),
+        (b'{"detail": "Not Found"}', "application/json"),
+        (b"", "text/plain"),
+    ],
+    ids=["html", "plain", "other code", "no envelope", "empty"],
+)
+def test_a_404_that_is_not_recurs_is_a_transient_endpoint_problem(
+    content: bytes, content_type: str
+) -> None:
+    # A wrong base URL or a proxy answers 404 for a route, not for a customer: never not_found.
+    error = error_from_response(
+        response(404, content=content, headers={"content-type": content_type}),
+        method="PATCH",
+        path=PATH,
+    )
+    assert type(error) is EndpointNotFound
+    assert not isinstance(error, NotFound)
+    assert is_transient(error)
+
+
+def test_recurs_own_404_is_not_found_and_final() -> None:
+    error = error_from_response(documented(404), method="GET", path=PATH)
+    assert type(error) is NotFound
+    assert not is_transient(error)
 
 
 def test_an_empty_body() -> None:
@@ -210,7 +246,7 @@ def _status_error(cls: type[RecurStatusError], status: int) -> RecurStatusError:
 
 @pytest.mark.parametrize(("status", "cls"), STATUS_CLASSES.items())
 def test_is_transient_per_status_class(status: int, cls: type[RecurStatusError]) -> None:
-    assert is_transient(_status_error(cls, status)) is (status == 429 or status >= 500)
+    assert is_transient(_status_error(cls, status)) is (status in (408, 429) or status >= 500)
 
 
 def test_is_transient_for_what_has_no_response() -> None:
