@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["intake", "sync_throughput", "debounce", "reconcile", "memory"]
+BENCHMARKS = ["intake", "sync_throughput", "debounce", "reconcile", "memory", "redis_memory"]
 
 
 def main() -> None:

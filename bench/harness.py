@@ -120,7 +120,8 @@ def start_sandbox(processes: Processes, *, latency_ms: int = 0, customers: int =
     url = f"http://127.0.0.1:{port}"
     wait_until(
         lambda: httpx.get(url + "/_sandbox/health").status_code == 200,
-        timeout=30,
+        # Building a million customers takes the sandbox about a minute on a loaded machine.
+        timeout=30 + customers / 10_000,
         what="sandbox",
     )
     return url

@@ -1,0 +1,270 @@
+"""Redis memory: bytes per customer in the ledger, per pending user, per remembered event id and
+per dead letter, with 100,000 customers.
+
+Every key is written by the real scripts (`PendingStore.accept`, `mark_applied_many`,
+`dead_letter`), in this process, against a private redis-server, so the layout is the one
+production writes; no worker or HTTP is needed to measure bytes. Each kind is measured twice:
+the `INFO memory` delta (`used_memory`) of the step that creates it, divided by how many were
+created (this counts the key's entry in Redis's main dictionary and its members in shared
+indexes: `ledger-index`, `due`, `dlq-index`), and the mean `MEMORY USAGE` of a sample of the
+keys (the key and its value only). Target: ledger <= 150 bytes per customer.
+
+The events are typical: a name of a few CJK characters and a small metadata object
+(`{"plan":"pro","seats":5}`), the fields recur-sync sends. Event ids are 24-character ids like
+`evt_2x8kq...` (Standard Webhooks `msg_...` ids are of that length).
+
+    python -m bench.redis_memory [--customers N] [--dead-letters D] [--sample S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import secrets
+import time
+import zlib
+from collections.abc import Callable, Iterable
+
+import redis
+
+from bench.harness import environment, table
+from sync_worker import redis_keys as keys
+from sync_worker.dlq import creation_record, failure_record, new_dead_letter_id
+from sync_worker.events import UserEvent
+from sync_worker.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
+
+BATCH = 500
+LEDGER_TARGET = 150
+DENSE_PREFIX = "rs:bench:ledger-bucket:"
+
+
+def used_memory(client: redis.Redis) -> int:
+    """Bytes the allocator holds for data now (`INFO memory` used_memory)."""
+    return int(client.info("memory")["used_memory"])
+
+
+def sample_usage(client: redis.Redis, names: list[str]) -> float:
+    """Mean `MEMORY USAGE` (SAMPLES 0: every element counted) of the named keys."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.memory_usage(name, samples=0)
+    sizes = [int(size) for size in pipe.execute() if size is not None]
+    return sum(sizes) / len(sizes)
+
+
+def event(user: int, round_number: int) -> UserEvent:
+    """A typical change: a CJK name and a small metadata object, a fresh 24-character id."""
+    return UserEvent(
+        event_id="evt_" + secrets.token_hex(10),
+        type="user.updated",
+        user_id=f"user_{user}",
+        ts_ms=int(time.time() * 1000),
+        fields={"name": f"王大明 {user}-{round_number}", "metadata": {"plan": "pro", "seats": 5}},
+    )
+
+
+def in_batches(users: Iterable[int], action: Callable[[list[int]], None]) -> None:
+    batch: list[int] = []
+    for user in users:
+        batch.append(user)
+        if len(batch) == BATCH:
+            action(batch)
+            batch = []
+    if batch:
+        action(batch)
+
+
+def accept_all(client: redis.Redis, store: PendingStore, users: range, round_number: int) -> None:
+    """One event per user through the intake script, pipelined."""
+
+    script = client.register_script(ACCEPT_SCRIPT)
+
+    def accept(batch: list[int]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for user in batch:
+            script_keys, args = store.accept_call(event(user, round_number))
+            script(keys=script_keys, args=args, client=pipe)
+        pipe.execute()
+
+    in_batches(users, accept)
+
+
+def apply_all(store: PendingStore, count: int) -> None:
+    """Claim every due user and settle it as applied, as a worker does after a 200."""
+    done = 0
+    while done < count:
+        claims = store.claim_due(BATCH)
+        if not claims:
+            raise SystemExit(f"only {done:,} of {count:,} users were due")
+        snapshots = store.snapshot_many(claims)
+        store.mark_applied_many(
+            [(c, s) for c, s in zip(claims, snapshots, strict=True) if s is not None]
+        )
+        done += len(claims)
+
+
+def dead_letter_all(store: PendingStore, count: int) -> None:
+    """Claim `count` due users and dead-letter each as a 404, as sync.py does."""
+    done = 0
+    while done < count:
+        claims = store.claim_due(min(BATCH, count - done))
+        if not claims:
+            raise SystemExit(f"only {done:,} of {count:,} users were due")
+        for claim, snapshot in zip(claims, store.snapshot_many(claims), strict=True):
+            assert snapshot is not None
+            now = time.time()
+            entry_id = new_dead_letter_id(now)
+            body = {name: state.value for name, state in snapshot.fields.items()}
+            store.dead_letter(
+                claim,
+                snapshot,
+                new_id=entry_id,
+                common=failure_record(
+                    reason="not_found",
+                    http_status=404,
+                    error_code="resource_not_found",
+                    error_message="Customer not found",
+                    request=body,
+                    fields=snapshot.fields,
+                    event_ids=snapshot.event_ids,
+                    attempts=1,
+                    now=now,
+                ),
+                created=creation_record(
+                    entry_id=entry_id, user_id=claim.user_id, first_failure=now
+                ),
+            )
+        done += len(claims)
+
+
+def dense_ledger(client: redis.Redis, n: int) -> list[object]:
+    """The same ledger in a layout that is not the one in use, measured for comparison: users
+    bucketed ~100 to a hash (field = user id, value = the entry's fields packed in one JSON
+    array), which Redis keeps as a listpack, so a customer costs its bytes and no key of its own;
+    buckets are walked with SCAN + HSCAN, so no index set either. Written beside the real
+    ledger under another prefix, then deleted."""
+    client.config_set("hash-max-listpack-entries", 128)
+    client.config_set("hash-max-listpack-value", 128)
+    buckets = max(1, n // 100)
+    before = used_memory(client)
+
+    def pack(batch: list[int]) -> None:
+        read = client.pipeline(transaction=False)
+        for user in batch:
+            read.hgetall(keys.ledger(f"user_{user}"))
+        write = client.pipeline(transaction=False)
+        for user, raw in zip(batch, read.execute(), strict=True):
+            entry = {k.decode(): v.decode() for k, v in raw.items()}
+            packed = json.dumps(
+                [
+                    [entry["v:name"], int(entry["t:name"])],
+                    [entry["v:metadata"], int(entry["t:metadata"])],
+                    entry["applied_at"],
+                ],
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
+            bucket = zlib.crc32(f"user_{user}".encode()) % buckets
+            write.hset(f"{DENSE_PREFIX}{bucket}", f"user_{user}", packed)
+        write.execute()
+
+    in_batches(range(1, n + 1), pack)
+    per_customer = (used_memory(client) - before) / n
+    encodings = {client.object("encoding", f"{DENSE_PREFIX}{b}") for b in range(min(buckets, 50))}
+    usage = sum(
+        int(client.memory_usage(f"{DENSE_PREFIX}{b}", samples=0) or 0) for b in range(buckets)
+    )
+    delete_matching(client, DENSE_PREFIX + "*")
+    encoding = ",".join(sorted(e.decode() for e in encodings if e))
+    return [f"(not in use) ledger bucketed ~100 a hash, {encoding}", n, per_customer, usage / n, ""]
+
+
+def delete_matching(client: redis.Redis, pattern: str) -> int:
+    """UNLINK every key matching `pattern`; how many there were."""
+    deleted = 0
+    batch: list[bytes] = []
+    for name in client.scan_iter(match=pattern, count=5000):
+        batch.append(name)
+        if len(batch) == 5000:
+            deleted += int(client.unlink(*batch))
+            batch = []
+    if batch:
+        deleted += int(client.unlink(*batch))
+    return deleted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--dead-letters", type=int, default=10_000)
+    parser.add_argument("--sample", type=int, default=1000)
+    args = parser.parse_args()
+    n, dead = args.customers, args.dead_letters
+    rows: list[list[object]] = []
+    with environment() as (_, redis_url):
+        client = redis.Redis.from_url(redis_url)
+        store = PendingStore(
+            client,
+            window_seconds=0,
+            max_wait_seconds=0,
+            dedup_ttl_seconds=604800,
+            lease_seconds=600,
+        )
+        sample = random.Random(7).sample(range(1, n + 1), min(args.sample, n))
+        start = used_memory(client)
+
+        # Round 1: one event per customer, then every one applied. What stays: the ledger (and
+        # its index) and the remembered event ids.
+        accept_all(client, store, range(1, n + 1), 1)
+        apply_all(store, n)
+        ids_sample = [k.decode() for k in client.scan_iter(match=keys.EVENT_SEEN + "*", count=5000)]
+        event_id_usage = sample_usage(client, ids_sample[: args.sample])
+        before_ids = used_memory(client)
+        remembered = delete_matching(client, keys.EVENT_SEEN + "*")
+        event_id_delta = (before_ids - used_memory(client)) / remembered
+        ledger_delta = (used_memory(client) - start) / n
+        ledger_usage = sample_usage(client, [keys.ledger(f"user_{u}") for u in sample])
+        rows.append(
+            ["ledger entry (per customer)", n, ledger_delta, ledger_usage, f"<= {LEDGER_TARGET}"]
+        )
+        index_usage = int(client.memory_usage(keys.LEDGER_INDEX, samples=0) or 0) / n
+        rows.append(["  of which ledger-index member", n, "-", index_usage, "-"])
+        rows.append(["remembered event id", remembered, event_id_delta, event_id_usage, "-"])
+        rows.append(dense_ledger(client, n))
+
+        # Round 2: a second event per customer, not yet sent: a pending user each.
+        before = used_memory(client)
+        accept_all(client, store, range(1, n + 1), 2)
+        delete_matching(client, keys.EVENT_SEEN + "*")
+        pending_delta = (used_memory(client) - before) / n
+        pending_usage = sample_usage(
+            client, [keys.pending(f"user_{u}") for u in sample]
+        ) + sample_usage(client, [PENDING_EVENTS + f"user_{u}" for u in sample])
+        rows.append(["pending user (hash + event list)", n, pending_delta, pending_usage, "-"])
+
+        # Some of them fail for good: dead letters (their pending change moves into the entry).
+        before = used_memory(client)
+        pending_before = client.zcard(keys.DUE)
+        dead_letter_all(store, dead)
+        moved_out = pending_before - client.zcard(keys.DUE)
+        dead_delta = (used_memory(client) - before) / dead + pending_delta * moved_out / dead
+        entries = [k.decode() for k, _ in client.zscan_iter(keys.DEAD_LETTERS, count=1000)]
+        dead_usage = sample_usage(client, [keys.dead_letter(e) for e in entries[: args.sample]])
+        rows.append(["dead letter", dead, dead_delta, dead_usage, "-"])
+        client.close()
+
+    print(
+        table(
+            f"Redis memory with {n:,} customers (INFO used_memory deltas; MEMORY USAGE of "
+            f"{args.sample:,} sampled keys)",
+            ["what", "count", "bytes each (INFO delta)", "bytes each (MEMORY USAGE)", "target"],
+            rows,
+        )
+    )
+    verdict = "met" if ledger_delta <= LEDGER_TARGET else "NOT met"
+    print(f"\nledger: {ledger_delta:.0f} bytes per customer, target <= {LEDGER_TARGET}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
