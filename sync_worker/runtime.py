@@ -95,6 +95,7 @@ class Runtime:
             client=self.recur,
             stats=self.stats,
             ops=self.ops,
+            ledger=self.ledger,
         )
 
     def sweep(self) -> dict[str, int]:

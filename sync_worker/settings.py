@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     recur_read_timeout_seconds: float = Field(default=10.0, gt=0)
     rate_limit_per_second: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=50, ge=1)
+    bind_by_email: bool = True
 
     # Retries: a few quick attempts inside the task, then back to the pending store.
     retry_fast_attempts: int = Field(default=3, ge=1, le=10)

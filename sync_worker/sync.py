@@ -8,7 +8,10 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
     401/403          -> the sync pauses for everybody; the change waits, nothing is consumed
     404 not Recur's  -> (a wrong RECUR_API_URL or a proxy) retried, then paused the same way
     breaker open     -> handed back unsent and uncounted until the cool-down ends (breaker.py)
-    404              -> dead letter `not_found`; 409 -> `conflict`; 400/422 -> `rejected`
+    404              -> bind by email (BIND_BY_EMAIL): the one customer with the user's email and
+                        no external id gets it, in one PATCH by Recur id; one bound to another
+                        external id -> `conflict`; else dead letter `not_found`
+    409 -> `conflict`; 400/422 -> `rejected`
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from sync_worker.breaker import Breaker, BreakerOpen, BreakerView
 from sync_worker.dlq import Reason, creation_record, failure_record, new_dead_letter_id
 from sync_worker.events import SYNCED_FIELDS
 from sync_worker.flow import FlowControl, Throttled
+from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.pending import Claim, PendingStore, Snapshot
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     BadRequest,
+    BoundElsewhere,
     Conflict,
     EndpointNotFound,
     Forbidden,
@@ -42,7 +47,7 @@ from sync_worker.recur.errors import (
     ValidationFailed,
     is_transient,
 )
-from sync_worker.recur.models import CustomerPatch
+from sync_worker.recur.models import Customer, CustomerPatch
 from sync_worker.recur.retry import (
     RetryAfterTooLong,
     call_with_quick_retries,
@@ -57,6 +62,7 @@ log = get_logger(__name__)
 DEAD_REASONS: dict[type[RecurStatusError], Reason] = {
     NotFound: "not_found",
     Conflict: "conflict",
+    BoundElsewhere: "conflict",
     BadRequest: "rejected",
     ValidationFailed: "rejected",
 }
@@ -101,9 +107,11 @@ class Syncer:
         client: RecurClient,
         stats: Stats,
         ops: OpsEmitter,
+        ledger: Ledger,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._ledger = ledger
         self._ops = ops
         self._pending = pending
         self._flow = flow
@@ -177,7 +185,12 @@ class Syncer:
         if not body:
             return None
         try:
-            self._send(claim, body, attempts=1 if probe else self._settings.retry_fast_attempts)
+            self._send(
+                claim,
+                snapshot,
+                body,
+                attempts=1 if probe else self._settings.retry_fast_attempts,
+            )
         except LeaseLost:
             return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
         except BreakerOpen as opened:
@@ -240,10 +253,68 @@ class Syncer:
             outcomes.append(self._report(outcome, started, snapshot))
         return outcomes
 
-    def _send(self, claim: Claim, body: dict[str, Any], *, attempts: int) -> None:
+    def _send(
+        self, claim: Claim, snapshot: Snapshot, body: dict[str, Any], *, attempts: int
+    ) -> None:
         patch = CustomerPatch.model_construct(**body)
         if "external_id" in body and body["external_id"] is None:
             patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
+        run = self._quick_caller(claim, attempts=attempts)
+        try:
+            run(lambda: self._client.update_customer_by_external_id(claim.user_id, patch))
+        except NotFound as missing:
+            if not self._bind_by_email(claim, snapshot, body, missing, run):
+                raise
+
+    def _bind_by_email(
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        body: dict[str, Any],
+        missing: NotFound,
+        run: Callable[[Callable[[], Any]], Any],
+    ) -> bool:
+        """After a 404 by external id: bind the user's customer found by email, if exactly one
+        customer has that email and it has no external id. True when it was bound and updated.
+
+        A change of external id is not a bind (the old id is what was missing). The email is
+        only looked up with, never sent: Recur does not let it change.
+        """
+        if not self._settings.bind_by_email or "external_id" in body:
+            return False
+        email = self._known_email(claim.user_id, snapshot)
+        if email is None:
+            return False
+        self._renew_or_stop(claim)
+        matches: list[Customer] = run(lambda: self._client.find_customers_by_email(email))
+        if len(matches) != 1:
+            log.info("bind_by_email_skipped", user_id=claim.user_id, matches=len(matches))
+            return False
+        (customer,) = matches
+        if customer.external_id is not None and customer.external_id != claim.user_id:
+            raise BoundElsewhere(missing, customer_id=customer.id, holder=customer.external_id)
+        bind = CustomerPatch.model_construct(**body, external_id=claim.user_id)
+        self._renew_or_stop(claim)
+        run(lambda: self._client.update_customer(customer.id, bind))
+        log.info("bound_by_email", user_id=claim.user_id, customer_id=customer.id)
+        self._stats.incr("bound_by_email_total")
+        return True
+
+    def _known_email(self, user_id: str, snapshot: Snapshot) -> str | None:
+        """The user's email from its pending change, else from what was last applied."""
+        pending = snapshot.fields.get("email")
+        if pending is not None and isinstance(pending.value, str):
+            return pending.value
+        entry = self._ledger.get(user_id)
+        applied = entry.fields.get("email") if entry is not None else None
+        return applied.value if applied is not None and isinstance(applied.value, str) else None
+
+    def _renew_or_stop(self, claim: Claim) -> None:
+        if not self._pending.renew(claim):
+            raise LeaseLost(claim.user_id)
+
+    def _quick_caller(self, claim: Claim, *, attempts: int) -> Callable[[Callable[[], Any]], Any]:
+        """`run(fn)`: `fn` under the quick retries, the lease renewed and failures counted."""
 
         def before_attempt(attempt: int) -> None:
             if attempt > 1 and not self._pending.renew(claim):
@@ -260,13 +331,16 @@ class Syncer:
                 if view.is_open:  # stop retrying into an outage: hand it back, uncounted
                     raise BreakerOpen(error, view)
 
-        call_with_quick_retries(
-            lambda: self._client.update_customer_by_external_id(claim.user_id, patch),
-            attempts=attempts,
-            max_seconds=self._settings.retry_fast_max_seconds,
-            before_attempt=before_attempt,
-            on_retry=on_retry,
-        )
+        def run(fn: Callable[[], Any]) -> Any:
+            return call_with_quick_retries(
+                fn,
+                attempts=attempts,
+                max_seconds=self._settings.retry_fast_max_seconds,
+                before_attempt=before_attempt,
+                on_retry=on_retry,
+            )
+
+        return run
 
     def _count_failure(self, error: BaseException | None) -> None:
         if isinstance(error, RecurStatusError):

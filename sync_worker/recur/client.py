@@ -35,6 +35,8 @@ from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings, api_root
 _Shape = TypeVar("_Shape")
 
 _LIST = "/v1/customers"
+EMAIL_MATCHES = 10
+"""How many customers an email lookup reads: one means bind, more means ambiguous."""
 _PAGING = TypeAdapter(ListingPaging)
 
 Throttle = Callable[[], None]
@@ -142,6 +144,21 @@ class RecurClient:
         path = _external_path(external_id)
         body = self._request("GET", path)
         return _parse(Customer.model_validate_json, body, "a Customer", "GET", path)
+
+    def update_customer(self, customer_id: str, patch: CustomerPatch) -> Customer:
+        """`PATCH /v1/customers/{id}` by Recur's own customer id (`cus_...`)."""
+        path = f"{_LIST}/{quote(customer_id, safe='')}"
+        body = self._request("PATCH", path, json=patch.body())
+        return _parse(Customer.model_validate_json, body, "a Customer", "PATCH", path)
+
+    def find_customers_by_email(self, email: str, *, limit: int = EMAIL_MATCHES) -> list[Customer]:
+        """`GET /v1/customers?email=`: the customers whose email is exactly `email`.
+
+        The filter is documented as exact; the answer is checked again here, so a looser match
+        upstream can never bind a stranger's customer.
+        """
+        page = self.list_customers(limit=limit, email=email)
+        return [customer for customer in page.data if customer.email == email]
 
     def list_customers(
         self,

@@ -7,6 +7,7 @@
         └── RecurStatusError             .status .code .message .request_id .body (trimmed)
             ├── BadRequest 400 · Unauthorized 401 · Forbidden 403
             ├── NotFound 404 · Conflict 409 · ValidationFailed 422
+            ├── BoundElsewhere 404 + the email's customer has another external id
             ├── EndpointNotFound 404 without Recur's envelope (wrong base URL)    transient
             ├── RequestTimeout 408                                               transient
             ├── RateLimited 429 .retry_after                                     transient
@@ -108,6 +109,27 @@ class RequestTimeout(RecurStatusError):
 
 class Conflict(RecurStatusError):
     """409 conflict: the external id is used by another customer."""
+
+
+class BoundElsewhere(RecurStatusError):
+    """404 by external id, and the one customer with the user's email is bound to another
+    external id (`holder`): binding it would steal it, so this is a conflict to resolve by hand."""
+
+    def __init__(self, missing: RecurStatusError, *, customer_id: str, holder: str) -> None:
+        super().__init__(
+            method=missing.method,
+            path=missing.path,
+            status=missing.status,
+            code="conflict",
+            message=(
+                f"no customer has this external id, and the customer with the user's email "
+                f"({customer_id}) is bound to external id {holder!r}: not rebound"
+            ),
+            request_id=missing.request_id,
+            body=missing.body,
+        )
+        self.customer_id = customer_id
+        self.holder = holder
 
 
 class ValidationFailed(RecurStatusError):

@@ -310,6 +310,37 @@ def test_paging_is_lazy() -> None:
     assert len(calls) == 2
 
 
+def test_find_customers_by_email_keeps_only_exact_matches() -> None:
+    seen: list[httpx.Request] = []
+    loose = {**CUSTOMER, "id": "cus_2", "email": "A@b.tw", "external_id": None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, json={"object": "list", "data": [CUSTOMER, loose], "has_more": False}
+        )
+
+    with mock_client(handler) as client:
+        found = client.find_customers_by_email("a@b.tw")
+    assert [customer.id for customer in found] == ["cus_1"]
+    assert seen[0].url.path == "/v1/customers"
+    assert seen[0].url.params["email"] == "a@b.tw"
+
+
+def test_update_customer_by_recur_id() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=CUSTOMER)
+
+    with mock_client(handler) as client:
+        updated = client.update_customer("cus_1", CustomerPatch(external_id="u1", name="x"))
+    assert updated.id == "cus_1"
+    assert (seen[0].method, seen[0].url.path) == ("PATCH", "/v1/customers/cus_1")
+    assert json.loads(seen[0].content) == {"external_id": "u1", "name": "x"}
+
+
 # Over real HTTP: the sandbox.
 
 

@@ -1,0 +1,159 @@
+"""Binding by email: a customer Recur Checkout made (no external id) is found by the user's email
+and bound in one PATCH by Recur id. Real web and worker processes, the sandbox over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from sync_worker import redis_keys as keys
+from tests.fixtures.stack import ADMIN_TOKEN, Stack, user_event, wait_for
+
+
+def settled(stack: Stack) -> bool:
+    client = stack.redis
+    return not client.zcard(keys.DUE) and not client.zcard(keys.INFLIGHT)
+
+
+def calls(stack: Stack) -> list[dict[str, Any]]:
+    return stack.sandbox.control.requests()  # type: ignore[return-value]
+
+
+def never_sends_email(stack: Stack) -> None:
+    for call in calls(stack):
+        assert "email" not in (call["body"] or {}), call
+
+
+def test_an_unbound_customer_with_the_users_email_is_bound_and_updated(stack: Stack) -> None:
+    checkout = stack.sandbox.control.create_customer("wang@b.tw", name="from checkout")
+    assert checkout["external_id"] is None
+    event = user_event(
+        "evt_1", "user_1", name="王大明", email="wang@b.tw", metadata={"plan": "pro"}
+    )
+    assert stack.post(event).status_code == 202
+
+    wait_for(lambda: stack.sandbox.control.customer_by_external_id("user_1"), timeout=30)
+    wait_for(lambda: settled(stack))
+    customer = stack.sandbox.control.customer(checkout["id"])
+    assert customer is not None
+    assert (customer["external_id"], customer["name"]) == ("user_1", "王大明")
+    first, lookup, bind = calls(stack)
+    assert (first["method"], first["path"], first["status"]) == (
+        "PATCH",
+        "/v1/customers/external/user_1",
+        404,
+    )
+    assert (lookup["method"], lookup["path"], lookup["query"]["email"]) == (
+        "GET",
+        "/v1/customers",
+        "wang@b.tw",
+    )
+    assert (bind["method"], bind["path"], bind["status"]) == (
+        "PATCH",
+        f"/v1/customers/{checkout['id']}",
+        200,
+    )
+    assert bind["body"] == {"name": "王大明", "metadata": {"plan": "pro"}, "external_id": "user_1"}
+    never_sends_email(stack)
+
+    # Recorded as applied: the ledger holds it, no dead letter, a log line and a counter.
+    ledger = stack.redis.hgetall(keys.ledger("user_1"))
+    assert json.loads(ledger["v:name"]) == "王大明"
+    assert json.loads(ledger["v:email"]) == "wang@b.tw"
+    assert stack.dead_letters() == []
+    assert stack.redis.hget(keys.STATS, "bound_by_email_total") == "1"
+    worker_log = next(p for p in stack.processes if p.name == "worker").log()
+    assert '"bound_by_email"' in worker_log
+    metrics = httpx.get(stack.web_url + "/metrics", timeout=10).text
+    assert "recur_sync_bound_by_email_total 1.0" in metrics
+
+    # From now on the user is found by its external id: no second lookup.
+    stack.sandbox.control.clear_requests()
+    stack.post(user_event("evt_2", "user_1", name="王小明"))
+    wait_for(lambda: [c["status"] for c in calls(stack)] == [200], timeout=30)
+    assert calls(stack)[0]["path"] == "/v1/customers/external/user_1"
+
+
+def test_the_email_known_from_the_ledger_is_used(stack: Stack) -> None:
+    created = stack.sandbox.control.create_customer("li@b.tw", name="old", external_id="user_2")
+    stack.post(user_event("evt_1", "user_2", name="first", email="li@b.tw"))
+    wait_for(lambda: stack.redis.hget(keys.ledger("user_2"), "v:email"), timeout=30)
+    wait_for(lambda: settled(stack))
+    # Someone unbinds the customer in Recur; the next event carries no email.
+    unbind = httpx.patch(
+        f"{stack.sandbox.api_url}/customers/{created['id']}",
+        json={"external_id": None},
+        headers={"Authorization": f"Bearer {stack.sandbox.secret_key}"},
+        timeout=10,
+    )
+    assert unbind.status_code == 200
+    stack.post(user_event("evt_2", "user_2", name="second"))
+    wait_for(
+        lambda: (
+            (stack.sandbox.control.customer_by_external_id("user_2") or {}).get("name") == "second"
+        ),
+        timeout=30,
+    )
+    lookups = [c for c in calls(stack) if c["method"] == "GET"]
+    assert [c["query"].get("email") for c in lookups] == ["li@b.tw"]
+    never_sends_email(stack)
+    assert stack.dead_letters() == []
+
+
+def test_a_customer_bound_to_another_id_is_a_conflict_naming_the_holder(stack: Stack) -> None:
+    stack.sandbox.control.create_customer("chen@b.tw", name="theirs", external_id="someone_else")
+    stack.post(user_event("evt_1", "user_3", name="mine", email="chen@b.tw"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "conflict"
+    assert letter["user_id"] == "user_3"
+    assert "someone_else" in letter["error_message"]
+    held = stack.sandbox.control.customer_by_external_id("someone_else")
+    assert held is not None
+    assert held["name"] == "theirs"
+    assert [c["method"] for c in calls(stack)] == ["PATCH", "GET"], "never rebound"
+
+
+def test_no_match_is_not_found(stack: Stack) -> None:
+    stack.sandbox.control.create_customer("other@b.tw", name="x")
+    stack.post(user_event("evt_1", "ghost", name="nobody", email="ghost@b.tw"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "not_found"
+    assert [(c["method"], c["status"]) for c in calls(stack)] == [("PATCH", 404), ("GET", 200)]
+
+
+def test_without_a_known_email_there_is_no_lookup(stack: Stack) -> None:
+    stack.sandbox.control.create_customer("anon@b.tw", name="x")
+    stack.post(user_event("evt_1", "anon", name="no email"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "not_found"
+    assert [c["method"] for c in calls(stack)] == ["PATCH"]
+
+
+def test_bind_by_email_off(stack: Stack) -> None:
+    stack.restart_worker(env={"BIND_BY_EMAIL": "false"}, name="nobind")
+    stack.sandbox.control.create_customer("off@b.tw", name="x")
+    stack.post(user_event("evt_1", "user_off", name="y", email="off@b.tw"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "not_found"
+    assert [c["method"] for c in calls(stack)] == ["PATCH"]
+
+
+def test_a_replayed_not_found_dead_letter_binds_by_email(stack: Stack) -> None:
+    stack.post(user_event("evt_1", "user_4", name="late", email="late@b.tw"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "not_found"
+    # The customer comes through Checkout afterwards; the operator replays.
+    checkout = stack.sandbox.control.create_customer("late@b.tw", name="from checkout")
+    replay = httpx.post(
+        f"{stack.web_url}/admin/api/dead-letters/{letter['id']}/replay",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert replay.status_code == 202, replay.text
+    wait_for(lambda: stack.sandbox.control.customer_by_external_id("user_4"), timeout=30)
+    wait_for(lambda: stack.dead_letters() == [] and settled(stack), timeout=30)
+    customer = stack.sandbox.control.customer(checkout["id"])
+    assert customer is not None
+    assert (customer["external_id"], customer["name"]) == ("user_4", "late")
