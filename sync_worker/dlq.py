@@ -27,6 +27,7 @@ from typing import Any, Literal, cast
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker import trace
 from sync_worker.events import SYNCED_FIELDS
 from sync_worker.pending import FieldState, PendingStore
 
@@ -170,9 +171,16 @@ class ReplayResult:
 class DeadLetterQueue:
     """List, inspect, replay, delete and trim dead letters."""
 
-    def __init__(self, client: redis.Redis, *, pending: PendingStore) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        pending: PendingStore,
+        trace_retention_seconds: float = trace.DEFAULT_RETENTION_SECONDS,
+    ) -> None:
         self._redis = client
         self._pending = pending
+        self._trace_retention = trace_retention_seconds
         self._edit = client.register_script(_EDIT)
 
     def ids(self) -> list[str]:
@@ -287,6 +295,16 @@ class DeadLetterQueue:
                 # (busy above) cannot leave a history entry for an edit that never went out.
                 self._record_edit(entry_id, entry.fields, change)
             outcome: Literal["replayed", "stale"] = "replayed" if merged else "stale"
+            edited = [c.get("field") for c in change.get("changes", [])] if change else []
+            trace.record(
+                self._redis,
+                entry.user_id,
+                "replay",
+                retention_seconds=self._trace_retention,
+                dead_letter_id=entry_id,
+                outcome=outcome,
+                edited=edited,
+            )
             return ReplayResult(
                 id=entry_id, outcome=outcome, user_id=entry.user_id, request=request
             )

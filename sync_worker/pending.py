@@ -13,6 +13,7 @@ Layout (keys in redis_keys.py):
   A user is in at most one of them.
 - `lease:{user}`: the token of the one claim allowed to send for that user.
 - `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
+- `trace:{user}` stream: the accept script adds each event's outcome to it (see trace.py).
 
 Every transition is one Lua script, so that a crash between two writes cannot leave a user
 half-moved, and two workers can never both hold a user. A field is merged only when its event
@@ -32,27 +33,47 @@ from typing import Any, cast
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker import trace
 from sync_worker.events import UserEvent
 
 EVENTS_KEPT = 100
 PENDING_EVENTS = keys.PREFIX + "pending-events:"
 
 _ACCEPT = """
--- KEYS: event_seen, pending, ledger, due, inflight, events
--- ARGV: event_id, user, now, window, max_wait, dedup_ttl, ts, events_kept, (field, value)...
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[6]) then return {0, 0} end
+-- KEYS: event_seen, pending, ledger, due, inflight, events, trace
+-- ARGV: event_id, user, now, window, max_wait, dedup_ttl, ts, events_kept,
+--       trace_max, trace_ttl, event_type, (field, value)...
+local names, merged = {}, {}
+-- The user's trace (trace.py) gets one `event` entry whatever the outcome.
+local function trace(outcome, due)
+  local d = {id = ARGV[1], type = ARGV[11], ts = tonumber(ARGV[7]), outcome = outcome, due = due}
+  -- cjson writes an empty table as {}: leave empty lists out instead.
+  if #names > 0 then d.fields = names end
+  if #merged > 0 then d.merged = merged end
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'k', 'event', 'd', cjson.encode(d))
+  redis.call('EXPIRE', KEYS[7], ARGV[10])
+end
+for i = 12, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[6]) then
+  trace('duplicate')
+  return {0, 0}
+end
 local ts = tonumber(ARGV[7])
 local changed = 0
-for i = 9, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   local f = ARGV[i]
   local applied = tonumber(redis.call('HGET', KEYS[3], 't:' .. f))
   local pending = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
   if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
     redis.call('HSET', KEYS[2], 'v:' .. f, ARGV[i + 1], 't:' .. f, ARGV[7], 'e:' .. f, ARGV[1])
+    merged[#merged + 1] = f
     changed = 1
   end
 end
-if changed == 0 then return {1, 0} end
+if changed == 0 then
+  trace('stale')
+  return {1, 0}
+end
 redis.call('RPUSH', KEYS[6], ARGV[1])
 redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
 local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
@@ -71,6 +92,7 @@ if not redis.call('ZSCORE', KEYS[5], ARGV[2]) then
     redis.call('ZADD', KEYS[4], due, ARGV[2])
   end
 end
+trace('merged', due)
 return {1, version}
 """
 
@@ -426,9 +448,11 @@ class PendingStore:
         max_wait_seconds: float,
         dedup_ttl_seconds: int,
         lease_seconds: float,
+        trace_retention_seconds: float = trace.DEFAULT_RETENTION_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
+        self._trace_ttl = int(trace_retention_seconds)
         self._window = window_seconds
         self._max_wait = max_wait_seconds
         self._dedup_ttl = dedup_ttl_seconds
@@ -457,6 +481,9 @@ class PendingStore:
             self._dedup_ttl,
             event.ts_ms,
             EVENTS_KEPT,
+            trace.MAX_ENTRIES,
+            self._trace_ttl,
+            event.type,
         ]
         for name, value in event.fields.items():
             args += [name, _dumps(value)]
@@ -467,6 +494,7 @@ class PendingStore:
             keys.DUE,
             keys.INFLIGHT,
             PENDING_EVENTS + user,
+            keys.trace(user),
         ]
         return script_keys, args
 

@@ -79,6 +79,13 @@ OPS_EVENT = PREFIX + "ops:event:"
 STATS = PREFIX + "stats"
 """hash counter name -> integer."""
 
+# Operator history (see trace.py and history.py).
+TRACE = PREFIX + "trace:"
+"""trace:{user_id} -> stream of what happened to that user (capped, expires); see trace.py."""
+
+HISTORY = PREFIX + "history:"
+"""history:{minute} -> hash of the counters of that minute (unix time // 60); expires after 25 h."""
+
 # Workers.
 WORKER_HEARTBEAT = PREFIX + "worker:"
 """worker:{hostname} -> JSON about a live worker; expires unless refreshed."""
@@ -149,6 +156,16 @@ def reconcile_scheduled(day: str) -> str:
 def ops_event(event_id: str) -> str:
     """The delivery hash of one operational webhook event."""
     return OPS_EVENT + event_id
+
+
+def trace(user_id: str) -> str:
+    """The trace stream of one user."""
+    return TRACE + user_id
+
+
+def history(minute: int) -> str:
+    """The counters of one minute (unix time // 60)."""
+    return HISTORY + str(minute)
 
 
 def worker_heartbeat(hostname: str) -> str:

@@ -21,6 +21,7 @@ from sync_worker.recur.errors import RecurError
 from sync_worker.settings import Settings
 from sync_worker.stats import Stats
 from sync_worker.sync import Syncer
+from sync_worker.trace import TraceLog
 
 log = get_logger(__name__)
 
@@ -46,8 +47,10 @@ class Runtime:
             max_wait_seconds=settings.debounce_max_wait_seconds,
             dedup_ttl_seconds=settings.event_dedup_ttl_seconds,
             lease_seconds=settings.lease_seconds,
+            trace_retention_seconds=settings.trace_retention_days * DAY,
         )
-        self.stats = Stats(self.redis)
+        self.trace = TraceLog(retention_seconds=settings.trace_retention_days * DAY)
+        self.stats = Stats(self.redis, trace=self.trace)
         self.ops = OpsEmitter(
             self.redis,
             enabled=settings.ops_webhook_url is not None,
@@ -61,7 +64,11 @@ class Runtime:
             notify=self.ops.emit,
         )
         self.ledger = Ledger(self.redis)
-        self.dlq = DeadLetterQueue(self.redis, pending=self.pending)
+        self.dlq = DeadLetterQueue(
+            self.redis,
+            pending=self.pending,
+            trace_retention_seconds=settings.trace_retention_days * DAY,
+        )
         self.breaker = Breaker(
             self.redis,
             window_seconds=settings.breaker_window_seconds,
@@ -96,6 +103,7 @@ class Runtime:
             stats=self.stats,
             ops=self.ops,
             ledger=self.ledger,
+            trace=self.trace,
         )
 
     def sweep(self) -> dict[str, int]:

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # Dead letters.
     dlq_retention_days: float = Field(default=30.0, gt=0)
 
+    # Per-user trace (trace.py): each user's history is kept this long after its last entry.
+    trace_retention_days: float = Field(default=7.0, gt=0)
+
     # Operational webhooks (ops_webhooks.py): off unless OPS_WEBHOOK_URL is set.
     ops_webhook_url: AnyHttpUrl | None = None
     ops_webhook_secret: SecretStr | None = None

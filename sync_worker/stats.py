@@ -7,16 +7,22 @@ in one pipeline per flush, so the hot paths pay one round trip per batch, not pe
 
 A field of `stats` is `name` or `name|label=value`; histogram buckets are
 `name_bucket|le=X`, with `name_sum` and `name_count`.
+
+The same pipeline carries this minute's share of the counters (history.py) and the per-user
+trace entries buffered since the last flush (trace.py): they cost no round trip of their own.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import redis
 
+from sync_worker import history
 from sync_worker import redis_keys as keys
+from sync_worker.trace import TraceLog
 
 LATENCY_BUCKETS = (0.5, 1, 2, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
 """Seconds from the first event of a change to its PATCH succeeding."""
@@ -32,8 +38,10 @@ def field_name(name: str, **labels: str) -> str:
 class Stats:
     """Buffered increments of shared counters."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, trace: TraceLog | None = None) -> None:
         self._redis = client
+        self.trace = trace if trace is not None else TraceLog()
+        """Per-user trace entries, sent with the counters."""
         self._lock = threading.Lock()
         self._buffer: Counter[str] = Counter()
         self._sums: dict[str, float] = {}
@@ -58,13 +66,16 @@ class Stats:
         with self._lock:
             counts, sums = self._buffer, self._sums
             self._buffer, self._sums = Counter(), {}
-        if not counts and not sums:
+        traced = self.trace.drain()
+        if not counts and not sums and not traced:
             return
         pipe = self._redis.pipeline(transaction=False)
         for key, amount in counts.items():
             pipe.hincrby(keys.STATS, key, amount)
         for key, total in sums.items():
             pipe.hincrbyfloat(keys.STATS, key, total)
+        history.add_counts(pipe, counts, now=time.time())
+        self.trace.write(pipe, traced)
         try:
             pipe.execute()
         except redis.RedisError:
@@ -72,6 +83,7 @@ class Stats:
                 self._buffer.update(counts)
                 for key, total in sums.items():
                     self._sums[key] = self._sums.get(key, 0.0) + total
+            self.trace.put_back(traced)
             raise
 
     def read(self) -> dict[str, float]:

@@ -56,6 +56,7 @@ from sync_worker.recur.retry import (
 )
 from sync_worker.settings import Settings
 from sync_worker.stats import Stats
+from sync_worker.trace import TraceLog, worker_name
 
 log = get_logger(__name__)
 
@@ -70,6 +71,8 @@ EVENT_IDS_LOGGED = 10
 DEFAULT_COOL_DOWN_SECONDS = 1.0
 HOLD_JITTER_SECONDS = 1.0
 """Spread of the due times of changes held by the breaker, so they do not all come due at once."""
+HELD_BY = {"held": "breaker", "paused": "pause", "throttled": "rate_limit"}
+"""Outcomes that sent nothing (or stopped sending), traced as `held` with what held them."""
 
 
 class LeaseLost(Exception):
@@ -108,10 +111,12 @@ class Syncer:
         stats: Stats,
         ops: OpsEmitter,
         ledger: Ledger,
+        trace: TraceLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._ledger = ledger
+        self._trace = trace
         self._ops = ops
         self._pending = pending
         self._flow = flow
@@ -144,6 +149,7 @@ class Syncer:
                     claim, delay=self._settings.auth_probe_interval_seconds, error=None
                 )
                 outcomes.append(SyncOutcome(claim.user_id, "paused"))
+                self._trace.add(claim.user_id, "held", by="pause")
                 continue
             started = self._clock()
             if held is not None:
@@ -239,10 +245,11 @@ class Syncer:
         for (claim, snapshot, started), state in zip(succeeded, states, strict=True):
             body = patch_body(snapshot)
             new_id = body.get("external_id")
-            if isinstance(new_id, str) and new_id != claim.user_id:
-                if self._pending.rebind(claim.user_id, new_id):
+            rebound = new_id if isinstance(new_id, str) and new_id != claim.user_id else None
+            if rebound is not None:
+                if self._pending.rebind(claim.user_id, rebound):
                     state = "done"
-                log.info("customer_rebound", user_id=claim.user_id, new_user_id=new_id)
+                log.info("customer_rebound", user_id=claim.user_id, new_user_id=rebound)
             if body:
                 self._stats.incr("syncs_applied_total")
                 self._stats.observe("sync_latency_seconds", now - snapshot.first_seen)
@@ -251,6 +258,9 @@ class Syncer:
             else:
                 outcome = SyncOutcome(claim.user_id, "recorded")
             outcomes.append(self._report(outcome, started, snapshot))
+            if rebound is not None:  # traced after the PATCH that made it
+                self._trace.add(claim.user_id, "rebound", to=rebound)
+                self._trace.add(rebound, "rebound", **{"from": claim.user_id})
         return outcomes
 
     def _send(
@@ -289,6 +299,7 @@ class Syncer:
         matches: list[Customer] = run(lambda: self._client.find_customers_by_email(email))
         if len(matches) != 1:
             log.info("bind_by_email_skipped", user_id=claim.user_id, matches=len(matches))
+            self._trace.add(claim.user_id, "bind_by_email_skipped", matches=len(matches))
             return False
         (customer,) = matches
         if customer.external_id is not None and customer.external_id != claim.user_id:
@@ -297,6 +308,7 @@ class Syncer:
         self._renew_or_stop(claim)
         run(lambda: self._client.update_customer(customer.id, bind))
         log.info("bound_by_email", user_id=claim.user_id, customer_id=customer.id)
+        self._trace.add(claim.user_id, "bound_by_email", customer_id=customer.id)
         self._stats.incr("bound_by_email_total")
         return True
 
@@ -323,6 +335,13 @@ class Syncer:
         def on_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
             self._count_failure(error)
+            self._trace.add(
+                claim.user_id,
+                "attempt",
+                result="quick_retry",
+                worker=worker_name(),
+                **(_error_info(error) if error is not None else {}),
+            )
             self._stats.incr("sync_retries_total", kind="quick")
             if isinstance(error, RateLimited):
                 self._flow.cool_down(error.retry_after or DEFAULT_COOL_DOWN_SECONDS)
@@ -537,6 +556,7 @@ class Syncer:
         level = "info" if error is None else "warning"
         if outcome.result not in ("lost", "empty"):
             getattr(log, level)("sync_outcome", **fields)
+            self._trace_outcome(outcome, fields, snapshot, error)
         return SyncOutcome(
             user_id=outcome.user_id,
             result=outcome.result,
@@ -546,6 +566,38 @@ class Syncer:
             next_retry_in=outcome.next_retry_in,
             dead_letter_id=outcome.dead_letter_id,
         )
+
+    def _trace_outcome(
+        self,
+        outcome: SyncOutcome,
+        logged: dict[str, Any],
+        snapshot: Snapshot | None,
+        error: BaseException | None,
+    ) -> None:
+        """The user's trace entry of an outcome: what was sent, by whom, and Recur's answer."""
+        details: dict[str, Any] = {
+            "result": outcome.result,
+            "worker": worker_name(),
+            "latency_ms": logged["latency_ms"],
+        }
+        if snapshot is not None:
+            details["fields"] = sorted(patch_body(snapshot))
+            details["event_ids"] = logged["event_ids"]
+        if outcome.attempts:
+            details["attempts"] = outcome.attempts
+        if outcome.status is not None:
+            details["status"] = outcome.status
+        if error is not None:
+            details.update(_error_info(error))
+        if outcome.next_retry_in is not None:
+            details["retry_at"] = round(self._clock() + outcome.next_retry_in, 3)
+        if outcome.dead_letter_id:
+            details["dead_letter_id"] = outcome.dead_letter_id
+            details["reason"] = logged.get("reason")
+        held_by = HELD_BY.get(outcome.result)
+        if held_by is not None:
+            details["by"] = held_by
+        self._trace.add(outcome.user_id, "held" if held_by else "attempt", **details)
 
 
 def _refused(outcome: SyncOutcome) -> bool:

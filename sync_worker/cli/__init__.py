@@ -17,6 +17,7 @@ from sync_worker.cli.sandbox import sandbox
 from sync_worker.cli.send_event import send_test_event
 from sync_worker.cli.services import beat, web, worker
 from sync_worker.cli.status import resume, status
+from sync_worker.cli.trace import trace
 from sync_worker.settings import ConfigError
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(dlq.app, name="dlq")
 app.command("status")(status)
 app.command("resume")(resume)
 app.command("reconcile")(reconcile)
+app.command("trace")(trace)
 app.add_typer(ledger.app, name="ledger")
 
 

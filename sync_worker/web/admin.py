@@ -11,6 +11,8 @@ thread pool so the event loop keeps serving webhooks meanwhile.
     POST   /admin/api/dead-letters/replay        {"reason"?, "user_id"?, "all"?, "dry_run"?}
     DELETE /admin/api/dead-letters/{id}
     GET    /admin/api/status
+    GET    /admin/api/users/{user_id}            ?recur=true adds the customer as Recur has it
+    GET    /admin/api/history                    ?minutes= (1..1440): per-minute series
     POST   /admin/api/resume
 """
 
@@ -25,11 +27,13 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from sync_worker import history
 from sync_worker.logging import get_logger
 from sync_worker.replay_edit import EditError, FieldEdits, build_edit
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError
 from sync_worker.status import gather_status
+from sync_worker.timeline import gather
 from sync_worker.triage import triage
 from sync_worker.web.auth import AdminError, admin_error_handler, require_bearer
 from sync_worker.web.state import web_state
@@ -191,3 +195,33 @@ def resume(request: Request) -> dict[str, Any]:
     if resumed:
         log.info("sync_resumed", why="an operator resumed it", source="api")
     return {"resumed": resumed}
+
+
+@router.get("/users/{user_id}")
+def user_trace(request: Request, user_id: str, recur: bool = False) -> dict[str, Any]:
+    """What happened to one user (the same as `sync-worker trace USER_ID --json [--recur]`)."""
+    runtime = _runtime(request)
+    client, unavailable = None, ""
+    if recur:
+        try:
+            client = runtime.recur
+        except ConfigError as error:
+            unavailable = f"not fetched from Recur: {error}"
+    found = gather(
+        runtime.redis,
+        user_id,
+        ledger=runtime.ledger,
+        dlq=runtime.dlq,
+        recur=client,
+        recur_unavailable=unavailable,
+        fetch_recur=recur,
+    )
+    return found.to_dict()
+
+
+@router.get("/history")
+def history_series(
+    request: Request, minutes: Annotated[int, Query(ge=1, le=history.MAX_MINUTES)] = 60
+) -> dict[str, Any]:
+    """Per-minute series of the last `minutes` minutes (24 h at most), oldest first."""
+    return history.read(_runtime(request).redis, minutes=minutes).to_dict()
