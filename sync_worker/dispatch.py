@@ -5,9 +5,10 @@ never share a user) and publishes them in batches as `sync_batch` tasks: one Cel
 batch, not per event, which is what lets one worker keep up with thousands of users a second.
 It claims only as much as the queue has room for, so claimed users do not sit behind a backlog
 while their leases run out. Every `sweep_interval` it also sweeps lapsed claims and writes a
-heartbeat; while the sync is paused for auth, it probes Recur instead. While the circuit breaker
-is open it claims nothing; once its cool-down is over, the dispatcher that takes the probe lock
-sends one due user's PATCH itself, as the probe (breaker.py).
+heartbeat, and samples the gauges of the dashboard's history (history.py); while the sync is
+paused for auth, it probes Recur instead. While the circuit breaker is open it claims nothing;
+once its cool-down is over, the dispatcher that takes the probe lock sends one due user's PATCH
+itself, as the probe (breaker.py).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from collections.abc import Callable
 
 import redis
 
+from sync_worker import history
 from sync_worker import redis_keys as keys
 from sync_worker.breaker import Gate
 from sync_worker.logging import get_logger
 from sync_worker.pending import Claim
 from sync_worker.runtime import Runtime
+from sync_worker.status import retrying_users
 
 log = get_logger(__name__)
 
@@ -61,6 +64,7 @@ class Dispatcher:
             self._next_heartbeat = now + HEARTBEAT_SECONDS
         if now >= self._next_sweep:
             self._runtime.sweep()
+            self._sample_history()
             self._next_sweep = now + settings.sweep_interval_seconds
         if self._runtime.flow.paused() is not None:
             if now >= self._next_probe:
@@ -123,6 +127,20 @@ class Dispatcher:
                 continue
             if not claimed:
                 stop.wait(interval)
+
+    def _sample_history(self) -> None:
+        """This minute's gauges for the dashboard's charts (history.py), at each sweep."""
+        runtime = self._runtime
+        depths = runtime.pending.depths()
+        gauges = {
+            "due_now": depths["due_now"],
+            "pending": depths["pending"],
+            "inflight": depths["inflight"],
+            "retrying": retrying_users(runtime.redis),
+            "breaker": history.BREAKER_LEVELS.get(runtime.breaker.view().state, 0),
+            "paused": int(runtime.flow.paused() is not None),
+        }
+        history.write_gauges(runtime.redis, gauges, now=time.time())
 
     def _heartbeat(self) -> None:
         record = {
