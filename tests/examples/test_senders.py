@@ -72,6 +72,17 @@ def test_python_sender_rebinds(stack: Stack) -> None:
     assert stack.sandbox.control.customer_by_external_id("new_9") is not None
 
 
+def test_python_sender_unbinds(stack: Stack) -> None:
+    customer = stack.sandbox.control.create_customer("u@example.tw", external_id="gone_1")
+    result = run_python(stack, "gone_1", "--unbind")
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: patches(stack, "gone_1"))
+    assert patches(stack, "gone_1") == [{"external_id": None}]
+    unbound = stack.sandbox.control.customer(customer["id"])
+    assert unbound is not None
+    assert unbound["external_id"] is None
+
+
 def test_python_sender_stops_on_a_422_naming_the_field(stack: Stack) -> None:
     result = run_python(stack, "user 1", "--name", "x")
     assert result.returncode == 1

@@ -126,6 +126,15 @@ def test_type_external_id_changed_rebinds(web_stack: Stack) -> None:
     assert json.loads(stored["v:external_id"]) == "new_1"
 
 
+def test_unbind_sends_a_null_new_user_id(web_stack: Stack) -> None:
+    result = send(web_stack, "--type", "user.external_id_changed", "--user", "old_2", "--unbind")
+    assert result.returncode == 0, result.stdout + result.stderr
+    body = next(line for line in result.stdout.splitlines() if line.startswith("> {"))
+    assert json.loads(body.removeprefix("> "))["data"] == {"user_id": "old_2", "new_user_id": None}
+    stored = web_stack.redis.hgetall(keys.pending("old_2"))
+    assert json.loads(stored["v:external_id"]) is None
+
+
 def test_a_wrong_secret_shows_the_401_and_fails(web_stack: Stack) -> None:
     other = "whsec_" + "b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzISEhISEhISE="
     result = subprocess.run(
