@@ -4,15 +4,23 @@ Each tick it claims users whose debounce or retry time has come (an atomic claim
 never share a user) and publishes them in batches as `sync_batch` tasks: one Celery message per
 batch, not per event, which is what lets one worker keep up with thousands of users a second.
 It claims only as much as the queue has room for, so claimed users do not sit behind a backlog
-while their leases run out. Every `sweep_interval` it also sweeps lapsed claims and writes a
-heartbeat, and samples the gauges of the dashboard's history (history.py); while the sync is
-paused for auth, it probes Recur instead. While the circuit breaker is open it claims nothing;
-once its cool-down is over, the dispatcher that takes the probe lock sends one due user's PATCH
-itself, as the probe (breaker.py).
+while their leases run out. Every `sweep_interval` it also sweeps lapsed claims and samples the
+gauges of the dashboard's history (history.py); while the sync is paused for auth, it probes
+Recur instead. While the circuit breaker is open it claims nothing; once its cool-down is over,
+the dispatcher that takes the probe lock sends one due user's PATCH itself, as the probe
+(breaker.py).
+
+No exception ends the thread: a failed round (Redis down, kombu's `OperationalError` once the
+publish retries are spent, `Throttled` from the auth probe, a bug) is logged with its type,
+counted (`dispatcher_errors_total`), and the next round waits a little longer, capped. Every
+`HEARTBEAT_SECONDS` it writes a heartbeat saying when its last round succeeded, so a dispatcher
+that loops but gets nothing done shows as stalled (status.py, `/readyz`, `/metrics`), instead of
+a worker that looks alive while intake keeps answering 202.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -32,6 +40,7 @@ from sync_worker.status import retrying_users
 log = get_logger(__name__)
 
 HEARTBEAT_SECONDS = 10
+ERROR_BACKOFF_MAX_SECONDS = 5.0
 QUEUED_BATCHES_PER_SLOT = 2
 PROBE_CANDIDATES = 10
 
@@ -54,14 +63,21 @@ class Dispatcher:
         self._next_sweep = 0.0
         self._next_probe = 0.0
         self._next_heartbeat = 0.0
+        # Often enough that a reader sees a stall soon after DISPATCHER_STALL_SECONDS.
+        self._heartbeat_every = min(
+            HEARTBEAT_SECONDS, runtime.settings.dispatcher_stall_seconds / 3
+        )
+        self.last_loop_at = time.time()
+        """Unix time the last round ended without an exception (start-up counts as one)."""
+        self.failures = 0
+        """Rounds failed in a row."""
+        self.last_error: str | None = None
+        """The exception type of the last failed round, until a round succeeds."""
 
     def tick(self) -> int:
         """One round: housekeeping, then claim and publish; returns how many users it claimed."""
         settings = self._runtime.settings
         now = time.monotonic()
-        if now >= self._next_heartbeat:
-            self._heartbeat()
-            self._next_heartbeat = now + HEARTBEAT_SECONDS
         if now >= self._next_sweep:
             self._runtime.sweep()
             self._sample_history()
@@ -87,8 +103,19 @@ class Dispatcher:
             1, min(settings.sync_batch_size, math.ceil(len(claims) / settings.worker_concurrency))
         )
         for start in range(0, len(claims), size):
-            self._publish(claims[start : start + size])
+            try:
+                self._publish(claims[start : start + size])
+            except Exception:
+                self._hand_back(claims[start:])
+                raise
         return len(claims)
+
+    def _hand_back(self, claims: list[Claim]) -> None:
+        """Offer claims that could not be published again now, rather than after their lease
+        lapses; where Redis itself failed, the lease lapsing is what brings them back."""
+        for claim in claims:
+            with contextlib.suppress(Exception):
+                self._runtime.pending.hand_back(claim, delay=0, error=None)
 
     def _probe(self, gate: Gate) -> int:
         """Send one due user's change as the half-open probe, here rather than through the
@@ -112,21 +139,15 @@ class Dispatcher:
             self._runtime.breaker.release_probe(gate)
 
     def run(self, stop: threading.Event) -> None:
-        """Tick until `stop` is set; a Redis outage is logged and waited out, never fatal."""
-        interval = self._runtime.settings.dispatch_interval_seconds
-        failures = 0
+        """Tick until `stop` is set. A failed round is logged, counted and retried after a
+        capped backoff: nothing but `stop` ends this loop."""
         while not stop.is_set():
-            try:
-                claimed = self.tick()
-                failures = 0
-            except (redis.RedisError, OSError) as error:
-                failures += 1
-                if failures == 1 or failures % 50 == 0:
-                    log.warning("dispatcher_error", error=str(error), failures=failures)
-                stop.wait(min(5.0, interval * 2**failures))
-                continue
-            if not claimed:
-                stop.wait(interval)
+            claimed = self.run_once()
+            self.beat()
+            if self.failures:
+                stop.wait(self.backoff())
+            elif not claimed:
+                stop.wait(self._runtime.settings.dispatch_interval_seconds)
 
     def _sample_history(self) -> None:
         """This minute's gauges for the dashboard's charts (history.py), at each sweep."""
@@ -142,13 +163,67 @@ class Dispatcher:
         }
         history.write_gauges(runtime.redis, gauges, now=time.time())
 
-    def _heartbeat(self) -> None:
-        record = {
+    def run_once(self) -> int:
+        """One round that never raises: users claimed, or 0 when the round failed."""
+        try:
+            claimed = self.tick()
+        except Exception as error:  # noqa: BLE001 - whatever it is, the dispatcher must go on
+            self._failed(error)
+            return 0
+        self.failures = 0
+        self.last_error = None
+        self.last_loop_at = time.time()
+        return claimed
+
+    def backoff(self) -> float:
+        """Seconds to wait after `failures` failed rounds: doubling from the dispatch interval,
+        capped at ERROR_BACKOFF_MAX_SECONDS so a recovered Redis or broker is used again soon."""
+        interval = self._runtime.settings.dispatch_interval_seconds
+        return float(min(ERROR_BACKOFF_MAX_SECONDS, interval * 2 ** min(self.failures, 32)))
+
+    def _failed(self, error: Exception) -> None:
+        self.failures += 1
+        self.last_error = type(error).__name__
+        stats = self._runtime.stats
+        stats.incr("dispatcher_errors_total", type=self.last_error)
+        # One line for the first failure and then one every 50, so an outage cannot flood the log.
+        if self.failures == 1 or self.failures % 50 == 0:
+            log.warning(
+                "dispatcher_error",
+                error_type=self.last_error,
+                error=str(error)[:500],
+                failures=self.failures,
+                stalled_seconds=round(time.time() - self.last_loop_at, 1),
+                exc_info=self.failures == 1 and not isinstance(error, redis.RedisError | OSError),
+            )
+        with contextlib.suppress(Exception):  # Redis may be what failed: kept for the next flush
+            stats.flush()
+
+    def beat(self) -> None:
+        """Write the heartbeat when it is due (every HEARTBEAT_SECONDS, or a third of
+        DISPATCHER_STALL_SECONDS if that is shorter), even after a failed round:
+        it carries the time of the last successful one, which is how a stall is seen."""
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        try:
+            self._runtime.redis.set(
+                keys.worker_heartbeat(self._hostname),
+                json.dumps(self.heartbeat_record()),
+                ex=HEARTBEAT_SECONDS * 3,
+            )
+        except (redis.RedisError, OSError):
+            return  # Redis is down: the key expires and the worker drops out of `status`
+        self._next_heartbeat = now + self._heartbeat_every
+
+    def heartbeat_record(self) -> dict[str, object]:
+        """What the heartbeat says: who, when, and how the dispatcher is doing."""
+        return {
             "hostname": self._hostname,
             "at": time.time(),
             "concurrency": self._runtime.settings.worker_concurrency,
             "mode": self._runtime.settings.mode_label,
+            "loop_at": self.last_loop_at,
+            "failures": self.failures,
+            "last_error": self.last_error,
         }
-        self._runtime.redis.set(
-            keys.worker_heartbeat(self._hostname), json.dumps(record), ex=HEARTBEAT_SECONDS * 3
-        )

@@ -60,11 +60,17 @@ class StatusSnapshot:
         """Dead letters of every reason."""
         return sum(self.dead_letters.values())
 
+    @property
+    def stalled_workers(self) -> list[str]:
+        """Live workers whose dispatcher has not finished a round for DISPATCHER_STALL_SECONDS."""
+        return [str(w.get("hostname")) for w in self.workers if w.get("stalled")]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (`status --json`, the admin API)."""
         data = asdict(self)
         data["dead_letters_total"] = self.dead_letters_total
         data["workers_alive"] = len(self.workers)
+        data["workers_stalled"] = self.stalled_workers
         return data
 
 
@@ -109,8 +115,24 @@ def retrying_users(client: redis.Redis) -> int:
         start += _RETRY_SLICE
 
 
-def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
-    """The workers whose dispatcher wrote a heartbeat recently (the keys expire otherwise)."""
+def worker_view(record: dict[str, Any], now: float, stall_seconds: float) -> dict[str, Any]:
+    """A heartbeat record with its ages: `seen_seconds_ago` (the heartbeat), and
+    `dispatcher_seconds_ago` (its dispatcher's last successful round), `stalled` past the
+    threshold. A record without `loop_at` (a worker of an older version) counts its heartbeat."""
+    seen = max(0.0, now - float(record.get("at", now)))
+    loop = max(0.0, now - float(record.get("loop_at", record.get("at", now))))
+    return {
+        **record,
+        "seen_seconds_ago": round(seen, 1),
+        "dispatcher_seconds_ago": round(loop, 1),
+        "stalled": loop > stall_seconds,
+    }
+
+
+def live_workers(client: redis.Redis, *, stall_seconds: float = 60.0) -> list[dict[str, Any]]:
+    """The workers whose dispatcher wrote a heartbeat recently (the keys expire otherwise),
+    each marked `stalled` when its dispatcher's last successful round is older than
+    `stall_seconds` (DISPATCHER_STALL_SECONDS)."""
     names = sorted(
         _text(k) for k in client.scan_iter(match=keys.WORKER_HEARTBEAT + "*", count=_SCAN_BATCH)
     )
@@ -121,9 +143,7 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     for raw in cast(list[bytes | None], client.mget(names)):
         if raw is None:
             continue  # expired between the scan and the read
-        record = cast(dict[str, Any], json.loads(raw))
-        record["seen_seconds_ago"] = round(max(0.0, now - float(record.get("at", now))), 1)
-        workers.append(record)
+        workers.append(worker_view(cast(dict[str, Any], json.loads(raw)), now, stall_seconds))
     return workers
 
 
@@ -169,7 +189,7 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
     """Read every number of the status snapshot from Redis."""
     client = runtime.redis
     depths = runtime.pending.depths()
-    workers = live_workers(client)
+    workers = live_workers(client, stall_seconds=runtime.settings.dispatcher_stall_seconds)
     return StatusSnapshot(
         mode=sync_mode(runtime.settings.mode_label, workers),
         queues=queue_depths(client),

@@ -40,6 +40,15 @@ def _culprit(paused: dict[str, Any]) -> str:
     return "RECUR_API_URL" if paused.get("reason") == "endpoint_not_found" else "RECUR_SECRET_KEY"
 
 
+def _worker_line(worker: dict[str, Any]) -> str:
+    line = f"{worker.get('hostname')} ({worker['seen_seconds_ago']} s ago)"
+    if worker.get("stalled"):
+        error = worker.get("last_error") or "no round finished"
+        age = format_age(float(worker.get("dispatcher_seconds_ago", 0)))
+        line += f" [bold red]dispatcher stalled {age} ({error})[/]"
+    return line
+
+
 def _print(out: Console, snapshot: StatusSnapshot) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -71,11 +80,16 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
     by_reason = ", ".join(f"{reason} {n}" for reason, n in snapshot.dead_letters.items())
     style = "red" if snapshot.dead_letters_total else "green"
     grid.add_row("dead letters", f"[{style}]{snapshot.dead_letters_total}[/] ({by_reason})")
-    workers = ", ".join(
-        f"{w.get('hostname')} ({w['seen_seconds_ago']} s ago)" for w in snapshot.workers
-    )
+    workers = ", ".join(_worker_line(w) for w in snapshot.workers)
     alive = f"{len(snapshot.workers)}" + (f": {workers}" if workers else "")
     grid.add_row("workers alive", alive if snapshot.workers else "[bold red]0[/]")
+    if snapshot.stalled_workers:
+        grid.add_row(
+            "dispatchers",
+            f"[bold red]{len(snapshot.stalled_workers)} STALLED[/] "
+            f"({', '.join(snapshot.stalled_workers)}): their workers claim nothing; read their "
+            "`dispatcher_error` log lines, restart them if it goes on",
+        )
     grid.add_row("last reconciliation", _report_line(snapshot.last_reconciliation))
     out.print(grid)
 

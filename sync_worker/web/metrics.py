@@ -56,6 +56,7 @@ COUNTERS: dict[str, str] = {
     "sync_paused_total": "Times the sync paused on 401/403.",
     "breaker_transitions_total": "Circuit breaker transitions, by the state entered.",
     "ops_webhooks_total": "Operational webhooks, by outcome (delivered, retried, gave_up, ...).",
+    "dispatcher_errors_total": "Dispatcher rounds that failed, by exception type.",
 }
 HISTOGRAM_HELP = {
     "sync_latency_seconds": "Seconds from the first event of a change to Recur applying it.",
@@ -145,6 +146,7 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
     yield _gauge("paused", "1 while the sync is paused on 401/403.", float(bool(snapshot.paused)))
     yield _gauge("cooldown_seconds", "Seconds left of a 429 cool-down.", snapshot.cooldown_seconds)
     yield _gauge("workers_alive", "Workers with a recent heartbeat.", len(snapshot.workers))
+    yield from dispatcher_families(snapshot)
     yield _gauge(
         "oldest_due_age_seconds",
         "Seconds the most overdue pending user has waited past its due time.",
@@ -159,6 +161,24 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
             "Events accepted per PATCH applied: how much the debounce saves.",
             values.get("events_accepted_total", 0.0) / applied,
         )
+
+
+def dispatcher_families(snapshot: StatusSnapshot) -> Iterator[Metric]:
+    """Each live worker's dispatcher: how long since its last successful round, and how many
+    are stalled (past DISPATCHER_STALL_SECONDS)."""
+    yield _gauge(
+        "dispatcher_stalled_workers",
+        "Live workers whose dispatcher has not finished a round for DISPATCHER_STALL_SECONDS.",
+        len(snapshot.stalled_workers),
+    )
+    ages = GaugeMetricFamily(
+        PREFIX + "dispatcher_last_loop_age_seconds",
+        "Seconds since a live worker's dispatcher last finished a round.",
+        labels=["worker"],
+    )
+    for worker in snapshot.workers:
+        ages.add_metric([str(worker.get("hostname"))], float(worker["dispatcher_seconds_ago"]))
+    yield ages
 
 
 def breaker_families(snapshot: StatusSnapshot) -> Iterator[Metric]:

@@ -98,3 +98,20 @@ def test_mode_is_what_the_workers_hold_when_the_caller_has_no_key() -> None:
     assert sync_mode("unset", [{"mode": "test"}]) == "test"
     assert sync_mode("live", []) == "live"
     assert sync_mode("unset", [{"mode": "live"}, {"mode": "test"}]) == "mixed: live, test"
+
+
+def test_a_worker_whose_dispatcher_stopped_getting_rounds_done_is_stalled(
+    runtime: Runtime,
+) -> None:
+    now = time.time()
+    heartbeats = {
+        "w1@host": {"hostname": "w1@host", "at": now, "loop_at": now - 600, "failures": 4000},
+        "w2@host": {"hostname": "w2@host", "at": now, "loop_at": now - 1},
+        "w3@host": {"hostname": "w3@host", "at": now},  # an older worker: no loop_at yet
+    }
+    for name, record in heartbeats.items():
+        runtime.redis.set(keys.worker_heartbeat(name), json.dumps(record))
+    snapshot = gather_status(runtime)
+    assert snapshot.stalled_workers == ["w1@host"]
+    assert snapshot.to_dict()["workers_stalled"] == ["w1@host"]
+    assert [w["dispatcher_seconds_ago"] >= 600 for w in snapshot.workers] == [True, False, False]
