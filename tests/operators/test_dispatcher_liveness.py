@@ -140,7 +140,7 @@ def test_a_stalled_dispatcher_is_visible_and_recovers(runtime: Runtime, web: htt
         assert worker["hostname"] == HOST
         assert worker["last_error"] == "OperationalError"
         assert worker["failures"] >= 1
-        assert worker["dispatcher_seconds_ago"] > float(STALL_SECONDS)
+        assert worker["dispatcher_seconds_ago"] >= float(STALL_SECONDS)  # rounded to 0.1 s
 
         as_json = json.loads(CliRunner().invoke(app, ["status", "--json"]).stdout)
         assert as_json["workers_alive"] == 1
