@@ -8,9 +8,10 @@ but is never sent: Recur does not let it change.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -162,15 +163,55 @@ def _errors(error: ValidationError, prefix: str = "") -> list[dict[str, str]]:
     return found
 
 
-def _ts_ms(moment: datetime) -> int:
+def _ts_ms(moment: datetime, *, now: float, max_future_seconds: int) -> int:
+    # A naive time names a different instant in every time zone, so it cannot order fields.
+    # A time far ahead would win every merge until then: that user's real events would all be
+    # "stale" (frozen). The signature's tolerance is the clock skew we already accept.
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        raise EventValidationError(
+            [{"field": "timestamp", "message": "must include a time zone, e.g. Z or +08:00"}]
+        )
+    seconds = moment.timestamp()
+    if seconds > now + max_future_seconds:
+        raise EventValidationError(
+            [
+                {
+                    "field": "timestamp",
+                    "message": f"is more than {max_future_seconds} s ahead of the server's clock",
+                }
+            ]
+        )
+    return int(seconds * 1000)
 
 
 def _not_json(constant: str) -> Any:
     # Python's json reads NaN and Infinity; they are not JSON, and httpx refuses to send them.
     raise json.JSONDecodeError(f"{constant} is not a JSON value", constant, 0)
+
+
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 reads as inf, which no JSON encoder (nor Recur) can send back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberOutOfRange(text)
+    return value
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_not_json, parse_float=_finite_float)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise  # not JSON at all
+    except ValueError:
+        # An integer past Python's digit limit (sys.get_int_max_str_digits) or a float past
+        # the double range: valid JSON syntax, but no value we could store or send.
+        raise EventValidationError(
+            [{"field": "body", "message": "holds a number too large to represent"}]
+        ) from None
 
 
 def _require_unicode(payload: dict[str, Any]) -> None:
@@ -184,14 +225,20 @@ def _require_unicode(payload: dict[str, Any]) -> None:
         ) from None
 
 
-def parse_event(body: bytes, *, webhook_id: str, webhook_timestamp: int) -> UserEvent:
-    """Validate a body in either form; raise `json.JSONDecodeError` or `EventValidationError`."""
-    payload = json.loads(body, parse_constant=_not_json)
+def parse_event(
+    body: bytes, *, webhook_id: str, webhook_timestamp: int, now: float, max_future_seconds: int
+) -> UserEvent:
+    """Validate a body in either form; raise `json.JSONDecodeError` or `EventValidationError`.
+
+    An envelope's `timestamp` must carry a time zone and be at most `max_future_seconds` ahead
+    of `now` (the server's clock, epoch seconds).
+    """
+    payload = _load_json(body)
     if not isinstance(payload, dict):
         raise EventValidationError([{"field": "body", "message": "must be a JSON object"}])
     _require_unicode(payload)
     if "type" in payload or "data" in payload:
-        return _from_envelope(payload)
+        return _from_envelope(payload, now=now, max_future_seconds=max_future_seconds)
     try:
         bare = _BareUser.model_validate(payload)
         changes = bare.changes()
@@ -208,12 +255,12 @@ def parse_event(body: bytes, *, webhook_id: str, webhook_timestamp: int) -> User
     )
 
 
-def _from_envelope(payload: dict[str, Any]) -> UserEvent:
+def _from_envelope(payload: dict[str, Any], *, now: float, max_future_seconds: int) -> UserEvent:
     try:
         envelope = _Envelope.model_validate(payload)
     except ValidationError as error:
         raise EventValidationError(_errors(error)) from None
-    ts_ms = _ts_ms(envelope.timestamp)
+    ts_ms = _ts_ms(envelope.timestamp, now=now, max_future_seconds=max_future_seconds)
     try:
         if envelope.type == EXTERNAL_ID_CHANGED:
             rebind = _Rebind.model_validate(envelope.data)

@@ -67,7 +67,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            # Extras first: uvicorn's `color_message` extra must reach `_redact_event`, which drops
+            # it (after it, the raw escape codes would be printed on every start line).
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )

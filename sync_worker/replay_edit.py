@@ -11,10 +11,12 @@ What may be edited, as `PATH=VALUE` (a string) or `PATH:=JSON` (any JSON value):
 and `unset_external_id` drops an external-id change from the queued change, so the replay sends
 no rebind (the fix for a `conflict`). `email` cannot be edited: Recur does not let it change.
 
-An edited field gets the event time *now*: the operator's edit is the newest intent, so it wins
-over the stale queued value and over anything older that arrives later, and still loses to an
-event newer than the edit. Edited values are validated as intake validates events. The entry
-keeps each edit in its history: who, when, and every field's value before and after.
+An edited field gets the event time *now* (or just past the newest time already stored for that
+field, when an event stamped slightly ahead of our clock is there): the operator's edit is the
+newest intent, so it wins over the stale queued value and over anything older that arrives later,
+and still loses to an event newer than the edit. Edited values are validated as intake validates
+events. The entry keeps each edit in its history: who, when, and every field's value before and
+after.
 """
 
 from __future__ import annotations
@@ -124,12 +126,22 @@ def build_edit(
 
     def edit(entry: DeadLetter) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         now = clock()
-        stamp = int(now * 1000)
         fields = copy.deepcopy(entry.fields)
         changes: list[dict[str, Any]] = []
+        applied_entry = ledger.get(entry.user_id)
+        applied = applied_entry.fields if applied_entry is not None else {}
+
+        def stamp(name: str) -> int:
+            # Now, or just past the newest time already stored for the field: intake lets an
+            # event be up to the signature tolerance ahead of our clock, and the edit must
+            # still win over it.
+            known = [fields.get(name, {}).get("ts_ms", 0)]
+            if name in applied:
+                known.append(applied[name].ts_ms)
+            return max(int(now * 1000), *(int(ts) + 1 for ts in known))
 
         def put(name: str, value: Any, path: str, before: Any, after: Any) -> None:
-            fields[name] = {"value": value, "ts_ms": stamp}
+            fields[name] = {"value": value, "ts_ms": stamp(name)}
             changes.append({"field": path, "action": "set", "from": before, "to": after})
 
         for path, value in sorted(edits.values.items()):
@@ -139,8 +151,7 @@ def build_edit(
                 put(root, value, path, queued, value)
                 continue
             if queued is None:  # not in this change: edit what Recur has, not an empty object
-                applied = ledger.get(entry.user_id)
-                state = applied.fields.get("metadata") if applied is not None else None
+                state = applied.get("metadata")
                 queued = state.value if state is not None else {}
             updated = {**queued, key: value}
             put("metadata", updated, path, queued.get(key), value)

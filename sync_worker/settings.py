@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_BODY_BYTES = 64 * 1024
+ADMIN_TOKEN_MIN_CHARS = 16
 RECONCILE_PAGE_SIZE = 100
 
 
@@ -154,6 +155,18 @@ class Settings(BaseSettings):
         if len(decoded) < 16:
             raise ValueError("is too short: use at least 16 random bytes")
         return SecretStr(raw)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Empty means unset (the operator routes are off). A short token falls to guessing:
+        # the login throttle slows that down, it does not make a 6-character token safe.
+        if value is not None and 0 < len(value.get_secret_value()) < ADMIN_TOKEN_MIN_CHARS:
+            raise ValueError(
+                f"is too short: use at least {ADMIN_TOKEN_MIN_CHARS} characters "
+                "(e.g. `openssl rand -hex 24`)"
+            )
+        return value
 
     @field_validator("redis_url")
     @classmethod

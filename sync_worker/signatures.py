@@ -14,7 +14,19 @@ SECRET_PREFIX = "whsec_"  # noqa: S105 - the documented prefix, not a secret
 
 
 class SignatureError(Exception):
-    """The request is not signed by a holder of the webhook secret; `str()` says why."""
+    """The request is not signed by a holder of the webhook secret.
+
+    `code` names the check that failed (one of `CODES`) and `str()` says it for a person; neither
+    reveals anything about the secret or the expected signature.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+CODES = ("missing_headers", "invalid_timestamp", "stale_timestamp", "bad_signature")
+"""What a refused delivery's 401 names, in the order the checks run."""
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -42,15 +54,27 @@ def verify(
 ) -> int:
     """Check one delivery; return its timestamp, or raise `SignatureError`."""
     if not msg_id or not timestamp or not signature:
-        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature header")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise SignatureError("webhook-timestamp is not an integer") from None
-    if sent_at < now - tolerance_seconds:
-        raise SignatureError("webhook-timestamp is too old")
-    if sent_at > now + tolerance_seconds:
-        raise SignatureError("webhook-timestamp is too far in the future")
+        missing = [
+            name
+            for name, value in (
+                ("webhook-id", msg_id),
+                ("webhook-timestamp", timestamp),
+                ("webhook-signature", signature),
+            )
+            if not value
+        ]
+        raise SignatureError("missing_headers", f"missing header: {', '.join(missing)}")
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        raise SignatureError(
+            "invalid_timestamp", "webhook-timestamp must be whole seconds since the epoch"
+        )
+    sent_at = int(timestamp)
+    if abs(sent_at - now) > tolerance_seconds:
+        raise SignatureError(
+            "stale_timestamp",
+            f"webhook-timestamp is more than {tolerance_seconds} s from the server's clock "
+            f"({'behind' if sent_at < now else 'ahead'}): sign with the current time",
+        )
     expected = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     for candidate in signature.split():
         version, _, encoded = candidate.partition(",")
@@ -62,4 +86,8 @@ def verify(
             continue
         if hmac.compare_digest(given, expected):
             return sent_at
-    raise SignatureError("no signature matches")
+    raise SignatureError(
+        "bad_signature",
+        'no v1 signature matches HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}" '
+        "under the webhook secret",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,12 +23,20 @@ WEBHOOK_ID = "msg_hdr_1"
 WEBHOOK_TS = 1_795_514_000
 TS = "2026-11-24T10:00:00Z"
 TS_MS = 1_795_514_400_000
+NOW = TS_MS / 1000 + 60  # the server's clock in these tests: a minute after the event
+TOLERANCE = 300
 USER_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def parse(payload: Any) -> UserEvent:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return parse_event(body, webhook_id=WEBHOOK_ID, webhook_timestamp=WEBHOOK_TS)
+    return parse_event(
+        body,
+        webhook_id=WEBHOOK_ID,
+        webhook_timestamp=WEBHOOK_TS,
+        now=NOW,
+        max_future_seconds=TOLERANCE,
+    )
 
 
 def envelope(data: Any, **overrides: Any) -> dict[str, Any]:
@@ -112,12 +121,57 @@ def test_a_rebind_without_new_user_id_is_refused() -> None:
         "2026-11-24T10:00:00+00:00",
         "2026-11-24T18:00:00+08:00",
         "2026-11-24T05:00:00-05:00",
-        "2026-11-24T10:00:00",  # naive: taken as UTC
         1_795_514_400,
     ],
 )
 def test_timestamps_name_one_instant(timestamp: str | int) -> None:
     assert parse(envelope(user(name="x"), timestamp=timestamp)).ts_ms == TS_MS
+
+
+@pytest.mark.parametrize("timestamp", ["2026-11-24T10:00:00", "2026-11-24 10:00:00.5"])
+def test_a_timestamp_without_a_time_zone_is_refused(timestamp: str) -> None:
+    errors = errors_of(envelope(user(name="x"), timestamp=timestamp))
+    assert errors == [
+        {"field": "timestamp", "message": "must include a time zone, e.g. Z or +08:00"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ahead", "accepted"),
+    [(TOLERANCE - 60, True), (TOLERANCE, True), (TOLERANCE + 1, False), (10**8, False)],
+)
+def test_a_timestamp_ahead_of_the_clock_by_more_than_the_tolerance_is_refused(
+    ahead: int, accepted: bool
+) -> None:
+    moment = datetime.fromtimestamp(NOW + ahead, tz=UTC).isoformat()
+    for payload in (
+        envelope(user(name="x"), timestamp=moment),
+        envelope({"user_id": "old_1", "new_user_id": "new_1"}, type=EXTERNAL_ID_CHANGED),
+    ):
+        payload["timestamp"] = moment
+        if accepted:
+            assert parse(payload).ts_ms == int((NOW + ahead) * 1000)
+        else:
+            assert fields_of(payload) == {"timestamp"}
+
+
+def test_the_year_2099_is_refused() -> None:
+    assert fields_of(envelope(user(name="x"), timestamp="2099-01-01T00:00:00Z")) == {"timestamp"}
+
+
+@pytest.mark.parametrize(
+    "number", ["1" * 5000, "-" + "9" * 4301, "1e400", "-1e400", "1" * 400 + ".0"]
+)
+def test_a_number_too_large_to_represent_is_a_validation_error(number: str) -> None:
+    for body in (
+        b'{"userId": "user_1", "name": "x", "metadata": {"n": %s}}' % number.encode(),
+        json.dumps(envelope(user(name="x", metadata={"n": 0})))
+        .replace('"n": 0', f'"n": {number}')
+        .encode(),
+    ):
+        assert errors_of(body) == [
+            {"field": "body", "message": "holds a number too large to represent"}
+        ]
 
 
 def test_timestamps_keep_milliseconds() -> None:

@@ -72,6 +72,7 @@ BAD = [
         "too short",
         id="short secret",
     ),
+    pytest.param({"ADMIN_TOKEN": "x" * 15}, "ADMIN_TOKEN", "at least 16", id="short token"),
     pytest.param({"WEB_PORT": "0"}, "WEB_PORT", "", id="port 0"),
     pytest.param({"WEB_PORT": "http"}, "WEB_PORT", "integer", id="port text"),
     pytest.param(
@@ -153,7 +154,7 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECUR_SECRET_KEY", "sk_live_env")
     monkeypatch.setenv("REDIS_URL", "redis://redis:6380/2")
     monkeypatch.setenv("WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.setenv("ADMIN_TOKEN", "admin-token")
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-token-0123456789")
     monkeypatch.setenv("WEB_PORT", "9000")
     monkeypatch.setenv("DEBOUNCE_WINDOW_SECONDS", "0.5")
     monkeypatch.setenv("RECONCILE_TIMEZONE", "Asia/Taipei")
@@ -164,7 +165,7 @@ def test_values_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.redis_url == "redis://redis:6380/2"
     assert settings.require_webhook_secret() == WEBHOOK_SECRET
     assert settings.admin_token is not None
-    assert settings.admin_token.get_secret_value() == "admin-token"
+    assert settings.admin_token.get_secret_value() == "admin-token-0123456789"
     assert settings.web_port == 9000
     assert settings.debounce_window_seconds == 0.5
     assert settings.reconcile_timezone == "Asia/Taipei"
@@ -195,7 +196,7 @@ def test_a_bad_value_in_dotenv_names_the_variable(clean_env: Path) -> None:
 def test_secrets_never_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECUR_SECRET_KEY", "sk_live_TOPSECRETKEY")
     monkeypatch.setenv("WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.setenv("ADMIN_TOKEN", "admin-TOPSECRET")
+    monkeypatch.setenv("ADMIN_TOKEN", "admin-TOPSECRET-0123")
     monkeypatch.setenv("REDIS_URL", "redis://:redis-TOPSECRET@redis:6379/0")
     settings = load_settings()
     for text in (repr(settings), str(settings)):
@@ -264,3 +265,32 @@ def test_recur_api_url_with_or_without_v1(monkeypatch: pytest.MonkeyPatch, given
 def test_recur_api_url_keeps_a_path_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECUR_API_URL", "https://gateway.example/recur/v1")
     assert str(load_settings().recur_api_url) == "https://gateway.example/recur"
+
+
+def test_web_refuses_a_short_admin_token_in_one_line_without_echoing_it(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in Settings.model_fields and not key.startswith("CELERY")
+    }
+    env |= {
+        "ADMIN_TOKEN": "short-secret-15",
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "PYTHONPATH": str(ROOT),
+        "NO_COLOR": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "web", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ADMIN_TOKEN: is too short: use at least 16 characters")
+    assert "short-secret-15" not in done.stderr + done.stdout

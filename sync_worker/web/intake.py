@@ -25,6 +25,14 @@ log = get_logger(__name__)
 router = APIRouter()
 
 _WEBHOOK_ID = re.compile(r"^[\x21-\x7e]{1,255}$")
+LOGGED_HEADER_CHARS = 100
+"""How much of a header an unauthenticated caller can put in one of our log lines."""
+
+
+def _bounded(value: str | None) -> str | None:
+    if value is None or len(value) <= LOGGED_HEADER_CHARS:
+        return value
+    return f"{value[:LOGGED_HEADER_CHARS]}...[{len(value)} chars]"
 
 
 def _error(status: int, code: str, message: str, **extra: object) -> JSONResponse:
@@ -57,6 +65,7 @@ async def user_updated(request: Request) -> JSONResponse:
         stats.incr("events_rejected_total", reason="too_large")
         return _error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
     headers = request.headers
+    now = time.time()
     try:
         sent_at = verify(
             state.webhook_key,
@@ -64,19 +73,27 @@ async def user_updated(request: Request) -> JSONResponse:
             timestamp=headers.get("webhook-timestamp"),
             signature=headers.get("webhook-signature"),
             body=body,
-            now=time.time(),
+            now=now,
             tolerance_seconds=state.settings.webhook_tolerance_seconds,
         )
     except SignatureError as error:
         stats.incr("events_rejected_total", reason="signature")
-        log.warning("webhook_refused", reason=str(error), webhook_id=headers.get("webhook-id"))
-        return _error(401, "invalid_signature", str(error))
+        log.warning(
+            "webhook_refused", check=error.code, webhook_id=_bounded(headers.get("webhook-id"))
+        )
+        return _error(401, error.code, str(error))
     webhook_id = headers.get("webhook-id", "")
     if not _WEBHOOK_ID.match(webhook_id):
         stats.incr("events_rejected_total", reason="validation")
         return _error(422, "validation_error", "webhook-id must be printable ASCII")
     try:
-        event = parse_event(body, webhook_id=webhook_id, webhook_timestamp=sent_at)
+        event = parse_event(
+            body,
+            webhook_id=webhook_id,
+            webhook_timestamp=sent_at,
+            now=now,
+            max_future_seconds=state.settings.webhook_tolerance_seconds,
+        )
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         stats.incr("events_rejected_total", reason="not_json")
         return _error(400, "invalid_json", "body is not JSON")

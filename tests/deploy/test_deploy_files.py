@@ -87,10 +87,18 @@ def test_compose_redis_keeps_every_accepted_event() -> None:
     assert redis["image"].startswith("redis:7")
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    # The README promises a 202 is never lost: fsync before the answer, not once a second.
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     volume, _, mount = redis["volumes"][0].partition(":")
     assert mount == "/data"
     assert volume in document["volumes"]
+
+
+def test_ci_sets_ci_so_browser_and_promtool_tests_cannot_skip() -> None:
+    script = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^export CI=true$", script, re.MULTILINE)
+    assert script.index("export CI=true") < script.index("make test")
 
 
 def test_flower_is_optional_and_runs_against_the_celery_app() -> None:

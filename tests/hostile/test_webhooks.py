@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
+from sync_worker import redis_keys as keys
 from sync_worker.settings import MAX_BODY_BYTES
 from tests.fixtures.stack import WEBHOOK_SECRET, Stack, user_event, wait_for
 from tests.hostile.conftest import nothing_reached_recur
@@ -81,33 +82,60 @@ def _forged(headers: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "check"),
     [
-        pytest.param(_without("webhook-signature"), id="no-signature"),
-        pytest.param(_without("webhook-id"), id="no-id"),
-        pytest.param(_without("webhook-timestamp"), id="no-timestamp"),
-        pytest.param(lambda h: {**h, "webhook-signature": ""}, id="empty-signature"),
-        pytest.param(_forged, id="signed-with-another-secret"),
-        pytest.param(lambda h: {**h, "webhook-signature": "v1,"}, id="v1-empty"),
+        pytest.param(_without("webhook-signature"), "missing_headers", id="no-signature"),
+        pytest.param(_without("webhook-id"), "missing_headers", id="no-id"),
+        pytest.param(_without("webhook-timestamp"), "missing_headers", id="no-timestamp"),
+        pytest.param(
+            lambda h: {**h, "webhook-signature": ""}, "missing_headers", id="empty-signature"
+        ),
+        pytest.param(_forged, "bad_signature", id="signed-with-another-secret"),
+        pytest.param(lambda h: {**h, "webhook-signature": "v1,"}, "bad_signature", id="v1-empty"),
         pytest.param(
             lambda h: {**h, "webhook-signature": h["webhook-signature"].replace("v1,", "v2,")},
+            "bad_signature",
             id="unknown-version",
         ),
         pytest.param(
             lambda h: {**h, "webhook-signature": h["webhook-signature"][:-4] + "AAA="},
+            "bad_signature",
             id="tampered",
         ),
-        pytest.param(lambda h: {**h, "webhook-signature": "v1,%%%not base64"}, id="not-base64"),
-        pytest.param(lambda h: {**h, "webhook-timestamp": "1e9"}, id="timestamp-not-int"),
-        pytest.param(lambda h: {**h, "webhook-timestamp": "9" * 40}, id="timestamp-huge"),
-        pytest.param(lambda h: {**h, "webhook-timestamp": "-1"}, id="timestamp-negative"),
+        pytest.param(
+            lambda h: {**h, "webhook-signature": "v1,%%%not base64"},
+            "bad_signature",
+            id="not-base64",
+        ),
+        pytest.param(
+            lambda h: {**h, "webhook-timestamp": "1e9"}, "invalid_timestamp", id="timestamp-not-int"
+        ),
+        pytest.param(
+            lambda h: {**h, "webhook-timestamp": "9" * 40}, "invalid_timestamp", id="timestamp-huge"
+        ),
+        pytest.param(
+            lambda h: {**h, "webhook-timestamp": "-1"}, "invalid_timestamp", id="timestamp-negative"
+        ),
+        pytest.param(
+            lambda h: {**h, "webhook-timestamp": str(int(h["webhook-timestamp"]) - 3600)},
+            "stale_timestamp",
+            id="timestamp-an-hour-old",
+        ),
     ],
 )
-def test_missing_or_forged_signature_is_401(web: Stack, mutate: Any) -> None:
+def test_missing_or_forged_signature_is_401_naming_the_check(
+    web: Stack, mutate: Any, check: str
+) -> None:
     body = body_of(envelope(user_id="user_1", name="x"))
-    response = post_raw(web, body, mutate(web.sign(body, msg_id="evt_hostile")))
+    headers = web.sign(body, msg_id="evt_hostile")
+    response = post_raw(web, body, mutate(headers))
     assert response.status_code == 401
-    assert response.json()["error"]["code"] == "invalid_signature"
+    error = response.json()["error"]
+    assert error["code"] == check
+    assert error["message"]
+    # Nothing the secret could be recovered from: no expected signature, no key material.
+    assert WEBHOOK_SECRET.removeprefix("whsec_") not in response.text
+    assert headers["webhook-signature"].removeprefix("v1,") not in response.text
     nothing_reached_recur(web)
 
 
@@ -117,7 +145,7 @@ def test_timestamp_outside_five_minutes_is_401(web: Stack, offset: int) -> None:
     headers = web.sign(body, msg_id="evt_hostile", at=int(time.time()) + offset)
     response = post_raw(web, body, headers)
     assert response.status_code == 401
-    assert "timestamp" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "stale_timestamp"
     nothing_reached_recur(web)
 
 
@@ -138,6 +166,68 @@ def test_replayed_delivery_is_a_duplicate_but_its_signature_fits_no_other_body(
     time.sleep(1)
     patches = web.sandbox.control.requests(method="PATCH")
     assert [p["body"] for p in patches] == [{"name": "genuine"}]
+
+
+def test_an_attacker_sized_webhook_id_is_truncated_in_the_log(web: Stack) -> None:
+    body = body_of(envelope(user_id="user_1", name="x"))
+    marker = "evt_huge_" + "Q" * 7000
+    headers = {**web.sign(body, msg_id="evt_hostile"), "webhook-id": marker}
+    assert post_raw(web, body, headers).status_code == 401
+    web_log = next(proc for proc in web.processes if proc.name == "web")
+
+    def refused_lines() -> list[str]:
+        return [line for line in web_log.log().splitlines() if "evt_huge_" in line]
+
+    lines = wait_for(refused_lines, timeout=10)
+    assert all(len(line) < 1000 for line in lines), [len(line) for line in lines]
+    assert "Q" * 200 not in web_log.log()
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "says"),
+    [
+        ("2099-01-01T00:00:00Z", "ahead of the server's clock"),
+        (lambda: datetime.fromtimestamp(time.time() + 400, tz=UTC).isoformat(), "ahead"),
+        (lambda: datetime.now(tz=UTC).replace(tzinfo=None).isoformat(), "time zone"),
+    ],
+    ids=["year-2099", "400-s-ahead", "no-time-zone"],
+)
+def test_an_event_time_far_ahead_or_without_a_zone_is_422_naming_timestamp(
+    web: Stack, timestamp: Any, says: str
+) -> None:
+    stamp = timestamp() if callable(timestamp) else timestamp
+    response = web.post(user_event("evt_future", "user_1", at=stamp, name="x"))
+    assert response.status_code == 422, response.text
+    fields = response.json()["error"]["fields"]
+    assert [f["field"] for f in fields] == ["timestamp"]
+    assert says in fields[0]["message"]
+    nothing_reached_recur(web)
+    assert not web.redis.exists(keys.event_seen("evt_future"))
+
+
+def test_an_event_time_within_the_tolerance_ahead_is_accepted(web: Stack) -> None:
+    stamp = datetime.fromtimestamp(time.time() + 120, tz=UTC).isoformat()
+    assert web.post(user_event("evt_soon", "user_1", at=stamp, name="x")).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["1" * 5000, "-" + "9" * 10_000, "1e400", "-1e400"],
+    ids=["5000", "-10000", "1e400", "-1e400"],
+)
+def test_a_huge_number_in_a_signed_event_is_4xx_never_5xx(web: Stack, number: str) -> None:
+    template = body_of(envelope(user_id="user_1", name="x", metadata={"n": 0}))
+    for body in (
+        template.replace(b'"n": 0', b'"n": ' + number.encode()),
+        b'{"userId": "user_1", "name": "x", "metadata": {"n": %s}}' % number.encode(),
+    ):
+        response = signed(web, body, msg_id="evt_hostile")
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["fields"] == [
+            {"field": "body", "message": "holds a number too large to represent"}
+        ]
+    nothing_reached_recur(web)
+    assert httpx.get(web.web_url + "/healthz", timeout=5).status_code == 200
 
 
 @HYPOTHESIS
