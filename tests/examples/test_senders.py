@@ -154,7 +154,7 @@ def test_shell_sender_fails_on_a_wrong_secret(web_stack: Stack) -> None:
     wrong = "whsec_" + "d3Jvbmctc2VjcmV0LW9mLTMyLWJ5dGVzISEhISEhISE="
     result = run_shell(web_stack, "user_2", "Ada", WEBHOOK_SECRET=wrong)
     assert result.returncode == 22  # curl's exit status for an HTTP error answer
-    assert json.loads(result.stdout)["error"]["code"] == "invalid_signature"
+    assert json.loads(result.stdout)["error"]["code"] == "bad_signature"
 
 
 @needs_shell_tools
