@@ -52,6 +52,7 @@ def test_every_refusal_is_in_the_readme_table(web_stack: Stack) -> None:
         post(web_stack, event, {k: v for k, v in signed.items() if k != "webhook-signature"}),
         post(web_stack, event, web_stack.sign(event, msg_id="evt_r", at=int(time.time()) - 900)),
         post(web_stack, event, {**signed, "webhook-signature": "v1,AAAA"}),
+        post(web_stack, event, {**signed, "webhook-timestamp": str(time.time())}),
         post(web_stack, b"{" + b" " * 70_000 + b"}", web_stack.sign(b"{}", msg_id="m")),
         web_stack.post(user_event("evt_bad", "user 1", name="x")),
     ]
