@@ -23,18 +23,28 @@ from urllib.parse import parse_qs, quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from sync_worker import history
 from sync_worker.dlq import REASONS, DeadLetter
+from sync_worker.history import History
 from sync_worker.logging import get_logger
 from sync_worker.replay_edit import EditError, build_edit
+from sync_worker.settings import ConfigError
 from sync_worker.status import StatusSnapshot, format_age, gather_status
+from sync_worker.timeline import gather
 from sync_worker.web import auth
+from sync_worker.web.charts import charts_html
 from sync_worker.web.dead_letter_page import entry_html, form_edits
 from sync_worker.web.state import web_state
+from sync_worker.web.user_page import search_form, user_html
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/admin")
 
 ROWS_SHOWN = 200
+REFRESH_SECONDS = 10
+CHART_RANGES = {60: "1 h", 360: "6 h", 1440: "24 h"}
+"""Chart ranges offered, in minutes."""
+DEFAULT_CHART_MINUTES = 60
 MAX_FORM_BYTES = 16 * 1024
 _PAGE = Template(files("sync_worker.web").joinpath("templates/page.html").read_text("utf-8"))
 _HEADERS = {
@@ -55,8 +65,8 @@ NOTICES = {
 }
 
 
-def _html(title: str, content: str, *, status: int = 200) -> HTMLResponse:
-    body = _PAGE.substitute(title=escape(title), content=content)
+def _html(title: str, content: str, *, status: int = 200, head: str = "") -> HTMLResponse:
+    body = _PAGE.substitute(title=escape(title), content=content, head=head)
     return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
 
@@ -248,9 +258,37 @@ def _dead_letters_html(
     return f"<h2>Dead letters</h2><nav>{' '.join(links)}</nav><p>{bulk}</p>{table}"
 
 
+def _history_html(found: History, query: dict[str, Any], refresh: bool) -> str:
+    links = []
+    for minutes, label in CHART_RANGES.items():
+        css = "current" if minutes == query["minutes"] else ""
+        target = urlencode({**query, "minutes": minutes})
+        links.append(f"<a href='/admin?{escape(target)}' class='{css}'>{label}</a>")
+    others = {k: v for k, v in query.items() if k != "refresh"}
+    toggle = urlencode({**others, "refresh": "off"} if refresh else others)
+    state = f"refreshed every {REFRESH_SECONDS} s" if refresh else "not refreshing"
+    return (
+        f"<h2>History</h2><nav id='history-range'>{' '.join(links)} <span class='muted'>"
+        f"{state}</span> <a href='/admin?{escape(toggle)}' id='refresh-toggle'>"
+        f"{'pause' if refresh else 'resume'}</a>"
+        f"</nav>{charts_html(found)}"
+    )
+
+
 @router.get("", response_model=None)
-async def dashboard(request: Request, reason: str = "", notice: str = "", n: int = 0) -> Response:
-    """The dashboard page; the login form when there is no valid session."""
+async def dashboard(
+    request: Request,
+    reason: str = "",
+    notice: str = "",
+    n: int = 0,
+    minutes: int = DEFAULT_CHART_MINUTES,
+    refresh: str = "",
+) -> Response:
+    """The dashboard page; the login form when there is no valid session.
+
+    It reloads itself every few seconds (a meta refresh to the same filters, no script) unless
+    `refresh=off`; the charts show the last `minutes` minutes.
+    """
     if auth.admin_token(web_state(request).settings) is None:
         return _disabled()
     found = _session(request)
@@ -259,24 +297,41 @@ async def dashboard(request: Request, reason: str = "", notice: str = "", n: int
     token, session = found
     csrf = auth.csrf_token(token, session)
     reason = reason if reason in REASONS else ""
+    minutes = minutes if minutes in CHART_RANGES else DEFAULT_CHART_MINUTES
     runtime = web_state(request).runtime
     snapshot = await asyncio.to_thread(gather_status, runtime)
+    recent = await asyncio.to_thread(history.read, runtime.redis, minutes=minutes)
     entries = await asyncio.to_thread(runtime.dlq.find, reason=reason or None)
     banner = ""
     if notice in NOTICES:
         css, text = NOTICES[notice]
         banner = f"<div class='banner {css}' id='notice'>{escape(text.format(n=n))}</div>"
     header = (
-        "<header><h1>recur-sync</h1><form class='inline' method='post' action='/admin/logout'>"
-        f"{_hidden(csrf, '')}<button type='submit'>Log out</button></form></header>"
+        f"<header><h1>recur-sync</h1><span>{search_form()} "
+        "<form class='inline' method='post' action='/admin/logout'>"
+        f"{_hidden(csrf, '')}<button type='submit'>Log out</button></form></span></header>"
     )
+    live = refresh != "off"
+    query: dict[str, Any] = {"minutes": minutes}
+    if reason:
+        query["reason"] = reason
+    if not live:
+        query["refresh"] = "off"
     content = (
         header
         + banner
         + _status_html(snapshot, csrf)
+        + _history_html(recent, query, live)
         + _dead_letters_html(entries, snapshot, csrf, reason)
     )
-    return _html("Dashboard", content)
+    # The reload drops `notice`, so a banner about an action is shown once.
+    head = (
+        f"<meta http-equiv='refresh' "
+        f"content='{REFRESH_SECONDS}; url=/admin?{escape(urlencode(query))}'>"
+        if live
+        else ""
+    )
+    return _html("Dashboard", content, head=head)
 
 
 async def _checked_form(request: Request) -> dict[str, str] | Response:
@@ -398,3 +453,36 @@ async def edit_replay_action(request: Request, entry_id: str) -> Response:
         edited=sorted(edits.values),
     )
     return _back("", result.outcome, 1)
+
+
+@router.get("/users", response_model=None)
+async def find_user(request: Request, user_id: str = "") -> Response:
+    """The search box's target: to that user's page."""
+    if _session(request) is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    if not user_id.strip():
+        return RedirectResponse("/admin", status_code=303)
+    return RedirectResponse(f"/admin/users/{quote(user_id.strip(), safe='')}", status_code=303)
+
+
+@router.get("/users/{user_id}", response_model=None)
+async def user_page(request: Request, user_id: str) -> Response:
+    """What happened to one user, beside the customer as Recur has it now."""
+    if _session(request) is None:
+        return RedirectResponse("/admin/login", status_code=303)
+    runtime = web_state(request).runtime
+    try:
+        recur, unavailable = runtime.recur, ""
+    except ConfigError as error:
+        recur, unavailable = None, f"not fetched from Recur: {error}"
+    found = await asyncio.to_thread(
+        gather,
+        runtime.redis,
+        user_id,
+        ledger=runtime.ledger,
+        dlq=runtime.dlq,
+        recur=recur,
+        recur_unavailable=unavailable,
+        fetch_recur=True,
+    )
+    return _html(f"User {user_id}", user_html(found))
