@@ -211,6 +211,7 @@ class Sandbox:
             if kind == "external" or (kind == "one" and query.get("by_external_id") in _TRUE)
             else None
         )
+        late = self.faults.answer_delay(external_id)
         seq = self.log.next_seq()
         request_id = f"req_{seq}"
         try:
@@ -231,6 +232,8 @@ class Sandbox:
                 "at": iso_ms(int(time.time() * 1000)),
             }
         )
+        if late:  # handled (and logged) now, answered after the client gave up: a lost answer
+            await asyncio.sleep(late)
         return response
 
     def _handle(

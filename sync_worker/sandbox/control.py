@@ -36,6 +36,8 @@ class Faults(TypedDict):
     outage: bool
     retry_after_seconds: int
     scripts: dict[str, list[int]]
+    lost_answers: dict[str, int]
+    lost_answer_ms: int
 
 
 class SeedResult(TypedDict):

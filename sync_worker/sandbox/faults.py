@@ -12,6 +12,10 @@ Kinds, in the order a `/v1` request meets them (the app sleeps `latency_ms` firs
    `200` or `"ok"` lets the request through; 429 carries `Retry-After: retry_after_seconds`.
 5. `error_rate`: that fraction of requests is a 500 `internal_error`.
 
+Apart from those, `lost_answers` maps an external id to how many of the next requests naming it
+are handled at once (a PATCH is applied) but answered only `lost_answer_ms` later: past the
+client's timeout, the answer is lost although the change took effect.
+
 A refused request changes no customer. Latency applies to every `/v1` request, so a large
 `latency_ms` makes requests hang long enough to test client timeouts.
 """
@@ -57,6 +61,8 @@ class FaultConfig:
     outage: bool = False
     retry_after_seconds: int = 1
     scripts: dict[str, list[int]] = field(default_factory=dict)
+    lost_answers: dict[str, int] = field(default_factory=dict)
+    lost_answer_ms: int = 5000
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON; scripts show what is left of each queue."""
@@ -80,6 +86,8 @@ class FaultConfig:
             outage=_boolean(values, "outage"),
             retry_after_seconds=int(_number(values, "retry_after_seconds")),
             scripts=_scripts(values["scripts"]),
+            lost_answers=_counts(values["lost_answers"]),
+            lost_answer_ms=int(_number(values, "lost_answer_ms")),
         )
 
 
@@ -107,6 +115,14 @@ def _scripts(value: object) -> dict[str, list[int]]:
             raise invalid(f"scripts[{external_id}] must be a list of statuses")
         scripts[external_id] = [_step(external_id, step) for step in steps]
     return scripts
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value.values()
+    ):
+        raise invalid("lost_answers must map an external id to a count >= 0")
+    return {str(key): int(n) for key, n in value.items()}
 
 
 def _step(external_id: str, step: object) -> int:
@@ -167,6 +183,7 @@ class FaultInjector:
         self._clock = clock
         self._config = FaultConfig()
         self._scripts: dict[str, deque[int]] = {}
+        self._lost: dict[str, int] = {}
         self._bucket: TokenBucket | None = None
         self.configure(config or FaultConfig())
 
@@ -180,6 +197,7 @@ class FaultInjector:
         with self._lock:
             self._config = config
             self._scripts = {key: deque(steps) for key, steps in config.scripts.items() if steps}
+            self._lost = {key: n for key, n in config.lost_answers.items() if n}
             rate = config.rate_limit_rps
             if self._bucket is None or self._bucket.rate != rate:
                 self._bucket = TokenBucket(rate, clock=self._clock) if rate > 0 else None
@@ -188,7 +206,22 @@ class FaultInjector:
         """The current config, with what is left of each script."""
         with self._lock:
             scripts = {key: list(steps) for key, steps in self._scripts.items()}
-            return FaultConfig(**{**asdict(self._config), "scripts": scripts})
+            lost = dict(self._lost)
+            return FaultConfig(**{**asdict(self._config), "scripts": scripts, "lost_answers": lost})
+
+    def answer_delay(self, external_id: str | None) -> float:
+        """Seconds to hold this request's answer after handling it (0: answer at once)."""
+        if external_id is None or not self._lost:
+            return 0.0
+        with self._lock:
+            left = self._lost.get(external_id, 0)
+            if not left:
+                return 0.0
+            if left == 1:
+                del self._lost[external_id]
+            else:
+                self._lost[external_id] = left - 1
+        return self._config.lost_answer_ms / 1000
 
     def before_auth(self) -> ApiError | None:
         """The outage or rate-limit refusal for this request, if any."""

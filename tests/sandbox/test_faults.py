@@ -176,3 +176,27 @@ def test_create_app_arguments_set_key_seed_and_faults(failing_live_sandbox: Runn
     assert all(c["livemode"] for c in body["data"])
     refused = httpx.get(url + "/v1/customers", headers={"Authorization": "Bearer sk_test_sandbox"})
     assert refused.status_code == 401
+
+
+def test_a_lost_answer_applies_the_change_and_answers_after_the_client_gave_up(
+    sandbox: SandboxHandle,
+) -> None:
+    sandbox.control.create_customer("a@b.tw", name="old", external_id="user_1")
+    sandbox.control.update_faults(lost_answers={"user_1": 1}, lost_answer_ms=3000)
+    headers = {"Authorization": f"Bearer {sandbox.secret_key}"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.patch(
+            sandbox.api_url + "/customers/external/user_1",
+            json={"name": "applied"},
+            headers=headers,
+            timeout=0.5,
+        )
+    customer = sandbox.control.customer_by_external_id("user_1")
+    assert customer is not None
+    assert customer["name"] == "applied"
+    assert sandbox.control.faults()["lost_answers"] == {}
+    # only the next request was delayed
+    answered = httpx.get(
+        sandbox.api_url + "/customers/external/user_1", headers=headers, timeout=0.5
+    )
+    assert answered.status_code == 200
