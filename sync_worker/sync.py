@@ -12,6 +12,8 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
                         no external id gets it, in one PATCH by Recur id; one bound to another
                         external id -> `conflict`; else dead letter `not_found`
     409 -> `conflict`; 400/422 -> `rejected`
+    404/409 after a call whose answer was lost (timeout, reset, 5xx) -> first a read of Recur:
+                        when it shows the desired state, the change is recorded as applied
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from sync_worker.recur.errors import (
     Unauthorized,
     ValidationFailed,
     is_transient,
+    may_have_applied,
 )
 from sync_worker.recur.models import Customer, CustomerPatch
 from sync_worker.recur.retry import (
@@ -269,12 +272,83 @@ class Syncer:
         patch = CustomerPatch.model_construct(**body)
         if "external_id" in body and body["external_id"] is None:
             patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
-        run = self._quick_caller(claim, attempts=attempts)
+        failures: list[BaseException] = []
+        run = self._quick_caller(claim, attempts=attempts, failures=failures)
         try:
             run(lambda: self._client.update_customer_by_external_id(claim.user_id, patch))
-        except NotFound as missing:
-            if not self._bind_by_email(claim, snapshot, body, missing, run):
+        except (NotFound, Conflict) as refused:
+            if self._lost_answer_applied(claim, snapshot, body, refused, failures, run):
+                return
+            if not (
+                isinstance(refused, NotFound)
+                and self._bind_by_email(claim, snapshot, body, refused, run)
+            ):
                 raise
+
+    def _lost_answer_applied(
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        body: dict[str, Any],
+        refused: RecurStatusError,
+        failures: list[BaseException],
+        run: Callable[[Callable[[], Any]], Any],
+    ) -> bool:
+        """After a 404/409 that follows a call whose answer was lost (in this claim or the last
+        failed round), read Recur: True when it already holds the desired state.
+
+        A rebind that took effect answers the retry against the old id with 404; dead-lettering
+        it would be wrong, and would leave our state on the old id.
+        """
+        last = snapshot.last_error
+        earlier = last is not None and (last.get("status") is None or last["status"] >= 500)
+        if not (earlier or any(may_have_applied(error) for error in failures)):
+            return False
+        applied = self._reads_as_applied(claim, body, refused, run)
+        log.warning(
+            "lost_answer_checked",
+            user_id=claim.user_id,
+            status=refused.status,
+            applied=applied,
+            why="a call before this refusal got no answer and may have taken effect",
+        )
+        if applied:
+            self._stats.incr("lost_answers_confirmed_total")
+        return applied
+
+    def _reads_as_applied(
+        self,
+        claim: Claim,
+        body: dict[str, Any],
+        refused: RecurStatusError,
+        run: Callable[[Callable[[], Any]], Any],
+    ) -> bool:
+        """Does Recur hold `body` for this user? Only fields Recur returns are compared."""
+
+        def read(external_id: str) -> Customer | None:
+            self._renew_or_stop(claim)
+            try:
+                customer: Customer = run(
+                    lambda: self._client.get_customer_by_external_id(external_id)
+                )
+            except NotFound:
+                return None
+            return customer
+
+        target = body.get("external_id", claim.user_id)
+        if target != claim.user_id:
+            # A rebind or unbind is done only when nobody holds the old id any more.
+            if not isinstance(refused, NotFound) and read(claim.user_id) is not None:
+                return False
+            if target is None:
+                return set(body) == {"external_id"}
+        customer = read(target)
+        if customer is None or customer.external_id != target:
+            return False
+        if "name" in body and customer.name != body["name"]:
+            return False
+        # Metadata is write-only (no answer carries it): compared only when Recur returns it.
+        return "metadata" not in body or customer.metadata in (None, body["metadata"])
 
     def _bind_by_email(
         self,
@@ -325,8 +399,11 @@ class Syncer:
         if not self._pending.renew(claim):
             raise LeaseLost(claim.user_id)
 
-    def _quick_caller(self, claim: Claim, *, attempts: int) -> Callable[[Callable[[], Any]], Any]:
-        """`run(fn)`: `fn` under the quick retries, the lease renewed and failures counted."""
+    def _quick_caller(
+        self, claim: Claim, *, attempts: int, failures: list[BaseException] | None = None
+    ) -> Callable[[Callable[[], Any]], Any]:
+        """`run(fn)`: `fn` under the quick retries, the lease renewed and failures counted (and
+        kept in `failures`, to tell later whether a call may have been applied unanswered)."""
 
         def before_attempt(attempt: int) -> None:
             if attempt > 1 and not self._pending.renew(claim):
@@ -334,6 +411,8 @@ class Syncer:
 
         def on_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
+            if failures is not None and error is not None:
+                failures.append(error)
             self._count_failure(error)
             self._trace.add(
                 claim.user_id,

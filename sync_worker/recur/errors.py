@@ -211,6 +211,13 @@ def error_from_response(response: httpx.Response, *, method: str, path: str) -> 
     )
 
 
+def may_have_applied(error: BaseException | None) -> bool:
+    """True when the request may have reached Recur and taken effect although no answer said so:
+    no response (timeout, reset), or a 5xx, which a proxy in front of Recur can send after
+    forwarding the request."""
+    return isinstance(error, RecurTransportError | ServerError)
+
+
 def is_transient(error: BaseException) -> bool:
     """True for what another try may fix: no response, 408, 429, every 5xx, and a 404 that is
     not Recur's (a misrouted request says nothing about the customer)."""

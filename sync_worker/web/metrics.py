@@ -50,6 +50,7 @@ COUNTERS: dict[str, str] = {
     "sync_retries_total": "Retries of a sync, quick (in the task) or scheduled (handed back).",
     "syncs_applied_total": "Pending changes Recur applied.",
     "bound_by_email_total": "Customers without an external id bound to a user found by email.",
+    "lost_answers_confirmed_total": "404/409 after a lost answer where a read showed it applied.",
     "dead_letters_total": "Changes moved to the dead-letter queue, by reason.",
     "dead_letters_trimmed_total": "Dead letters deleted after the retention period.",
     "claims_requeued_total": "Claims whose lease lapsed and were offered again.",
