@@ -14,7 +14,7 @@ from sync_worker import __version__
 from sync_worker.logging import get_logger
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
-from sync_worker.web import admin, dashboard, health, intake, metrics
+from sync_worker.web import admin, dashboard, health, intake, metrics, openapi
 from sync_worker.web.state import WebState
 
 log = get_logger(__name__)
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # openapi.py serves it, without the admin routes
     )
     app.state.web = state
     app.include_router(intake.router)
@@ -68,4 +69,5 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     admin.install(app)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    openapi.install(app)
     return app
