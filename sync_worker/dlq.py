@@ -222,6 +222,46 @@ class DeadLetterQueue:
                 break
         return found
 
+    def page(
+        self,
+        *,
+        reason: str | None = None,
+        user_id: str | None = None,
+        cursor: int = 0,
+        limit: int = 100,
+    ) -> tuple[list[DeadLetter], int | None]:
+        """Up to `limit` entries matching the filters, newest failure first, from position
+        `cursor` of the index; and the cursor of the next page (None after the last one).
+
+        Reads only as far as the page needs (a filter reads ahead in batches). A cursor is a
+        position: an entry failing anew between two pages may be seen twice or skipped.
+        """
+        found: list[DeadLetter] = []
+        total = int(self._redis.zcard(keys.DEAD_LETTERS))
+        batch = limit if reason is None and user_id is None else max(limit, 500)
+        position = max(cursor, 0)
+        while position < total:
+            members = self._redis.zrevrange(keys.DEAD_LETTERS, position, position + batch - 1)
+            ids = [_text(m) for m in cast(list[bytes | str], members)]
+            if not ids:
+                break
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.hgetall(keys.dead_letter(entry_id))
+            for offset, raw in enumerate(pipe.execute()):
+                if not raw:
+                    continue
+                entry = dead_letter_from_hash({_text(k): _text(v) for k, v in raw.items()})
+                if (reason is None or entry.reason == reason) and (
+                    user_id is None or entry.user_id == user_id
+                ):
+                    found.append(entry)
+                    if len(found) == limit:
+                        after = position + offset + 1
+                        return found, after if after < total else None
+            position += len(ids)
+        return found, None
+
     def get(self, entry_id: str) -> DeadLetter | None:
         """One entry, or None."""
         raw = self._redis.hgetall(keys.dead_letter(entry_id))

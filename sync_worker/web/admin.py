@@ -3,7 +3,7 @@
 Handlers are plain `def`: they make blocking Redis calls, and FastAPI runs such handlers in its
 thread pool so the event loop keeps serving webhooks meanwhile.
 
-    GET    /admin/api/dead-letters               ?reason= &user_id= &limit=
+    GET    /admin/api/dead-letters               ?reason= &user_id= &limit= &cursor= (paged)
     GET    /admin/api/dead-letters/{id}          ?triage=true adds the customer as Recur has it
     POST   /admin/api/dead-letters/{id}/replay   ?dry_run=true, optional edit body:
                                                  {"set": {"name": ..., "metadata.plan": ...},
@@ -102,10 +102,18 @@ def list_dead_letters(
     reason: ReasonName | None = None,
     user_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    """Dead letters matching the filters, newest failure first."""
-    entries = _runtime(request).dlq.find(reason=reason, user_id=user_id, limit=limit)
-    return {"data": [entry.to_dict() for entry in entries], "count": len(entries)}
+    """A page of the dead letters matching the filters, newest failure first; `next_cursor`
+    fetches the next page (null after the last)."""
+    entries, after = _runtime(request).dlq.page(
+        reason=reason, user_id=user_id, cursor=cursor, limit=limit
+    )
+    return {
+        "data": [entry.to_dict() for entry in entries],
+        "count": len(entries),
+        "next_cursor": after,
+    }
 
 
 @router.get("/dead-letters/{entry_id}")

@@ -31,6 +31,7 @@ from sync_worker.replay_edit import EditError, build_edit
 from sync_worker.settings import ConfigError
 from sync_worker.status import StatusSnapshot, format_age, gather_status
 from sync_worker.timeline import gather
+from sync_worker.triage import triage
 from sync_worker.web import auth
 from sync_worker.web.charts import charts_html
 from sync_worker.web.dead_letter_page import entry_html, form_edits
@@ -227,8 +228,13 @@ def _row(entry: DeadLetter, csrf: str, reason: str, now: float) -> str:
 
 
 def _dead_letters_html(
-    entries: list[DeadLetter], snapshot: StatusSnapshot, csrf: str, reason: str
+    entries: list[DeadLetter],
+    snapshot: StatusSnapshot,
+    csrf: str,
+    query: dict[str, Any],
+    after: int | None,
 ) -> str:
+    reason = str(query.get("reason", ""))
     links = [f"<a href='/admin' class='{'' if reason else 'current'}'>all</a>"]
     for name in REASONS:
         css = "current" if name == reason else ""
@@ -242,11 +248,25 @@ def _dead_letters_html(
         else ""
     )
     now = time.time()
-    rows = "".join(_row(entry, csrf, reason, now) for entry in entries[:ROWS_SHOWN])
-    more = (
-        f"<p class='muted'>Showing {ROWS_SHOWN} of {len(entries)}.</p>"
-        if len(entries) > ROWS_SHOWN
-        else ""
+    rows = "".join(_row(entry, csrf, reason, now) for entry in entries)
+    user = str(query.get("user_id", ""))
+    pages = []
+    if query.get("cursor"):
+        first = {k: v for k, v in query.items() if k != "cursor"}
+        pages.append(f"<a href='/admin?{escape(urlencode(first))}' id='first-page'>first page</a>")
+    if after is not None:
+        following = urlencode({**query, "cursor": after})
+        pages.append(f"<a href='/admin?{escape(following)}' id='next-page'>next page</a>")
+    more = f"<p>{' '.join(pages)}</p>" if pages else ""
+    hidden = "".join(
+        f"<input type='hidden' name='{escape(k)}' value='{escape(str(v))}'>"
+        for k, v in query.items()
+        if k in ("reason", "minutes", "refresh")
+    )
+    by_user = (
+        "<form class='inline search' method='get' action='/admin' id='user-filter'>"
+        f"{hidden}<label for='filter_user'>only user </label><input id='filter_user' "
+        f"name='user_id' value='{escape(user)}'> <button type='submit'>Filter</button></form>"
     )
     table = (
         "<table id='dead-letters'><thead><tr><th>id</th><th>reason</th><th>user</th>"
@@ -255,7 +275,10 @@ def _dead_letters_html(
         if entries
         else "<p id='no-dead-letters'>No dead letters.</p>"
     )
-    return f"<h2>Dead letters</h2><nav>{' '.join(links)}</nav><p>{bulk}</p>{table}"
+    return (
+        f"<h2>Dead letters</h2><nav>{' '.join(links)}</nav><p>{by_user}</p><p>{bulk}</p>"
+        f"{table}{more}"
+    )
 
 
 def _history_html(found: History, query: dict[str, Any], refresh: bool) -> str:
@@ -283,6 +306,8 @@ async def dashboard(
     n: int = 0,
     minutes: int = DEFAULT_CHART_MINUTES,
     refresh: str = "",
+    user_id: str = "",
+    cursor: int = 0,
 ) -> Response:
     """The dashboard page; the login form when there is no valid session.
 
@@ -301,7 +326,13 @@ async def dashboard(
     runtime = web_state(request).runtime
     snapshot = await asyncio.to_thread(gather_status, runtime)
     recent = await asyncio.to_thread(history.read, runtime.redis, minutes=minutes)
-    entries = await asyncio.to_thread(runtime.dlq.find, reason=reason or None)
+    entries, after = await asyncio.to_thread(
+        runtime.dlq.page,
+        reason=reason or None,
+        user_id=user_id.strip() or None,
+        cursor=max(cursor, 0),
+        limit=ROWS_SHOWN,
+    )
     banner = ""
     if notice in NOTICES:
         css, text = NOTICES[notice]
@@ -317,12 +348,16 @@ async def dashboard(
         query["reason"] = reason
     if not live:
         query["refresh"] = "off"
+    if user_id.strip():
+        query["user_id"] = user_id.strip()
+    if cursor > 0:
+        query["cursor"] = cursor
     content = (
         header
         + banner
         + _status_html(snapshot, csrf)
         + _history_html(recent, query, live)
-        + _dead_letters_html(entries, snapshot, csrf, reason)
+        + _dead_letters_html(entries, snapshot, csrf, query, after)
     )
     # The reload drops `notice`, so a banner about an action is shown once.
     head = (
@@ -418,14 +453,23 @@ def _session_actor(request: Request) -> dict[str, str]:
 
 @router.get("/dead-letters/{entry_id}", response_model=None)
 async def dead_letter_page(request: Request, entry_id: str) -> Response:
-    """One dead letter, its edit history and the edit-and-replay form."""
+    """One dead letter: its triage, edit history and the edit-and-replay form."""
     found = _session(request)
     if found is None:
         return RedirectResponse("/admin/login", status_code=303)
-    entry = await asyncio.to_thread(web_state(request).runtime.dlq.get, entry_id)
+    runtime = web_state(request).runtime
+    entry = await asyncio.to_thread(runtime.dlq.get, entry_id)
     if entry is None:
         return _back("", "missing", 1)
-    return _html(entry.id, entry_html(entry, _hidden(auth.csrf_token(*found), "")))
+    try:
+        recur, unavailable = runtime.recur, ""
+    except ConfigError as error:
+        recur, unavailable = None, f"not fetched from Recur: {error}"
+    found_triage = await asyncio.to_thread(
+        triage, entry, ledger=runtime.ledger, recur=recur, recur_unavailable=unavailable
+    )
+    hidden = _hidden(auth.csrf_token(*found), "")
+    return _html(entry.id, entry_html(entry, hidden, found=found_triage))
 
 
 @router.post("/actions/edit-replay/{entry_id}", response_model=None)

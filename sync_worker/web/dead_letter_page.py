@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from sync_worker.dlq import DeadLetter
 from sync_worker.replay_edit import EditError, FieldEdits
+from sync_worker.triage import UPSTREAM_REASONS, Triage
 
 
 def _json(value: Any) -> str:
@@ -44,12 +45,55 @@ def _history_html(history: list[dict[str, Any]]) -> str:
     )
 
 
+def _cell(value: Any, present: bool, absent: str) -> str:
+    return escape(_json(value)) if present else f"<span class='muted'>{escape(absent)}</span>"
+
+
+def triage_html(found: Triage) -> str:
+    """What `sync-worker dlq show` prints: the queued change beside the last applied state and,
+    for not_found and conflict, the customer as Recur has it now."""
+    entry = found.entry
+    upstream = entry.reason in UPSTREAM_REASONS
+    head = "<th>field</th><th>queued change</th><th>last applied</th>"
+    if upstream:
+        head += "<th>Recur now</th>"
+    rows = []
+    for name, queued, applied, now in found.rows():
+        cells = [
+            _cell(queued, name in entry.fields, "(not in this change)"),
+            _cell(applied, name in found.applied, "(never applied)"),
+        ]
+        if upstream:
+            cells.append(_cell(now, found.recur is not None, "(no customer)"))
+        rows.append(
+            f"<tr data-field='{escape(name)}'><td>{escape(name)}</td>"
+            + "".join(f"<td>{cell}</td>" for cell in cells)
+            + "</tr>"
+        )
+    notes = []
+    if found.recur_error:
+        notes.append(f"<p class='bad' id='recur-error'>{escape(found.recur_error)}</p>")
+    if found.holder is not None:
+        notes.append(
+            f"<p id='holder'>external_id {escape(_json(entry.request.get('external_id')))} is "
+            f"held by customer {escape(str(found.holder.get('id')))} "
+            f"({escape(str(found.holder.get('email')))})</p>"
+        )
+    applied_at = _stamp(found.applied_at) if found.applied_at else "never"
+    return (
+        f"<h2>Triage</h2><p class='muted'>Last applied {escape(applied_at)}.</p>"
+        f"<table id='triage'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody>"
+        f"</table>{''.join(notes)}"
+    )
+
+
 def _queued(entry: DeadLetter, name: str) -> Any:
     return entry.fields.get(name, {}).get("value")
 
 
-def entry_html(entry: DeadLetter, hidden: str, error: str = "") -> str:
-    """The page body: details, history and the edit-and-replay form (`hidden`: CSRF inputs)."""
+def entry_html(entry: DeadLetter, hidden: str, error: str = "", found: Triage | None = None) -> str:
+    """The page body: details, triage (when given), history and the edit-and-replay form
+    (`hidden`: CSRF inputs)."""
     path = quote(entry.id, safe="")
     name = _queued(entry, "name")
     external_id = _queued(entry, "external_id")
@@ -67,7 +111,9 @@ def entry_html(entry: DeadLetter, hidden: str, error: str = "") -> str:
         f"{banner}<p><strong>{escape(entry.reason)}</strong> for user "
         f"<code>{escape(entry.user_id)}</code>: HTTP {escape(str(entry.http_status or '-'))} "
         f"{escape(entry.error_code)}: {escape(entry.error_message)}</p>"
-        f"<p>Refused request: <code>{escape(_json(entry.request))}</code></p>"
+        f"<p>Refused request: <code>{escape(_json(entry.request))}</code> "
+        f"<a href='/admin/users/{quote(entry.user_id, safe='')}'>trace of this user</a></p>"
+        f"{triage_html(found) if found is not None else ''}"
         f"<h2>Edits</h2>{_history_html(entry.history)}"
         "<h2>Edit and replay</h2>"
         f"<form method='post' action='/admin/actions/edit-replay/{path}' id='edit-form'>"
