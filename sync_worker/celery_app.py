@@ -12,6 +12,8 @@ measures it against prefork.)
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from functools import cached_property
 from typing import Any
@@ -25,7 +27,7 @@ from sync_worker.connections import broker_transport_options
 from sync_worker.logging import configure_logging
 from sync_worker.ops_webhooks import OpsDeliverer
 from sync_worker.runtime import Runtime
-from sync_worker.settings import Settings, load_settings
+from sync_worker.settings import ConfigError, Settings, load_settings
 
 SYNC_QUEUE = "sync"
 MAINTENANCE_QUEUE = "maintenance"
@@ -146,6 +148,7 @@ class DispatcherStep(bootsteps.StartStopStep):
         from sync_worker.tasks import publish_claims, sync_queue_depth
 
         runtime = worker.app.runtime
+        _refuse_a_mixed_mode(runtime)
         dispatcher = Dispatcher(
             runtime,
             publish=publish_claims,
@@ -161,6 +164,21 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _refuse_a_mixed_mode(runtime: Runtime) -> None:
+    """Exit 2 with one line when the key's mode differs from the Redis state's (mode.py).
+
+    `sync-worker worker` checks before Celery starts; this covers a plain `celery -A ... worker`,
+    where raising from a bootstep would leave a traceback and a worker that never syncs.
+    """
+    from sync_worker.mode import claim_mode
+
+    try:
+        claim_mode(runtime.redis, runtime.settings)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(2)
 
 
 class OpsWebhooksStep(bootsteps.StartStopStep):

@@ -45,6 +45,9 @@ DEAD_LETTER_REPLAYING = PREFIX + "dlq-replaying:"
 
 # Flow control shared by every worker and the reconciliation.
 PAUSED = PREFIX + "paused"
+
+MODE = PREFIX + "mode"
+"""`test` or `live`: the mode of the key the state was written with (mode.py)."""
 """JSON {reason, status, since}: set on 401/403; nothing is claimed while it exists."""
 
 RATE_BUCKET = PREFIX + "rate-bucket"

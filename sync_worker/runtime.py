@@ -14,6 +14,7 @@ from sync_worker.dlq import DeadLetterQueue
 from sync_worker.flow import FlowControl
 from sync_worker.ledger import Ledger
 from sync_worker.logging import get_logger
+from sync_worker.mode import claim_mode
 from sync_worker.ops_webhooks import OpsEmitter
 from sync_worker.pending import PendingStore
 from sync_worker.recur.client import RecurClient
@@ -84,7 +85,11 @@ class Runtime:
 
     @cached_property
     def recur(self) -> RecurClient:
-        """The Recur client; every call waits its turn in the shared rate limit."""
+        """The Recur client; every call waits its turn in the shared rate limit.
+
+        `ConfigError` when the key's mode differs from the one this Redis state was written in.
+        """
+        claim_mode(self.redis, self.settings)
         return RecurClient.from_settings(
             self.settings,
             transport=self._transport,

@@ -7,9 +7,21 @@ from typing import Annotated
 import typer
 
 from sync_worker.logging import configure_logging, get_logger
-from sync_worker.settings import load_settings
+from sync_worker.settings import Settings, load_settings
 
 log = get_logger(__name__)
+
+
+def _claim_mode(settings: Settings) -> None:
+    """Refuse to start (ConfigError) with a key whose mode differs from the Redis state's."""
+    from sync_worker.connections import redis_client
+    from sync_worker.mode import claim_mode
+
+    client = redis_client(settings)
+    try:
+        claim_mode(client, settings)
+    finally:
+        client.close()
 
 
 def web(
@@ -52,6 +64,7 @@ def worker(
     """Run the Celery worker that syncs users to Recur (and its dispatcher thread)."""
     settings = load_settings()
     settings.require_secret_key()
+    _claim_mode(settings)
     from sync_worker.celery_app import app
 
     argv = ["worker", "--loglevel", settings.log_level, "-Q", "sync,maintenance"]
@@ -68,6 +81,7 @@ def beat(
 ) -> None:
     """Run Celery beat: the sweep every SWEEP_INTERVAL_SECONDS and the nightly reconciliation."""
     settings = load_settings()
+    _claim_mode(settings)
     from sync_worker.celery_app import app
 
     app.start(["beat", "--loglevel", settings.log_level, "--schedule", schedule])
