@@ -215,7 +215,8 @@ def breaker_families(snapshot: StatusSnapshot) -> Iterator[Metric]:
 
 
 def reconciliation_families(runtime: Runtime) -> Iterator[Metric]:
-    """The newest finished reconciliation: when, and how much drift it found (absent before)."""
+    """The newest finished reconciliation: when, how long, and how much drift it found (absent
+    before the first one)."""
     report = last_finished_reconciliation(runtime.redis)
     if report is None or not report.get("finished_at"):
         return
@@ -233,6 +234,11 @@ def reconciliation_families(runtime: Runtime) -> Iterator[Metric]:
         "reconciliation_last_drifted",
         "Customers the newest finished reconciliation found drifted from the ledger.",
         float(report.get("drifted", 0)),
+    )
+    yield _gauge(
+        "reconciliation_last_duration_seconds",
+        "How long the newest finished reconciliation ran.",
+        float(report.get("duration_seconds", 0)),
     )
 
 
