@@ -22,6 +22,23 @@ def sandbox(
             min=0, help="Seed this many demo customers: external ids user_1..N, emails, names."
         ),
     ] = 0,
+    checkout_customers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also seed this many customers as Recur Checkout creates them: no external id, "
+            "emails checkout_1..N@example.com.",
+        ),
+    ] = 0,
+    echo_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--echo-metadata",
+            envvar="SANDBOX_ECHO_METADATA",
+            help="Return each customer's metadata in /v1 answers, which Recur's doc never does "
+            "(for experiments only; off by default).",
+        ),
+    ] = False,
     secret_key: Annotated[
         str,
         typer.Option(
@@ -60,6 +77,11 @@ def sandbox(
         latency_ms=latency_ms,
         rate_limit_rps=rate_limit_rps,
         request_log_size=request_log_size,
+        echo_metadata=echo_metadata,
     )
-    typer.echo(f"Recur sandbox on http://{host}:{port} ({customers} customers)", err=True)
+    if checkout_customers:
+        app.state.sandbox.store.seed(checkout_customers, prefix="checkout_", bound=False)
+    total = customers + checkout_customers
+    echo = ", metadata echoed" if echo_metadata else ""
+    typer.echo(f"Recur sandbox on http://{host}:{port} ({total} customers{echo})", err=True)
     uvicorn.Server(uvicorn_config(app, host=host, port=port)).run()

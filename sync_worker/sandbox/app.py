@@ -1,9 +1,13 @@
 """The sandbox as an ASGI app: the Recur Customers API under `/v1`, controls under `/_sandbox`.
 
-`/v1` follows the Recur doc: `Authorization: Bearer <secret key>`, the customer routes, the
-error envelope. Every `/v1` request, refused or not, lands in the request log, and its
-`X-Request-Id` (`req_<seq>`) names its log entry. Order of checks: latency, outage, rate limit,
-authentication, scripted and random faults, routing, body validation, lookup.
+`/v1` follows the Recur doc: `Authorization: Bearer <secret key>`, the customer routes
+(`/v1/customers`, with `email` an exact filter; `/v1/customers/{id}`, by Recur id or, with
+`?by_external_id=true`, by external id; `/v1/customers/external/{external_id}`), the error
+envelope on every refusal (405s name the allowed methods in `Allow`), and answers without
+`metadata`, which the doc never returns (`echo_metadata` adds it, for experiments).
+Every `/v1` request, refused or not, lands in the request log, and its `X-Request-Id`
+(`req_<seq>`) names its log entry. Order of checks: latency, outage, rate limit, authentication,
+scripted and random faults, routing, body validation, lookup.
 
 `/_sandbox` needs no key, injects no fault and is not logged:
 
@@ -12,12 +16,13 @@ authentication, scripted and random faults, routing, body validation, lookup.
 | `GET /_sandbox/health` | `{"status": "ok", "customers": n, ...}` |
 | `POST /_sandbox/reset` | forget customers, faults and the log (request seqs restart at 1) |
 | `POST /_sandbox/customers` | create a list of `{email, name, external_id, metadata, status}` |
-| `GET /_sandbox/customers/{id}`, `.../external/{external_id}` | read one, bypassing /v1 |
-| `POST /_sandbox/seed` | `{"count": n, "prefix": "user_", "start": 1}`: demo customers |
+| `GET /_sandbox/customers/{id}`, `.../external/{external_id}` | read one with its metadata |
+| `POST /_sandbox/seed` | `{"count": n, "prefix": "user_", "start": 1, "bound": true}` |
 | `GET /_sandbox/requests` | the log; filters `since`, `method`, `external_id`, `status`, `limit` |
 | `DELETE /_sandbox/requests` | empty the log (seqs keep increasing) |
 | `GET`, `PUT`, `PATCH /_sandbox/faults` | read, replace (absent = off) or merge the faults |
 
+`"bound": false` seeds customers whose external id is null, as Recur Checkout creates them.
 Starlette is used bare, and request bodies are checked by hand, to keep the per-request cost low.
 """
 
@@ -33,6 +38,8 @@ from collections import deque
 from collections.abc import Mapping
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -55,9 +62,21 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
+_ALLOWED = {"list": "GET", "one": "GET, PATCH", "external": "GET, PATCH"}
 # Marks a PATCH whose body did not parse, as distinct from a body that is JSON null.
 _NOT_JSON = object()
 _AUTH_MESSAGE = "需要 Secret Key 認證 (a secret key is required"
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    # The doc's 400 `invalid_request` is for "invalid request parameters": a flag that is not a
+    # boolean is one.
+    value = query.get(name)
+    if value is None or value in _FALSE:
+        return False
+    if value in _TRUE:
+        return True
+    raise invalid(f"{name} must be true or false")
 
 
 class RequestLog:
@@ -128,15 +147,6 @@ def _error_response(error: ApiError, request_id: str | None = None) -> Response:
     return _json_response(error.status, error.body(), headers)
 
 
-def _flag(query: Mapping[str, str], name: str) -> bool:
-    value = query.get(name)
-    if value is None or value in _FALSE:
-        return False
-    if value in _TRUE:
-        return True
-    raise invalid(f"{name} must be true or false")
-
-
 def _route(path: str) -> tuple[str, str]:
     """`(kind, key)` of a `/v1` path: list, one (by id), external, or unknown."""
     segments = path[4:].strip("/").split("/")
@@ -167,9 +177,15 @@ class Sandbox:
         store: CustomerStore,
         faults: FaultInjector,
         log: RequestLog,
+        echo_metadata: bool = False,
     ) -> None:
-        """Serve the customers of `store` to requests bearing `secret_key`."""
+        """Serve the customers of `store` to requests bearing `secret_key`.
+
+        `echo_metadata` puts each customer's stored metadata into the `/v1` answers, which the
+        Recur doc never does: only for experiments with a client that reads it back.
+        """
         self.secret_key = secret_key
+        self.echo_metadata = echo_metadata
         self.livemode = secret_key.startswith("sk_live_")
         self.store = store
         self.faults = faults
@@ -247,14 +263,14 @@ class Sandbox:
         if refusal is not None:
             raise refusal
         method = request.method
-        live = self.livemode
+        live, echo = self.livemode, self.echo_metadata
         if kind == "unknown":
             raise not_found(f"no route {method} {request.scope['path']}")
         if kind == "list" and method == "GET":
             page = self.store.list(parse_list_params(request.query_params))
             return 200, {
                 "object": "list",
-                "data": [c.to_list_item_json(livemode=live) for c in page.data],
+                "data": [c.to_list_item_json(livemode=live, metadata=echo) for c in page.data],
                 "has_more": page.has_more,
                 "next_cursor": page.next_cursor,
                 "livemode": live,
@@ -262,7 +278,7 @@ class Sandbox:
         by_external = kind == "external" or _flag(request.query_params, "by_external_id")
         if kind != "list" and method == "GET":
             found = self.store.get_by_external_id(key) if by_external else self.store.get(key)
-            return 200, found.to_detail_json(livemode=live)
+            return 200, found.to_detail_json(livemode=live, metadata=echo)
         if kind != "list" and method == "PATCH":
             if payload is _NOT_JSON:
                 raise invalid("request body must be a JSON object")
@@ -271,9 +287,12 @@ class Sandbox:
                 updated = self.store.update(patch, external_id=key)
             else:
                 updated = self.store.update(patch, customer_id=key)
-            return 200, updated.to_json(livemode=live)
+            return 200, updated.to_json(livemode=live, metadata=echo)
         raise ApiError(
-            405, "invalid_request", f"{method} is not allowed on {request.scope['path']}"
+            405,
+            "invalid_request",
+            f"{method} is not allowed on {request.scope['path']}",
+            headers={"Allow": _ALLOWED[kind]},
         )
 
     # Control endpoints.
@@ -303,27 +322,30 @@ class Sandbox:
         if not isinstance(body, list):
             raise invalid("body must be a JSON list of customers")
         created = self.store.create_many(body)
-        data = [c.to_detail_json(livemode=self.livemode) for c in created]
+        data = [c.to_detail_json(livemode=self.livemode, metadata=True) for c in created]
         return _json_response(201, {"object": "list", "data": data})
 
     async def read_customer(self, request: Request) -> Response:
-        """One customer by id or external id, without auth, faults or a log entry."""
+        """One customer by id or external id, with its metadata, without auth, faults or log."""
         params = request.path_params
         if "external_id" in params:
             found = self.store.get_by_external_id(params["external_id"])
         else:
             found = self.store.get(params["customer_id"])
-        return _json_response(200, found.to_detail_json(livemode=self.livemode))
+        return _json_response(200, found.to_detail_json(livemode=self.livemode, metadata=True))
 
     async def seed(self, request: Request) -> Response:
         """Demo customers `{prefix}{start}` .. `{prefix}{start + count - 1}`."""
         body = await _json_body(request)
         if not isinstance(body, dict):
-            raise invalid('body must be {"count": n, "prefix": "user_", "start": 1}')
+            raise invalid('body must be {"count": n, "prefix": "user_", "start": 1, "bound": true}')
         count, prefix, start = body.get("count"), body.get("prefix", "user_"), body.get("start", 1)
+        bound = body.get("bound", True)
         if not isinstance(count, int) or not isinstance(start, int) or not isinstance(prefix, str):
             raise invalid("count and start must be integers, prefix a string")
-        created = self.store.seed(count, prefix=prefix, start=start)
+        if not isinstance(bound, bool):
+            raise invalid("bound must be true or false")
+        created = self.store.seed(count, prefix=prefix, start=start, bound=bound)
         return _json_response(
             201,
             {
@@ -371,6 +393,29 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404 and 405 (outside `/v1`) in the API's envelope rather than plain text.
+    assert isinstance(exc, HTTPException)  # noqa: S101 - Starlette only routes these here
+    code = "resource_not_found" if exc.status_code == 404 else "invalid_request"
+    return _error_response(ApiError(exc.status_code, code, str(exc.detail), exc.headers))
+
+
+class _AnyPath(Convertor[str]):
+    """Like Starlette's `path`, but matching newlines too: a `/v1` path with control characters
+    is still a `/v1` request (authenticated, logged, answered in the envelope)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _AnyPath())
+
+
 def create_app(
     *,
     secret_key: str = DEFAULT_SECRET_KEY,
@@ -381,6 +426,7 @@ def create_app(
     retry_after_seconds: int = 1,
     request_log_size: int = DEFAULT_LOG_SIZE,
     random_seed: int | None = None,
+    echo_metadata: bool = False,
 ) -> Starlette:
     """Build a sandbox app with `customers` demo customers and the given faults.
 
@@ -400,11 +446,12 @@ def create_app(
         store=CustomerStore(),
         faults=FaultInjector(faults, rng=rng),
         log=RequestLog(request_log_size),
+        echo_metadata=echo_metadata,
     )
     if customers:
         sandbox.store.seed(customers)
     routes = [
-        Route("/v1/{path:path}", sandbox.v1, methods=_ALL_METHODS),
+        Route("/v1/{path:anything}", sandbox.v1, methods=_ALL_METHODS),
         Route("/_sandbox/health", sandbox.health, methods=["GET"]),
         Route("/_sandbox/reset", sandbox.reset, methods=["POST"]),
         Route("/_sandbox/customers", sandbox.create_customers, methods=["POST"]),
@@ -415,6 +462,9 @@ def create_app(
         Route("/_sandbox/requests", sandbox.clear_requests, methods=["DELETE"]),
         Route("/_sandbox/faults", sandbox.faults_endpoint, methods=["GET", "PUT", "PATCH"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error})
+    handlers = {ApiError: _api_error, HTTPException: _http_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    # `/v1` is no route of the API: a 404 in the envelope, not a redirect to `/v1/`.
+    app.router.redirect_slashes = False
     app.state.sandbox = sandbox
     return app

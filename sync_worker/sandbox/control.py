@@ -99,7 +99,7 @@ class SandboxControl:
         metadata: Mapping[str, Any] | None = None,
         status: str = "ACTIVE",
     ) -> Customer:
-        """Create one customer and return it as GET would."""
+        """Create one customer and return it as GET would, with its stored metadata."""
         spec = {
             "email": email,
             "name": name,
@@ -109,17 +109,22 @@ class SandboxControl:
         }
         return self.create_customers([spec])[0]
 
-    def seed(self, count: int, *, prefix: str = "user_", start: int = 1) -> SeedResult:
-        """Create demo customers `{prefix}{start}` .. with emails `{prefix}{n}@example.com`."""
-        body = {"count": count, "prefix": prefix, "start": start}
+    def seed(
+        self, count: int, *, prefix: str = "user_", start: int = 1, bound: bool = True
+    ) -> SeedResult:
+        """Create demo customers `{prefix}{start}` .. with emails `{prefix}{n}@example.com`.
+
+        `bound=False` leaves their external id null, as Recur Checkout creates customers.
+        """
+        body = {"count": count, "prefix": prefix, "start": start, "bound": bound}
         return cast(SeedResult, self._call("POST", "/seed", json=body))
 
     def customer(self, customer_id: str) -> Customer | None:
-        """The customer with this id, or None; no auth, fault or log entry."""
+        """The customer with this id and its stored metadata, or None; no auth, fault or log."""
         return self._read(f"/customers/{customer_id}")
 
     def customer_by_external_id(self, external_id: str) -> Customer | None:
-        """The customer bound to this external id, or None; no auth, fault or log entry."""
+        """The customer bound to this external id, with its metadata, or None (no log entry)."""
         return self._read(f"/customers/external/{external_id}")
 
     def _read(self, path: str) -> Customer | None:

@@ -6,8 +6,10 @@ turns into `{"error": {"code": ..., "message": ...}}` unchanged.
 
 Where the Recur doc is silent, the sandbox decides, and says so here:
 
-- `metadata` is kept on every customer and returned with it. A PATCH carrying `metadata`
-  REPLACES the whole object (no key-by-key merge); `{}` clears it.
+- `metadata` is kept on every customer but, as in the doc, no `/v1` answer carries it (it is
+  write-only through the API); `echo_metadata` puts it back into every answer, for experiments,
+  and the control API always shows it, so tests can assert what Recur was sent. A PATCH
+  carrying `metadata` REPLACES the whole object (no key-by-key merge); `{}` clears it.
 - Customer ids are `cus_` + a ULID-like string: lexical order is creation order, so the list
   is ordered by id and a cursor is found with a bisect, whatever the store's size.
 - Emails are unique in the store (one customer per email and mode), so the email filter is a
@@ -104,9 +106,9 @@ class Customer:
     subscriptions: tuple[JsonObject, ...] = ()
     orders_count: int = 0
 
-    def to_json(self, *, livemode: bool) -> JsonObject:
-        """The customer object returned by PATCH (plus `metadata`)."""
-        return {
+    def to_json(self, *, livemode: bool, metadata: bool = False) -> JsonObject:
+        """The customer object returned by PATCH; `metadata` adds the stored metadata."""
+        body: JsonObject = {
             "object": "customer",
             "id": self.id,
             "email": self.email,
@@ -116,19 +118,21 @@ class Customer:
             "status": self.status,
             "created_at": iso_ms(self.created_ms),
             "updated_at": iso_ms(self.updated_ms),
-            "metadata": self.metadata,
             "livemode": livemode,
         }
+        if metadata:
+            body["metadata"] = self.metadata
+        return body
 
-    def to_detail_json(self, *, livemode: bool) -> JsonObject:
+    def to_detail_json(self, *, livemode: bool, metadata: bool = False) -> JsonObject:
         """The object returned by GET one customer: adds `subscriptions`."""
-        body = self.to_json(livemode=livemode)
+        body = self.to_json(livemode=livemode, metadata=metadata)
         body["subscriptions"] = list(self.subscriptions)
         return body
 
-    def to_list_item_json(self, *, livemode: bool) -> JsonObject:
+    def to_list_item_json(self, *, livemode: bool, metadata: bool = False) -> JsonObject:
         """An item of the list: adds `subscriptions_count` and `orders_count`."""
-        body = self.to_json(livemode=livemode)
+        body = self.to_json(livemode=livemode, metadata=metadata)
         body["subscriptions_count"] = len(self.subscriptions)
         body["orders_count"] = self.orders_count
         return body
@@ -228,7 +232,8 @@ def parse_list_params(query: Mapping[str, str]) -> ListParams:
         raise invalid("status must be ACTIVE or BANNED")
     return ListParams(
         limit=limit,
-        starting_after=query.get("starting_after"),
+        # An empty cursor is no cursor: `starting_after=` is what a client sends for page one.
+        starting_after=query.get("starting_after") or None,
         email=query.get("email"),
         status=status,
     )
@@ -310,15 +315,21 @@ class CustomerStore:
         """Create one customer; see `create_many`."""
         return self.create_many([spec])[0]
 
-    def seed(self, count: int, *, prefix: str = "user_", start: int = 1) -> list[Customer]:
-        """Create demo customers `{prefix}{start}` .. with matching emails and names."""
+    def seed(
+        self, count: int, *, prefix: str = "user_", start: int = 1, bound: bool = True
+    ) -> list[Customer]:
+        """Create demo customers `{prefix}{start}` .. with matching emails and names.
+
+        With `bound` false they have no external id (`external_id: null`), as Recur Checkout
+        creates customers: only their email `{prefix}{n}@example.com` finds them.
+        """
         if count < 0:
             raise invalid("count must not be negative")
         return self.create_many(
             {
                 "email": f"{prefix}{n}@example.com",
                 "name": f"測試用戶 {n}",
-                "external_id": f"{prefix}{n}",
+                "external_id": f"{prefix}{n}" if bound else None,
             }
             for n in range(start, start + count)
         )

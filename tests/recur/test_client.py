@@ -400,7 +400,7 @@ def test_get_and_update_by_external_id(sandbox: SandboxHandle, client: RecurClie
     )
     assert updated.id == created["id"]
     assert updated.name == "王大明"
-    assert updated.metadata == {"plan": "pro"}
+    assert updated.metadata is None  # never answered (the doc); what Recur stored is below
     assert updated.email == "wang@example.tw"
     stored = sandbox.control.customer(created["id"])
     assert stored is not None

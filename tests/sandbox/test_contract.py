@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from sync_worker.sandbox import DEFAULT_SECRET_KEY, SandboxControl, create_app, start_in_thread
 from tests.fixtures.sandbox import SandboxHandle
 
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 BASE_FIELDS = {
     "object", "id", "email", "name", "external_id", "email_verified", "status",
-    "created_at", "updated_at", "livemode", "metadata",
+    "created_at", "updated_at", "livemode",
 }  # fmt: skip
 
 
@@ -96,7 +97,8 @@ def test_get_by_id_returns_the_documented_object(
     assert ISO_MS.fullmatch(body["created_at"])
     assert ISO_MS.fullmatch(body["updated_at"])
     assert body["livemode"] is False
-    assert body["metadata"] == {"plan": "pro"}
+    assert "metadata" not in body  # stored (the control API shows it) but never answered
+    assert sandbox_api.get("/customers/external/user_123").json() == body
     assert body["subscriptions"] == []
 
 
@@ -146,6 +148,8 @@ def test_bad_by_external_id_flag_is_400(
     assert_error(
         sandbox_api.get("/customers/user_123?by_external_id=maybe"), 400, "invalid_request"
     )
+    assert sandbox_api.get("/customers/user_123?by_external_id=1").status_code == 200
+    assert sandbox_api.get(f"/customers/{customer['id']}?by_external_id=false").status_code == 200
 
 
 # Listing.
@@ -356,12 +360,85 @@ def test_malformed_external_id_is_422(
     assert sandbox_api.get("/customers/external/user_123").status_code == 200
 
 
-def test_metadata_is_replaced_whole(sandbox_api: httpx.Client, customer: dict[str, Any]) -> None:
+def test_metadata_is_replaced_whole(
+    sandbox: SandboxHandle, sandbox_api: httpx.Client, customer: dict[str, Any]
+) -> None:
     first = sandbox_api.patch("/customers/external/user_123", json={"metadata": {"a": 1, "b": 2}})
-    assert first.json()["metadata"] == {"a": 1, "b": 2}
+    assert first.status_code == 200
+    assert sandbox.control.customer(customer["id"])["metadata"] == {"a": 1, "b": 2}  # type: ignore[index]
     second = sandbox_api.patch("/customers/external/user_123", json={"metadata": {"c": "三"}})
-    assert second.json()["metadata"] == {"c": "三"}
     assert second.json()["name"] == "王小明"
+    assert sandbox.control.customer(customer["id"])["metadata"] == {"c": "三"}  # type: ignore[index]
+
+
+# Metadata is write-only, as in the doc.
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/customers"),
+        ("GET", "/customers?email=wang@example.tw"),
+        ("GET", "{id}"),
+        ("GET", "/customers/user_123?by_external_id=true"),
+        ("GET", "/customers/external/user_123"),
+        ("PATCH", "{id}"),
+        ("PATCH", "/customers/user_123?by_external_id=true"),
+        ("PATCH", "/customers/external/user_123"),
+    ],
+)
+def test_no_answer_carries_metadata(
+    sandbox_api: httpx.Client, customer: dict[str, Any], method: str, path: str
+) -> None:
+    path = path.format(id=f"/customers/{customer['id']}")
+    body = {"metadata": {"plan": "team"}} if method == "PATCH" else None
+    response = sandbox_api.request(method, path, json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    customers = answer["data"] if answer["object"] == "list" else [answer]
+    assert [c["id"] for c in customers] == [customer["id"]]
+    assert all("metadata" not in c for c in customers)
+    assert "metadata" not in response.text
+
+
+def test_echo_metadata_returns_it_everywhere() -> None:
+    server = start_in_thread(create_app(echo_metadata=True))
+    try:
+        with (
+            SandboxControl(server.url) as control,
+            httpx.Client(
+                base_url=server.url + "/v1",
+                headers={"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"},
+            ) as api,
+        ):
+            control.create_customer("a@x.tw", external_id="u1", metadata={"plan": "pro"})
+            assert api.get("/customers").json()["data"][0]["metadata"] == {"plan": "pro"}
+            assert api.get("/customers/external/u1").json()["metadata"] == {"plan": "pro"}
+            patched = api.patch("/customers/external/u1", json={"metadata": {"k": 1}})
+            assert patched.json()["metadata"] == {"k": 1}
+    finally:
+        server.stop()
+
+
+# Customers without an external id, as Recur Checkout creates them.
+
+
+def test_checkout_customers_are_found_by_email_only(
+    sandbox: SandboxHandle, sandbox_api: httpx.Client
+) -> None:
+    sandbox.control.seed(2)
+    seeded = sandbox.control.seed(3, prefix="checkout_", bound=False)
+    assert seeded["created"] == 3
+    listed = sandbox_api.get("/customers").json()["data"]
+    assert [c["external_id"] for c in listed] == ["user_1", "user_2", None, None, None]
+    found = sandbox_api.get("/customers", params={"email": "checkout_2@example.com"}).json()
+    (item,) = found["data"]
+    assert (item["external_id"], item["name"]) == (None, "測試用戶 2")
+    assert sandbox_api.get(f"/customers/{item['id']}").json()["external_id"] is None
+    # Bound by id, as the sync does once it found the customer by email.
+    bound = sandbox_api.patch(f"/customers/{item['id']}", json={"external_id": "user_9"})
+    assert bound.json()["external_id"] == "user_9"
+    assert sandbox_api.get("/customers/external/user_9").json()["id"] == item["id"]
 
 
 # Everything else under /v1.
@@ -369,8 +446,40 @@ def test_metadata_is_replaced_whole(sandbox_api: httpx.Client, customer: dict[st
 
 def test_unknown_route_is_404_and_wrong_method_405(sandbox_api: httpx.Client) -> None:
     assert_error(sandbox_api.get("/invoices"), 404, "resource_not_found")
-    assert_error(sandbox_api.post("/customers", json={}), 405, "invalid_request")
-    assert_error(sandbox_api.delete("/customers/external/x"), 405, "invalid_request")
+    listing = sandbox_api.post("/customers", json={})
+    assert_error(listing, 405, "invalid_request")
+    assert listing.headers["allow"] == "GET"
+    for path in ["/customers/external/x", "/customers/cus_x", "/customers/x?by_external_id=true"]:
+        one = sandbox_api.put(path, json={"name": "x"})
+        assert_error(one, 405, "invalid_request")
+        assert one.headers["allow"] == "GET, PATCH"
+
+
+@pytest.mark.parametrize("raw", ["%0A", "%0D%0Ax", "%00", "%1F%7F", "a%0Ab/c"])
+def test_control_characters_in_a_path_get_the_json_envelope(
+    sandbox: SandboxHandle, sandbox_api: httpx.Client, raw: str
+) -> None:
+    for prefix in ["/customers/", "/customers/external/", "/"]:
+        response = sandbox_api.get(prefix + raw)
+        assert_error(response, 404, "resource_not_found")
+        assert sandbox.control.requests()[-1]["status"] == 404  # a /v1 request, logged
+    assert_error(
+        sandbox_api.get("/customers/" + raw, headers={"Authorization": ""}), 401, "unauthorized"
+    )
+
+
+def test_paths_outside_v1_get_the_json_envelope(sandbox: SandboxHandle) -> None:
+    assert_error(httpx.get(sandbox.url + "/v1"), 404, "resource_not_found")
+    assert_error(httpx.get(sandbox.url + "/v2/customers%0A"), 404, "resource_not_found")
+    wrong = httpx.delete(sandbox.url + "/_sandbox/health")
+    assert_error(wrong, 405, "invalid_request")
+    assert wrong.headers["allow"]
+
+
+def test_empty_cursor_is_the_first_page(sandbox: SandboxHandle, sandbox_api: httpx.Client) -> None:
+    sandbox.control.seed(3)
+    first = sandbox_api.get("/customers", params={"starting_after": "", "limit": 2}).json()
+    assert [c["external_id"] for c in first["data"]] == ["user_1", "user_2"]
 
 
 def test_request_id_names_the_log_entry(sandbox: SandboxHandle, sandbox_api: httpx.Client) -> None:
