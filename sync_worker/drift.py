@@ -16,7 +16,9 @@ from sync_worker.pending import FieldState
 from sync_worker.recur.models import ListedCustomer
 
 COMPARED_FIELDS = ("name", "metadata")
-"""Fields a drift is repaired for (`email` cannot be sent, so it is only reported)."""
+"""Fields a drift is repaired for (`email` cannot be sent, so it is only reported). Each is
+compared only where Recur's answer carries it: the documented answers never carry `metadata`,
+so its drift cannot be seen through the API (a sandbox run with `--echo-metadata` shows it)."""
 
 SAMPLE_SIZE = 20
 """User ids kept per kind in a report, so an operator can look, without the report growing."""
@@ -36,6 +38,8 @@ class Counts:
     drifted: int = 0
     drifted_name: int = 0
     drifted_metadata: int = 0
+    compared_name: int = 0
+    compared_metadata: int = 0
     enqueued: int = 0
     left_to_pending: int = 0
     unknown_to_ledger: int = 0
@@ -61,8 +65,16 @@ class Counts:
         return cls(**json.loads(text))
 
 
+def fields_compared(counts: Counts) -> list[str]:
+    """The fields Recur returned for at least one customer the ledger knows that field of."""
+    return [name for name in COMPARED_FIELDS if getattr(counts, f"compared_{name}")]
+
+
 def differs(name: str, desired: Any, customer: ListedCustomer) -> bool:
-    """True when Recur's value of a field (name or metadata) is not the desired one."""
+    """True when Recur's value of a field (name or metadata) is not the desired one.
+
+    The field must be in the answer (`compare_page` skips it otherwise): absent is unknown.
+    """
     have = customer.get(name)
     if name == "metadata":
         # Recur answers `{}` or null for "no metadata"; both match an empty desired object.
@@ -90,12 +102,15 @@ def compare_page(
         if email is not None and str(email.value).casefold() != customer["email"].casefold():
             counts.email_mismatches += 1
             counts.sample("email_mismatches", user_id)
-        drift = {
-            name: state
-            for name in COMPARED_FIELDS
-            if (state := entry.fields.get(name)) is not None
-            and differs(name, state.value, customer)
-        }
+        drift: Drift = {}
+        for name in COMPARED_FIELDS:
+            state = entry.fields.get(name)
+            if state is None or name not in customer:
+                continue  # nothing desired, or nothing returned to compare it with
+            counts.compared_name += name == "name"
+            counts.compared_metadata += name == "metadata"
+            if differs(name, state.value, customer):
+                drift[name] = state
         if not drift:
             counts.in_sync += 1
             continue

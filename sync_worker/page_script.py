@@ -6,7 +6,9 @@ our Python (the next page's fetch) instead of adding to it under the GIL; and ev
 of the comparing thread waits for the GIL on the way back, so the page makes one. Python sends
 the page's body as Recur sent it, undecoded (the script decodes it and checks the fields it
 compares), and gets back only what it must act on: counts, the unknown and email-mismatched ids
-(for the samples) and the drifted users with their ledger values and times.
+(for the samples), the drifted users with their ledger values and times, and how many customers
+each field was compared for. A field a customer's answer leaves out is unknown, never drift:
+Recur's documented answers carry no `metadata` at all, and null (a value) is not absent.
 The same script merges those back into the pending store (`PendingStore.restore`'s Lua, shared),
 adds the page's ids to the run's seen set and writes the previous page's checkpoint and progress
 (a `Record`): that page's repairs were done by its own script, so a checkpoint never covers a
@@ -43,8 +45,9 @@ _PAGE = (
 -- ({"data": [customer, ...], ...}), ledger prefix, seen TTL, pending prefix, now, '1' to repair
 -- or '0' (a dry run: count what would merge), progress JSON ('' for none), checkpoint items
 -- (none in a dry run). Returns {customers, customers with an external id, unknown ids,
--- email-mismatch ids, drifted users}; a drifted user is {id, fields merged, (field, ledger v:,
--- ledger t:)...} for name then metadata, the fields as in drift.compare_page. A page whose
+-- email-mismatch ids, drifted users, customers whose name was compared, same for metadata}; a
+-- drifted user is {id, fields merged, (field, ledger v:, ledger t:)...} for name then metadata,
+-- the fields as in drift.compare_page. A field absent from the answer is not compared. A page whose
 -- compared fields are not the documented types is refused (an error reply starting MALFORMED)
 -- before anything is written.
 local null, decode = cjson.null, cjson.decode
@@ -71,11 +74,8 @@ for i, c in ipairs(page.data) do
   end
   local user = c.external_id
   if user ~= nil and user ~= null and user ~= '' then
-    -- Absent is null, as in Python's `customer.get(...)`.
-    local name, metadata = c.name, c.metadata
-    if name == nil then name = null end
-    if metadata == nil then metadata = null end
-    rows[#rows + 1] = {user, name, metadata, c.email}
+    -- nil (absent: unknown, not compared) stays apart from null (a value), as `in` does in Python.
+    rows[#rows + 1] = {user, c.name, c.metadata, c.email}
   end
 end
 
@@ -104,6 +104,7 @@ local function blank(v)
 end
 
 local ids, unknown, emails, drifted = {}, {}, {}, {}
+local compared_name, compared_metadata = 0, 0
 for i, row in ipairs(rows) do
   local user = row[1]
   ids[i] = user
@@ -123,13 +124,17 @@ for i, row in ipairs(rows) do
       end
     end
     local out, fields = {user, 0}, {}
-    if h[1] and h[2] and not same(decode(h[1]), row[2]) then
-      out[#out + 1] = 'name'
-      out[#out + 1] = h[1]
-      out[#out + 1] = h[2]
-      fields.name = {h[1], tonumber(h[2])}
+    if h[1] and h[2] and row[2] ~= nil then
+      compared_name = compared_name + 1
+      if not same(decode(h[1]), row[2]) then
+        out[#out + 1] = 'name'
+        out[#out + 1] = h[1]
+        out[#out + 1] = h[2]
+        fields.name = {h[1], tonumber(h[2])}
+      end
     end
-    if h[3] and h[4] then
+    if h[3] and h[4] and row[3] ~= nil then
+      compared_metadata = compared_metadata + 1
       local want, have = decode(h[3]), row[3]
       local differs
       if blank(want) or blank(have) then
@@ -154,7 +159,7 @@ if #ids > 0 then
   redis.call('SADD', KEYS[1], unpack(ids))
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return {#page.data, #rows, unknown, emails, drifted}
+return {#page.data, #rows, unknown, emails, drifted, compared_name, compared_metadata}
 """
 )
 
@@ -164,9 +169,12 @@ _Reply = tuple[
     list[bytes | str],
     list[bytes | str],
     list[tuple[bytes | str, int, *tuple[bytes | str, ...]]],
+    int,
+    int,
 ]
 """The script's answer: customers on the page, those with an external id, unknown ids,
-email-mismatch ids, drifted users ({id, fields merged, (field, value, time)...})."""
+email-mismatch ids, drifted users ({id, fields merged, (field, value, time)...}), and the
+customers whose name, then metadata, was compared."""
 
 
 _NO_CUSTOMERS = b'{"data": []}'
@@ -228,8 +236,10 @@ class PageScript:
                 method="GET",
                 path="/v1/customers",
             ) from error
-        scanned, compared, unknown, emails, changed = cast(_Reply, reply)
+        scanned, compared, unknown, emails, changed, names, metadatas = cast(_Reply, reply)
         counts.scanned += scanned
+        counts.compared_name += names
+        counts.compared_metadata += metadatas
         counts.without_external_id += scanned - compared
         for kind, users in (("unknown_to_ledger", unknown), ("email_mismatches", emails)):
             for user in users:

@@ -9,7 +9,9 @@ One pass, under a lock so that only one runs at a time:
    by the same script, with the ledger's value and time (`PendingStore.restore`'s Lua), so the
    normal sync path repairs it (debounce, stale guard, retries, dead letters); a newer pending
    update wins that merge by itself. Email is immutable upstream: a mismatch is reported, never
-   sent. Then the cursor and counts go into the checkpoint. The next pages are fetched meanwhile
+   sent. A field a customer's answer leaves out is unknown, never drift: Recur's documented
+   answers carry no metadata, so the report names the fields actually compared. Then the cursor
+   and counts go into the checkpoint. The next pages are fetched meanwhile
    (page_stream.py), with retries;
 3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
    batches, in Redis);
@@ -38,7 +40,7 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.dlq import DeadLetterQueue
-from sync_worker.drift import Counts
+from sync_worker.drift import COMPARED_FIELDS, Counts, fields_compared
 from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
 from sync_worker.ops_webhooks import OpsEmitter
@@ -307,6 +309,10 @@ class Reconciler:
             "finished_at": _iso(finished),
             "duration_seconds": round(finished - run.started, 3),
             **asdict(run.counts),
+            # Only what Recur's answers carry can be compared (the documented ones never carry
+            # metadata); the report says so rather than letting "in sync" imply more.
+            "fields_compared": (compared := fields_compared(run.counts)),
+            "fields_not_compared": [f for f in COMPARED_FIELDS if f not in compared],
             "error": error,
         }
         pipe = self._redis.pipeline(transaction=True)

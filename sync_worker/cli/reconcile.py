@@ -24,11 +24,13 @@ from sync_worker.settings import load_settings
 SUMMARY_ROWS = (
     ("pages", "pages"),
     ("scanned", "customers scanned"),
-    ("without_external_id", "without an external id"),
+    ("without_external_id", "without an external id (unbound)"),
     ("in_sync", "in sync"),
     ("drifted", "drifted"),
     ("drifted_name", "  in name"),
     ("drifted_metadata", "  in metadata"),
+    ("compared_name", "names compared"),
+    ("compared_metadata", "metadata compared"),
     ("enqueued", "repairs enqueued"),
     ("left_to_pending", "left to a pending update"),
     ("unknown_to_ledger", "unknown to the ledger"),
@@ -119,7 +121,21 @@ def _print(result: RunResult) -> None:
         f"[{colour}]{result.status}[/] in {report['duration_seconds']} s{resumed}: "
         f"{report['drifted']} drifted, {report['enqueued']} {verb}."
     )
+    if "fields_compared" in report:
+        out.print(_fields_line(report))
     for kind, users in report.get("samples", {}).items():
         out.print(f"  {kind}: {', '.join(users)}")
     if report.get("error"):
         out.print(f"[red]error:[/] {report['error']} (the next run resumes from the checkpoint)")
+
+
+def _fields_line(report: dict[str, Any]) -> str:
+    """Which fields could be compared: only those Recur's answers carry."""
+    compared = ", ".join(report["fields_compared"]) or "none"
+    line = f"fields compared: {compared}"
+    if report.get("fields_not_compared"):
+        line += (
+            f"; not compared: {', '.join(report['fields_not_compared'])} "
+            "(not in Recur's answers, or not in the ledger: drift there cannot be seen)"
+        )
+    return line

@@ -20,6 +20,8 @@ def _report_line(report: dict[str, Any] | None) -> str:
     counts = ", ".join(
         f"{key} {value}" for key, value in report.items() if isinstance(value, int | float)
     )
+    if counts and "fields_compared" in report:
+        counts += f"; fields compared: {', '.join(report['fields_compared']) or 'none'}"
     return counts or json.dumps(report, ensure_ascii=False)
 
 

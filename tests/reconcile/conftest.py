@@ -10,6 +10,7 @@ import pytest
 from sync_worker.ledger import Ledger
 from sync_worker.reconcile import Reconciler
 from sync_worker.runtime import Runtime
+from sync_worker.sandbox import DEFAULT_SECRET_KEY, SandboxControl, create_app, start_in_thread
 from sync_worker.settings import Settings, load_settings
 from tests.fixtures.sandbox import SandboxHandle
 
@@ -39,6 +40,27 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     built = Runtime(settings)
     yield built
     built.close()
+
+
+@pytest.fixture
+def echo_runtime(redis_url: str) -> Iterator[tuple[Runtime, SandboxControl]]:
+    """A runtime on a sandbox of its own that returns metadata (`--echo-metadata`)."""
+    server = start_in_thread(create_app(echo_metadata=True))
+    built = Runtime(
+        load_settings(
+            redis_url=redis_url,
+            recur_api_url=server.url,
+            recur_secret_key=DEFAULT_SECRET_KEY,
+            rate_limit_per_second=10_000,
+            rate_limit_burst=10_000,
+        )
+    )
+    try:
+        with SandboxControl(server.url) as control:
+            yield built, control
+    finally:
+        built.close()
+        server.stop()
 
 
 def reconciler(runtime: Runtime, **overrides: Any) -> Reconciler:

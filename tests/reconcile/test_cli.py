@@ -63,6 +63,21 @@ def test_reconcile_prints_a_summary_and_exits_0(
     assert redis_client.zrange(keys.DUE, 0, -1) == ["user_3"]
 
 
+def test_reconcile_says_which_fields_it_compared(
+    env: dict[str, str], sandbox: SandboxHandle, ledger: Ledger
+) -> None:
+    sandbox.control.create_customer("a@x.tw", name="A", external_id="u1", metadata={"k": 1})
+    sandbox.control.create_customer("b@x.tw", name="B")  # as Checkout makes them
+    seed_ledger(ledger, {"u1": {"name": "A", "metadata": {"k": 2}}})
+
+    result = CliRunner().invoke(app, ["reconcile"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "fields compared: name; not compared: metadata" in result.stdout
+    assert "without an external id (unbound)" in result.stdout
+    assert "0 drifted, 0 enqueued" in result.stdout
+
+
 def test_reconcile_dry_run_as_json(
     env: dict[str, str], sandbox: SandboxHandle, ledger: Ledger, redis_client: redis.Redis
 ) -> None:

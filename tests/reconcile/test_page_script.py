@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
-from sync_worker.drift import Counts, compare_page
+from sync_worker.drift import Counts, compare_page, fields_compared
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
 from sync_worker.page_script import MalformedPage, PageScript, Record
@@ -46,7 +46,8 @@ emails = st.from_regex(r"[a-zA-Z]{1,4}@[a-z]{1,3}\.tw", fullmatch=True)
 
 @st.composite
 def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, dict[str, Any]]]:
-    """Customers (some without an external id) and ledger entries: same, drifted or absent."""
+    """Customers (some without an external id, some fields left out of the answer) and ledger
+    entries: same, drifted or absent."""
     users = draw(st.lists(st.sampled_from([f"u{n}" for n in range(8)]), unique=True))
     customers: list[ListedCustomer] = []
     ledger: dict[str, dict[str, Any]] = {}
@@ -55,10 +56,11 @@ def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, di
         customer = ListedCustomer(
             id=f"cus_{n}", email=email, name=name, external_id=user, metadata=metadata
         )
-        # Recur may leave out a null field instead of sending null: both mean None.
-        if name is None and draw(st.booleans()):
+        # An answer may leave a field out (Recur never returns metadata): unknown, not drift,
+        # whatever the ledger holds; null, when sent, is a value.
+        if draw(st.booleans()):
             del customer["name"]
-        if metadata is None and draw(st.booleans()):
+        if draw(st.booleans()):
             del customer["metadata"]
         customers.append(customer)
         if draw(st.booleans()):
@@ -119,6 +121,29 @@ def test_the_script_counts_drifts_and_repairs_as_compare_page(
     else:
         assert redis_client.keys(keys.PENDING + "*") == []
         assert redis_client.zcard(keys.DUE) == 0
+
+
+def test_a_field_left_out_of_the_answer_is_unknown_and_null_is_a_value(
+    redis_client: redis.Redis,
+) -> None:
+    ledger = Ledger(redis_client)
+    for user in ("u1", "u2", "u3"):
+        ledger.seed(user, {"name": "applied", "metadata": {"plan": "pro"}}, ts_ms=1_000)
+    page = [
+        ListedCustomer(id="c1", email="a@x.tw", external_id="u1", name="applied"),
+        ListedCustomer(id="c2", email="b@x.tw", external_id="u2"),
+        ListedCustomer(id="c3", email="c@x.tw", external_id="u3", name=None, metadata=None),
+    ]
+    counts = Counts()
+
+    drifted = _script(redis_client).compare(_body(page), counts, seen=SEEN, record=None)
+
+    # u1, u2: metadata (and u2's name) not returned, so not compared; u3 answered null for both.
+    assert {user: sorted(drift) for user, drift in drifted.items()} == {"u3": ["metadata", "name"]}
+    assert (counts.in_sync, counts.drifted, counts.enqueued) == (2, 1, 1)
+    assert (counts.compared_name, counts.compared_metadata) == (2, 1)
+    assert fields_compared(counts) == ["name", "metadata"]
+    assert fields_compared(Counts(compared_name=3)) == ["name"]
 
 
 def test_a_newer_pending_field_is_left_to_win(redis_client: redis.Redis) -> None:

@@ -10,8 +10,10 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.events import UserEvent
+from sync_worker.ledger import Ledger
 from sync_worker.reconcile import progress, reports
 from sync_worker.runtime import Runtime
+from sync_worker.sandbox import SandboxControl
 from tests.fixtures.sandbox import SandboxHandle
 from tests.reconcile.conftest import (
     LEDGER_TS,
@@ -60,16 +62,14 @@ def test_ten_thousand_customers(
     assert redis_client.zrange(keys.DUE, 0, -1) == ["user_5000"]
 
 
-def test_drift_in_name_and_metadata_is_enqueued_with_the_ledger_state(
-    runtime: Runtime, sandbox: SandboxHandle, redis_client: redis.Redis
-) -> None:
-    control = sandbox.control
+def _name_and_metadata_drift(control: SandboxControl, ledger: Ledger) -> None:
+    """u_name differs in name, u_meta in metadata, u_ok and u_empty agree with the ledger."""
     control.create_customer("a@x.tw", name="Recur name", external_id="u_name")
     control.create_customer("b@x.tw", name="Same", external_id="u_meta", metadata={"plan": "free"})
     control.create_customer("c@x.tw", name="Same", external_id="u_ok", metadata={"plan": "pro"})
     control.create_customer("d@x.tw", name="Same", external_id="u_empty")
     seed_ledger(
-        runtime.ledger,
+        ledger,
         {
             "u_name": {"name": "Ledger name"},
             "u_meta": {"name": "Same", "metadata": {"plan": "pro"}},
@@ -78,10 +78,34 @@ def test_drift_in_name_and_metadata_is_enqueued_with_the_ledger_state(
         },
     )
 
+
+def test_metadata_recur_does_not_return_is_never_drift(
+    runtime: Runtime, sandbox: SandboxHandle, redis_client: redis.Redis
+) -> None:
+    _name_and_metadata_drift(sandbox.control, runtime.ledger)
+
+    report = reconciler(runtime).run().report
+
+    assert report["drifted"] == report["enqueued"] == 1
+    assert (report["drifted_name"], report["drifted_metadata"], report["in_sync"]) == (1, 0, 3)
+    assert (report["compared_name"], report["compared_metadata"]) == (4, 0)
+    assert (report["fields_compared"], report["fields_not_compared"]) == (["name"], ["metadata"])
+    assert redis_client.zrange(keys.DUE, 0, -1) == ["u_name"]
+    assert redis_client.exists(keys.pending("u_meta")) == 0
+
+
+def test_drift_in_name_and_metadata_is_enqueued_with_the_ledger_state(
+    echo_runtime: tuple[Runtime, SandboxControl], redis_client: redis.Redis
+) -> None:
+    # A sandbox that returns metadata (`--echo-metadata`), as an experiment: then it is compared.
+    runtime, control = echo_runtime
+    _name_and_metadata_drift(control, runtime.ledger)
+
     report = reconciler(runtime).run().report
 
     assert report["drifted"] == report["enqueued"] == 2
     assert (report["drifted_name"], report["drifted_metadata"], report["in_sync"]) == (1, 1, 2)
+    assert report["fields_compared"] == ["name", "metadata"]
     assert sorted(report["samples"]["drifted"]) == ["u_meta", "u_name"]
     assert sorted(redis_client.zrange(keys.DUE, 0, -1)) == ["u_meta", "u_name"]
     # Only the drifted field goes back, with the ledger's own time: the stale guard still holds.
