@@ -39,7 +39,6 @@ from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -393,13 +392,6 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return _error_response(exc)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    # Starlette's own 404 and 405 (outside `/v1`) in the API's envelope rather than plain text.
-    assert isinstance(exc, HTTPException)  # noqa: S101 - Starlette only routes these here
-    code = "resource_not_found" if exc.status_code == 404 else "invalid_request"
-    return _error_response(ApiError(exc.status_code, code, str(exc.detail), exc.headers))
-
-
 class _AnyPath(Convertor[str]):
     """Like Starlette's `path`, but matching newlines too: a `/v1` path with control characters
     is still a `/v1` request (authenticated, logged, answered in the envelope)."""
@@ -462,9 +454,6 @@ def create_app(
         Route("/_sandbox/requests", sandbox.clear_requests, methods=["DELETE"]),
         Route("/_sandbox/faults", sandbox.faults_endpoint, methods=["GET", "PUT", "PATCH"]),
     ]
-    handlers = {ApiError: _api_error, HTTPException: _http_error}
-    app = Starlette(routes=routes, exception_handlers=handlers)
-    # `/v1` is no route of the API: a 404 in the envelope, not a redirect to `/v1/`.
-    app.router.redirect_slashes = False
+    app = Starlette(routes=routes, exception_handlers={ApiError: _api_error})
     app.state.sandbox = sandbox
     return app

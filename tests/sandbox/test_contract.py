@@ -468,14 +468,6 @@ def test_control_characters_in_a_path_get_the_json_envelope(
     )
 
 
-def test_paths_outside_v1_get_the_json_envelope(sandbox: SandboxHandle) -> None:
-    assert_error(httpx.get(sandbox.url + "/v1"), 404, "resource_not_found")
-    assert_error(httpx.get(sandbox.url + "/v2/customers%0A"), 404, "resource_not_found")
-    wrong = httpx.delete(sandbox.url + "/_sandbox/health")
-    assert_error(wrong, 405, "invalid_request")
-    assert wrong.headers["allow"]
-
-
 def test_empty_cursor_is_the_first_page(sandbox: SandboxHandle, sandbox_api: httpx.Client) -> None:
     sandbox.control.seed(3)
     first = sandbox_api.get("/customers", params={"starting_after": "", "limit": 2}).json()
