@@ -242,6 +242,8 @@ def _event(d: dict[str, Any]) -> str:
 def _attempt(d: dict[str, Any]) -> str:
     fields = ", ".join(d.get("fields", [])) or "nothing"
     text = f"PATCH {fields}{_answer(d)}: {d.get('result')}"
+    if d.get("result") == "quick_retry":
+        text = f"call to Recur{_answer(d)}: tried again at once (quick retry)"
     if d.get("result") == "applied" or d.get("result") == "more":
         text = f"PATCH {fields} -> {d.get('status', 200)}: {d.get('result')}"
     if d.get("dead_letter_id"):

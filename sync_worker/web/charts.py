@@ -142,6 +142,9 @@ def chart_svg(chart: Chart, found: History) -> str:
                 f"<polyline data-series='{escape(name)}' fill='none' stroke='{colour}' "
                 f"stroke-width='1.5' points='{run}'/>"
             )
+            if " " not in run:  # a lone point draws no line: mark it
+                cx, cy = run.split(",")
+                parts.append(f"<circle cx='{cx}' cy='{cy}' r='2.5' fill='{colour}'/>")
         latest = next((v for v in reversed(values) if v is not None), None)
         now = "-" if latest is None else _number(latest) + chart.unit
         legend.append(
