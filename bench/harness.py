@@ -104,11 +104,13 @@ def environment() -> Iterator[tuple[Processes, str]]:
             processes.stop_all()
 
 
-def start_sandbox(processes: Processes, *, latency_ms: int = 0, customers: int = 0) -> str:
-    """A sandbox subprocess; returns its base URL."""
+def start_sandbox(
+    processes: Processes, *, latency_ms: int = 0, customers: int = 0, name: str = "sandbox"
+) -> str:
+    """A sandbox subprocess (`name` in `processes`); returns its base URL."""
     port = free_port()
     processes.start(
-        "sandbox",
+        name,
         [
             sys.executable, "-m", "sync_worker", "sandbox",
             "--port", str(port),

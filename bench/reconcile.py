@@ -2,12 +2,19 @@
 
 Baseline: a plain httpx loop paging `GET /v1/customers?limit=100&starting_after=...` to the end
 and decoding each page, nothing else. Ours: `Reconciler.run()` over the same sandbox, with a
-ledger entry for every customer (1 % of them drifted, so repairs are enqueued too). The shared
-rate limit is set high for both, so the time measures our overhead, not the throttle. Peak RSS
-growth is this process's peak during the pass minus its size just before it.
-Target: ours <= 1.25x the baseline, RSS growth < 50 MB.
+ledger entry (name and metadata) for every customer (1 % of them drifted in name, so repairs are
+enqueued too). The shared rate limit is set high for both, so the time measures our overhead,
+not the throttle. Peak RSS growth is this process's peak during the pass minus its size just
+before it. Target: ours <= 1.25x the baseline, RSS growth < 50 MB.
+
+PATCHes sent: after the passes, the repairs they enqueued go through the normal sync path, and
+the sandbox's request log counts the PATCHes that reach it: one per drifted customer, none for
+the metadata the sandbox (as Recur) never returns. Then `--synced` users (1,000) are synced with
+metadata through the sync path into a fresh sandbox, left unchanged, and reconciled: with no
+drift that pass must send 0 PATCHes.
 
     python -m bench.reconcile [--customers N] [--drift-percent P] [--repeat R] [--latency-ms L]
+                              [--synced N]
 
 With no latency the sandbox answers a page in about a millisecond, which is the worst case for
 our overhead; `--latency-ms 20` is closer to Recur over the internet, where fetching the next
@@ -27,11 +34,14 @@ import httpx
 import redis
 
 from bench.harness import SANDBOX_KEY, Processes, cpu_seconds, environment, start_sandbox, table
+from sync_worker import redis_keys as keys
+from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
 from sync_worker.logging import configure_logging
 from sync_worker.reconcile import Reconciler
 from sync_worker.runtime import Runtime
-from sync_worker.settings import load_settings
+from sync_worker.sandbox import SandboxControl
+from sync_worker.settings import Settings, load_settings
 
 MB = 1024 * 1024
 
@@ -67,8 +77,12 @@ def raw_loop(sandbox: str) -> tuple[float, int]:
     return time.perf_counter() - started, seen
 
 
+METADATA = {"plan": "pro", "seats": 5}
+
+
 def seed_ledger(redis_url: str, customers: int, drift_percent: float) -> int:
-    """A ledger entry per customer; every (100 / drift_percent)th has another name."""
+    """A ledger entry per customer, with metadata; every (100 / drift_percent)th has another
+    name."""
     client = redis.Redis.from_url(redis_url)
     ledger = Ledger(client)
     every = round(100 / drift_percent) if drift_percent > 0 else 0
@@ -78,7 +92,7 @@ def seed_ledger(redis_url: str, customers: int, drift_percent: float) -> int:
         if every and n % every == 0:
             name += " (renamed)"
             drifted += 1
-        ledger.seed(f"user_{n}", {"name": name}, ts_ms=1_700_000_000_000)
+        ledger.seed(f"user_{n}", {"name": name, "metadata": METADATA}, ts_ms=1_700_000_000_000)
     client.close()
     return drifted
 
@@ -108,6 +122,76 @@ def ours(runtime: Runtime) -> tuple[float, int, int, dict[str, object]]:
     return elapsed, before, peak_rss(), result.report
 
 
+def drain(runtime: Runtime) -> int:
+    """Sync every pending user through the normal path until none is left; how many applied."""
+    applied = 0
+    while True:
+        claims = runtime.pending.claim_due(100)
+        if claims:
+            outcomes = runtime.syncer.sync_claims(claims)
+            applied += sum(o.result == "applied" for o in outcomes)
+        elif runtime.redis.zcard(keys.DUE) == 0 and runtime.redis.zcard(keys.INFLIGHT) == 0:
+            return applied
+        else:
+            time.sleep(0.05)  # the debounce window of the newest events has not ended yet
+
+
+def patches_sent(control: SandboxControl, since: int) -> int:
+    """PATCH requests the sandbox received after request `since`."""
+    return len(control.requests(since=since, method="PATCH"))
+
+
+def last_seq(control: SandboxControl) -> int:
+    """The seq of the newest request the sandbox logged (0 when none)."""
+    logged = control.requests(since=0)
+    return logged[-1]["seq"] if logged else 0
+
+
+def bench_settings(redis_url: str, sandbox: str) -> Settings:
+    """Settings on the bench's Redis and a sandbox, with a rate limit that never throttles."""
+    return load_settings(
+        redis_url=redis_url,
+        recur_api_url=sandbox,
+        recur_secret_key=SANDBOX_KEY,
+        rate_limit_per_second=1_000_000,
+        rate_limit_burst=1_000_000,
+        log_level="WARNING",
+    )
+
+
+def synced_with_metadata(
+    processes: Processes, redis_url: str, users: int
+) -> tuple[float, int, dict[str, object]]:
+    """`users` synced with metadata through the sync path into a fresh sandbox and an emptied
+    Redis, then reconciled unchanged: the pass's seconds, the PATCHes it led to, its report."""
+    sandbox = start_sandbox(processes, name="sandbox-synced")
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    runtime = Runtime(bench_settings(redis_url, sandbox))
+    with SandboxControl(sandbox) as control:
+        control.create_customers(
+            {"email": f"synced_{n}@example.com", "name": "before", "external_id": f"synced_{n}"}
+            for n in range(1, users + 1)
+        )
+        for n in range(1, users + 1):
+            fields = {"name": f"同步用戶 {n}", "metadata": {**METADATA, "n": n}}
+            runtime.pending.accept(
+                UserEvent(
+                    f"evt_synced_{n}", "user.updated", f"synced_{n}", 1_700_000_000_000, fields
+                )
+            )
+        if drain(runtime) != users:
+            raise SystemExit("not every synced user was applied")
+        since = last_seq(control)
+        started = time.perf_counter()
+        result = Reconciler.from_runtime(runtime).run()
+        elapsed = time.perf_counter() - started
+        drain(runtime)
+        sent = patches_sent(control, since)
+    runtime.close()
+    return elapsed, sent, result.report
+
+
 def main() -> None:
     """Run both, `--repeat` times each (alternating), and print the best of each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -117,6 +201,9 @@ def main() -> None:
     parser.add_argument(
         "--latency-ms", type=int, default=0, help="Added by the sandbox to every request."
     )
+    parser.add_argument(
+        "--synced", type=int, default=1_000, help="Users synced with metadata, then reconciled."
+    )
     args = parser.parse_args()
 
     with environment() as (processes, redis_url):
@@ -125,14 +212,7 @@ def main() -> None:
         started = time.perf_counter()
         drifted = seed_ledger(redis_url, args.customers, args.drift_percent)
         print(f"ledger seeded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        settings = load_settings(
-            redis_url=redis_url,
-            recur_api_url=sandbox,
-            recur_secret_key=SANDBOX_KEY,
-            rate_limit_per_second=1_000_000,
-            rate_limit_burst=1_000_000,
-            log_level="WARNING",
-        )
+        settings = bench_settings(redis_url, sandbox)
         configure_logging(settings)
         runtime = Runtime(settings)
         raw_times: list[tuple[float, list[float]]] = []
@@ -150,16 +230,31 @@ def main() -> None:
             raw_times.append((seconds, cpu_since(processes, cpu)))
             if seen != args.customers:
                 raise SystemExit(f"the raw loop saw {seen:,} customers, not {args.customers:,}")
+        with SandboxControl(sandbox) as control:
+            since = last_seq(control)
+            drain(runtime)
+            repairs = patches_sent(control, since)
         runtime.close()
+        synced_seconds, synced_patches, synced_report = synced_with_metadata(
+            processes, redis_url, args.synced
+        )
 
     (raw, raw_cpu), (mine, my_cpu) = min(raw_times), min(our_times)
     print(
         table(
             f"Reconciliation of {args.customers:,} customers ({drifted:,} drifted), "
             f"sandbox latency {args.latency_ms} ms, best of {args.repeat}",
-            ["", "seconds", "customers/s", "x raw loop", "peak RSS growth (MB)", CPU_HEADER],
             [
-                ["raw httpx paging loop", raw, args.customers / raw, 1.0, "-", _cpu(raw_cpu)],
+                "",
+                "seconds",
+                "customers/s",
+                "x raw loop",
+                "peak RSS growth (MB)",
+                CPU_HEADER,
+                "PATCHes sent",
+            ],
+            [
+                ["raw httpx paging loop", raw, args.customers / raw, 1.0, "-", _cpu(raw_cpu), "-"],
                 [
                     "Reconciler.run()",
                     mine,
@@ -167,6 +262,7 @@ def main() -> None:
                     mine / raw,
                     growth[0] / MB,
                     _cpu(my_cpu),
+                    repairs,
                 ],
             ],
         )
@@ -174,8 +270,17 @@ def main() -> None:
     print(
         f"\npages {report['pages']}, in sync {report['in_sync']:,}, drifted {report['drifted']:,}, "
         f"enqueued {report['enqueued']:,}; RSS before the first pass {baseline_rss / MB:.1f} MB, "
-        f"growth per pass {', '.join(f'{g / MB:.1f}' for g in growth)} MB"
+        f"growth per pass {', '.join(f'{g / MB:.1f}' for g in growth)} MB; PATCHes sent after "
+        f"{args.repeat} passes: {repairs:,} (one per drifted customer)"
     )
+    print(
+        f"{args.synced:,} users synced with metadata, no drift: reconciled in "
+        f"{synced_seconds:.2f} s, in sync {synced_report['in_sync']:,}, drifted "
+        f"{synced_report['drifted']:,}, fields compared {synced_report['fields_compared']}, "
+        f"PATCHes sent {synced_patches:,}"
+    )
+    if synced_patches:
+        raise SystemExit("a reconciliation without drift sent PATCHes")
 
 
 CPU_HEADER = "CPU s: ours / Redis / sandbox"
