@@ -8,13 +8,18 @@ as a whole) hold.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from sync_worker import redis_keys as keys
-from tests.fixtures.stack import Stack, user_event
+from sync_worker.settings import Settings
+from tests.fixtures.stack import ADMIN_TOKEN, WEBHOOK_SECRET, Stack, user_event, wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -119,3 +124,46 @@ def test_metadata_is_one_field_the_latest_replaces_it(web_stack: Stack) -> None:
     assert json.loads(stored["v:metadata"]) == {"plan": "team"}
     # Fields merge one by one: an older event still sets a field no newer event set.
     assert json.loads(stored["v:name"]) == "Ada"
+
+
+def code_blocks(language: str) -> list[str]:
+    """The fenced blocks of one language in the merchant section, in order."""
+    return re.findall(rf"```{language}\n(.*?)```", merchant_section(), flags=re.DOTALL)
+
+
+def test_every_json_example_in_the_section_is_accepted(web_stack: Stack) -> None:
+    examples = [json.loads(block) for block in code_blocks("json")]
+    bare = re.search(r"The bare form, `(\{.*?\})`", merchant_section())
+    assert bare is not None
+    assert len(examples) == 2
+    for example in examples:
+        response = web_stack.post(example)
+        assert response.status_code == 202, response.text
+    body = bare.group(1).encode()
+    response = post(web_stack, body, web_stack.sign(body, msg_id="msg_bare_readme"))
+    assert response.status_code == 202, response.text
+
+
+def test_from_nothing_to_a_202_runs_as_written(stack: Stack, tmp_path: Path) -> None:
+    stack.sandbox.control.create_customer("one@example.tw", external_id="user_1", name="Old")
+    # The dev stack's state, as `make run` leaves it in the working directory.
+    (tmp_path / ".dev").mkdir()
+    secrets = {"WEBHOOK_SECRET": WEBHOOK_SECRET, "ADMIN_TOKEN": ADMIN_TOKEN}
+    (tmp_path / ".dev" / "secrets.json").write_text(json.dumps(secrets, indent=2) + "\n")
+    block = next(b for b in code_blocks("sh") if "send-test-event" in b and "RECUR_SYNC_URL" in b)
+    script = (
+        block.replace(".venv/bin/", str(Path(sys.executable).parent) + "/")
+        .replace("http://127.0.0.1:8000", stack.web_url)
+        .replace("examples/python/", str(README.parent / "examples" / "python") + "/")
+    )
+    ours = {name.upper() for name in Settings.model_fields}
+    env = {key: value for key, value in os.environ.items() if key not in ours}
+    env["WEB_PORT"] = stack.web_url.rsplit(":", 1)[1]  # where `make run` would listen
+    result = subprocess.run(
+        ["sh", "-e", "-c", script], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "-> 202" in result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "accepted"
+    wait_for(lambda: stack.sandbox.control.requests(method="PATCH", external_id="user_1"))
