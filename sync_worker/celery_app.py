@@ -23,7 +23,7 @@ from celery.schedules import crontab
 from celery.signals import setup_logging, task_prerun
 from kombu import Queue
 
-from sync_worker.connections import broker_transport_options
+from sync_worker.connections import broker_transport, broker_transport_options
 from sync_worker.logging import configure_logging
 from sync_worker.ops_webhooks import OpsDeliverer
 from sync_worker.runtime import Runtime
@@ -72,6 +72,7 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         **broker_transport_options(settings),
     }
     celery.conf.update(
+        broker_transport=broker_transport(settings),
         broker_transport_options=transport,
         result_backend_transport_options={
             "visibility_timeout": visibility,

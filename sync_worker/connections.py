@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from kombu.transport import redis as kombu_redis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
@@ -85,3 +86,35 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if sentinel_target(settings.redis_url) is None:
         return {}
     return {"master_name": settings.redis_sentinel_master}
+
+
+class FailoverSafeSentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, safe to close after its connection was collected.
+
+    When the master dies, Celery's consumer collects the broken connection (which detaches the
+    transport from it) and then closes it; closing restores unacknowledged messages, which
+    rebuilds the channel's pool from the detached transport and raised AttributeError, a
+    crash of the whole worker ("Unrecoverable error"). It raises a connection error instead,
+    which Celery ignores while closing: the worker reconnects through the sentinels to the new
+    master. Those messages stay in kombu's unacked set until they are restored from there, and
+    their users' leases lapse and are swept back in any case (see pending.py).
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed")
+        # kombu's stubs leave out this private method; its signature is kombu 5's.
+        return cast(dict[str, Any], super()._connparams(asynchronous))  # type: ignore[misc]
+
+
+class FailoverSafeSentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with the channel above."""
+
+    Channel = FailoverSafeSentinelChannel
+
+
+def broker_transport(settings: Settings) -> str | None:
+    """The kombu transport for the broker: ours behind Sentinel, else the URL's own."""
+    if sentinel_target(settings.redis_url) is None:
+        return None
+    return f"{__name__}:FailoverSafeSentinelTransport"

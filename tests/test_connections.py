@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from sync_worker.celery_app import create_celery_app
 from sync_worker.connections import (
+    FailoverSafeSentinelTransport,
     broker_transport_options,
     redis_client,
     sentinel_target,
@@ -72,3 +74,15 @@ def test_client_finds_the_master_through_sentinel(redis_url: str, sentinel: int)
     client.set("through-sentinel", "yes")
     assert redis.Redis.from_url(redis_url).get("through-sentinel") == b"yes"
     assert broker_transport_options(settings) == {"master_name": "testmaster"}
+
+
+def test_the_broker_behind_sentinel_uses_the_failover_safe_transport() -> None:
+    """kombu's own Sentinel channel crashed the worker when the master died (see
+    FailoverSafeSentinelChannel); tests/ha/test_failover.py shows the worker surviving."""
+    sentinel = create_celery_app(Settings(redis_url="sentinel://s1:26379;sentinel://s2:26379"))
+    plain = create_celery_app(Settings(redis_url="redis://localhost:6379/0"))
+    with sentinel.connection_for_write() as connection:
+        assert connection.transport_cls == "sync_worker.connections:FailoverSafeSentinelTransport"
+        assert isinstance(connection.transport, FailoverSafeSentinelTransport)
+    with plain.connection_for_write() as connection:
+        assert connection.transport_cls == "redis"
