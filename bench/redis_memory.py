@@ -1,5 +1,5 @@
-"""Redis memory: bytes per customer in the ledger, per pending user, per remembered event id and
-per dead letter, with 100,000 customers.
+"""Redis memory: bytes per customer in the ledger, per pending user, per remembered event id, per
+dead letter and per user's trace, with 100,000 customers.
 
 Every key is written by the real scripts (`PendingStore.accept`, `mark_applied_many`,
 `dead_letter`), in this process, against a private redis-server, so the layout is the one
@@ -7,7 +7,10 @@ production writes; no worker or HTTP is needed to measure bytes. Each kind is me
 the `INFO memory` delta (`used_memory`) of the step that creates it, divided by how many were
 created (this counts the key's entry in Redis's main dictionary and its members in shared
 indexes: `ledger-index`, `due`, `dlq-index`), and the mean `MEMORY USAGE` of a sample of the
-keys (the key and its value only). Target: ledger <= 150 bytes per customer.
+keys (the key and its value only). Target: ledger <= 150 bytes per customer. A user's trace
+(`rs:trace:{user}`, trace.py) is measured apart: with the one entry an event leaves, and with
+10, 50 and 100 entries (the cap), half events written by the accept script and half attempts
+as the sync path writes them.
 
 The events are typical: a name of a few CJK characters and a small metadata object
 (`{"plan":"pro","seats":5}`), the fields recur-sync sends. Event ids are 24-character ids like
@@ -30,9 +33,12 @@ import redis
 
 from bench.harness import environment, table
 from sync_worker import redis_keys as keys
+from sync_worker import trace
 from sync_worker.dlq import creation_record, failure_record, new_dead_letter_id
 from sync_worker.events import UserEvent
 from sync_worker.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
+from sync_worker.stats import Stats
+from sync_worker.trace import TraceLog
 
 BATCH = 500
 LEDGER_TARGET = 150
@@ -180,6 +186,42 @@ def dense_ledger(client: redis.Redis, n: int) -> list[object]:
     return [f"(not in use) ledger bucketed ~100 a hash, {encoding}", n, per_customer, usage / n, ""]
 
 
+def long_traces(client: redis.Redis, store: PendingStore, users: int = 100) -> list[list[object]]:
+    """Mean MEMORY USAGE of traces of 10, 50 and 200 entries (then deleted)."""
+    log = TraceLog()
+    stats = Stats(client, trace=log)
+    rows: list[list[object]] = []
+    for length in (10, 50, trace.MAX_ENTRIES):
+        base = 10_000_000 + length * 1000
+        for user in range(base, base + users):
+            for round_number in range(length // 2):
+                accepted = event(user, round_number)
+                store.accept(accepted)
+                log.add(
+                    accepted.user_id,
+                    "attempt",
+                    result="retry",
+                    worker=trace.worker_name(),
+                    latency_ms=23.4,
+                    fields=["metadata", "name"],
+                    attempts=round_number + 1,
+                    status=503,
+                    code="service_unavailable",
+                    message="Service temporarily unavailable",
+                    retry_at=round(time.time() + 5, 3),
+                )
+            stats.flush()
+        ids = [f"user_{user}" for user in range(base, base + users)]
+        usage = sample_usage(client, [keys.trace(user_id) for user_id in ids])
+        rows.append([f"trace with {length} entries (per user)", users, "-", usage, "-"])
+        # Leave nothing behind for the measurements that follow.
+        client.zrem(keys.DUE, *ids)
+        client.delete(*[keys.pending(u) for u in ids], *[PENDING_EVENTS + u for u in ids])
+        delete_matching(client, keys.TRACE + "*")
+        delete_matching(client, keys.EVENT_SEEN + "*")
+    return rows
+
+
 def delete_matching(client: redis.Redis, pattern: str) -> int:
     """UNLINK every key matching `pattern`; how many there were."""
     deleted = 0
@@ -218,6 +260,10 @@ def main() -> None:
         # its index) and the remembered event ids.
         accept_all(client, store, range(1, n + 1), 1)
         apply_all(store, n)
+        trace_usage = sample_usage(client, [keys.trace(f"user_{u}") for u in sample])
+        before_traces = used_memory(client)
+        traced = delete_matching(client, keys.TRACE + "*")
+        trace_delta = (before_traces - used_memory(client)) / traced
         ids_sample = [k.decode() for k in client.scan_iter(match=keys.EVENT_SEEN + "*", count=5000)]
         event_id_usage = sample_usage(client, ids_sample[: args.sample])
         before_ids = used_memory(client)
@@ -232,11 +278,14 @@ def main() -> None:
         rows.append(["  of which ledger-index member", n, "-", index_usage, "-"])
         rows.append(["remembered event id", remembered, event_id_delta, event_id_usage, "-"])
         rows.append(dense_ledger(client, n))
+        rows.append(["trace with 1 entry (per user)", traced, trace_delta, trace_usage, "-"])
+        rows += long_traces(client, store)
 
         # Round 2: a second event per customer, not yet sent: a pending user each.
         before = used_memory(client)
         accept_all(client, store, range(1, n + 1), 2)
         delete_matching(client, keys.EVENT_SEEN + "*")
+        delete_matching(client, keys.TRACE + "*")
         pending_delta = (used_memory(client) - before) / n
         pending_usage = sample_usage(
             client, [keys.pending(f"user_{u}") for u in sample]

@@ -13,7 +13,7 @@ Layout (keys in redis_keys.py):
   A user is in at most one of them.
 - `lease:{user}`: the token of the one claim allowed to send for that user.
 - `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
-- `trace:{user}` stream: the accept script adds each event's outcome to it (see trace.py).
+- `trace:{user}` list: the accept script adds each event's outcome to it (see trace.py).
 
 Every transition is one Lua script, so that a crash between two writes cannot leave a user
 half-moved, and two workers can never both hold a user. A field is merged only when its event
@@ -46,11 +46,13 @@ _ACCEPT = """
 local names, merged = {}, {}
 -- The user's trace (trace.py) gets one `event` entry whatever the outcome.
 local function trace(outcome, due)
-  local d = {id = ARGV[1], type = ARGV[11], ts = tonumber(ARGV[7]), outcome = outcome, due = due}
-  -- cjson writes an empty table as {}: leave empty lists out instead.
+  local d = {kind = 'event', at = tonumber(ARGV[3]), id = ARGV[1], type = ARGV[11],
+             ts = tonumber(ARGV[7]), outcome = outcome, due = due}
+  -- cjson writes an empty table as {}: leave empty lists out, and `merged` when it is all.
   if #names > 0 then d.fields = names end
-  if #merged > 0 then d.merged = merged end
-  redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[9], '*', 'k', 'event', 'd', cjson.encode(d))
+  if #merged > 0 and #merged < #names then d.merged = merged end
+  redis.call('LPUSH', KEYS[7], cjson.encode(d))
+  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
   redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
 for i = 12, #ARGV, 2 do names[#names + 1] = ARGV[i] end

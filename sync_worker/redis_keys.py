@@ -84,7 +84,7 @@ STATS = PREFIX + "stats"
 
 # Operator history (see trace.py and history.py).
 TRACE = PREFIX + "trace:"
-"""trace:{user_id} -> stream of what happened to that user (capped, expires); see trace.py."""
+"""trace:{user_id} -> list of what happened to that user, newest first (capped, expires)."""
 
 HISTORY = PREFIX + "history:"
 """history:{minute} -> hash of the counters of that minute (unix time // 60); expires after 25 h."""
@@ -162,7 +162,7 @@ def ops_event(event_id: str) -> str:
 
 
 def trace(user_id: str) -> str:
-    """The trace stream of one user."""
+    """The trace of one user."""
     return TRACE + user_id
 
 

@@ -661,7 +661,6 @@ class Syncer:
         }
         if snapshot is not None:
             details["fields"] = sorted(patch_body(snapshot))
-            details["event_ids"] = logged["event_ids"]
         if outcome.attempts:
             details["attempts"] = outcome.attempts
         if outcome.status is not None:

@@ -229,7 +229,7 @@ def _event(d: dict[str, Any]) -> str:
     fields = ", ".join(d.get("fields", [])) or "no fields"
     text = f"{d.get('type', 'event')} {d.get('id')} ({fields}): {d.get('outcome')}"
     if d.get("outcome") == "merged":
-        left_out = sorted(set(d.get("fields", [])) - set(d.get("merged", [])))
+        left_out = sorted(set(d.get("fields", [])) - set(d.get("merged", d.get("fields", []))))
         if left_out:
             text += f" (stale: {', '.join(left_out)})"
         if d.get("due") is not None:

@@ -1,9 +1,10 @@
 """The per-user trace: what happened to one user, newest last, for `sync-worker trace`, the
 admin API and the dashboard's user page (timeline.py puts it together with the current state).
 
-`trace:{user}` is a stream. Every entry has the same two fields, `k` (the kind) and `d` (a JSON
-object of details), so Redis keeps the field names once per stream node. It is capped with
-`XADD ... MAXLEN ~ max_entries` and expires `TRACE_RETENTION_DAYS` after its last entry.
+`trace:{user}` is a list, newest first, of JSON objects: `kind`, `at` (unix time) and the
+details. `LPUSH` then `LTRIM` keeps the newest `max_entries`; it expires `TRACE_RETENTION_DAYS`
+after its last entry. Not a stream: Redis gives every new stream a 4 KB node up front, so a user
+with one event would cost ~4.7 KB; a short list costs a few hundred bytes (bench/redis_memory.py).
 
 Nothing here costs the hot paths a round trip of its own:
 - intake: the accept script (pending.py) adds the `event` entry (merged, duplicate or stale);
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 
@@ -32,8 +33,8 @@ from sync_worker import redis_keys as keys
 DAY = 24 * 3600
 DEFAULT_RETENTION_SECONDS = 7 * DAY
 """TRACE_RETENTION_DAYS' default, for stores built without settings (tests, benches)."""
-MAX_ENTRIES = 200
-"""Entries kept per user (approximately: Redis trims whole stream nodes)."""
+MAX_ENTRIES = 100
+"""Entries kept per user; older ones are trimmed."""
 MAX_BUFFERED = 10_000
 """Entries a process holds while Redis is unreachable; the oldest are dropped past it."""
 
@@ -62,14 +63,13 @@ def record(
     `trace.record(pipe, user_id, "bound_by_email", customer_id=...)`.
     """
     details.setdefault("at", round(time.time(), 3))
-    _add(client, user_id, kind, _dumps(details), retention_seconds, max_entries)
+    _add(client, user_id, _dumps({"kind": kind, **details}), retention_seconds, max_entries)
 
 
-def _add(
-    client: Any, user_id: str, kind: str, data: str, retention_seconds: float, max_entries: int
-) -> None:
+def _add(client: Any, user_id: str, data: str, retention_seconds: float, max_entries: int) -> None:
     key = keys.trace(user_id)
-    client.xadd(key, {"k": kind, "d": data}, maxlen=max_entries, approximate=True)
+    client.lpush(key, data)
+    client.ltrim(key, 0, max_entries - 1)
     client.expire(key, int(retention_seconds))
 
 
@@ -87,34 +87,34 @@ class TraceLog:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._buffer: list[tuple[str, str, str]] = []
+        self._buffer: list[tuple[str, str]] = []
 
     def add(self, user_id: str, kind: str, **details: Any) -> None:
         """Buffer one entry, stamped now (sent with the next `Stats.flush`)."""
         details.setdefault("at", round(self._clock(), 3))
-        entry = (user_id, kind, _dumps(details))
+        entry = (user_id, _dumps({"kind": kind, **details}))
         with self._lock:
             self._buffer.append(entry)
             if len(self._buffer) > MAX_BUFFERED:
                 del self._buffer[: len(self._buffer) - MAX_BUFFERED]
 
-    def drain(self) -> list[tuple[str, str, str]]:
+    def drain(self) -> list[tuple[str, str]]:
         """Take every buffered entry."""
         with self._lock:
             taken, self._buffer = self._buffer, []
         return taken
 
-    def put_back(self, entries: list[tuple[str, str, str]]) -> None:
+    def put_back(self, entries: list[tuple[str, str]]) -> None:
         """Return entries a failed flush could not send, ahead of newer ones."""
         with self._lock:
             self._buffer[:0] = entries
             if len(self._buffer) > MAX_BUFFERED:
                 del self._buffer[: len(self._buffer) - MAX_BUFFERED]
 
-    def write(self, pipe: Any, entries: list[tuple[str, str, str]]) -> None:
+    def write(self, pipe: Any, entries: list[tuple[str, str]]) -> None:
         """Queue `entries` on a pipeline (the caller sends it)."""
-        for user_id, kind, data in entries:
-            _add(pipe, user_id, kind, data, self.retention_seconds, self.max_entries)
+        for user_id, data in entries:
+            _add(pipe, user_id, data, self.retention_seconds, self.max_entries)
 
 
 @dataclass(frozen=True)
@@ -136,16 +136,12 @@ def _text(value: bytes | str) -> str:
 
 def read(client: redis.Redis, user_id: str, *, limit: int = MAX_ENTRIES) -> list[TraceEntry]:
     """A user's trace, newest first (by when it happened, not when it reached Redis)."""
-    raw = cast(
-        list[tuple[bytes | str, dict[bytes | str, bytes | str]]],
-        client.xrevrange(keys.trace(user_id), count=limit),
-    )
+    raw: list[bytes | str] = client.lrange(keys.trace(user_id), 0, limit - 1)
     entries = []
-    for entry_id, fields in raw:
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
-        details = json.loads(decoded.get("d", "{}"))
-        # Entries written by the accept script are stamped by the stream id (Redis' clock).
-        at = float(details.pop("at", int(_text(entry_id).partition("-")[0]) / 1000))
-        entries.append(TraceEntry(at=at, kind=decoded.get("k", "?"), details=details))
+    for item in raw:
+        details = json.loads(_text(item))
+        at = float(details.pop("at", 0))
+        entries.append(TraceEntry(at=at, kind=str(details.pop("kind", "?")), details=details))
+    # Sync entries reach Redis at the end of their batch, possibly after a newer event's.
     entries.sort(key=lambda entry: entry.at, reverse=True)
     return entries
