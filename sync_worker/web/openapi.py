@@ -26,6 +26,7 @@ from pydantic.json_schema import models_json_schema
 from sync_worker.events import ID_MAX_CHARS, METADATA_MAX_DEPTH
 from sync_worker.recur.models import EXTERNAL_ID_PATTERN, NAME_MAX_CHARS
 from sync_worker.settings import MAX_BODY_BYTES
+from sync_worker.signatures import CODES as SIGNATURE_CHECKS
 from sync_worker.web.auth import SESSION_COOKIE, require_bearer
 
 PUBLIC_PATH = "/openapi.json"
@@ -82,8 +83,9 @@ class _Envelope(BaseModel):
         description="Your event id: the same on every retry of one change, new for each change.",
     )
     timestamp: datetime = Field(
-        description="When the change happened in your database (ISO 8601 with a time zone). "
-        "Per field, the latest timestamp wins."
+        description="When the change happened in your database: ISO 8601 with a time zone, "
+        "at most WEBHOOK_TOLERANCE_SECONDS ahead of the server's clock. Per field, the latest "
+        "timestamp wins."
     )
 
 
@@ -268,11 +270,16 @@ def _intake_operation() -> dict[str, Any]:
             "400": _json(Error, "`invalid_json`: the body is not JSON."),
             "401": _json(
                 Error,
-                "The signature check failed (missing header, timestamp outside the tolerance, "
-                "or no signature matches); `error.message` says which.",
+                "The signature check failed; `error.code` names the check ("
+                + ", ".join(f"`{code}`" for code in SIGNATURE_CHECKS)
+                + ") and `error.message` says what to fix, never anything secret.",
             ),
             "413": _json(Error, f"`payload_too_large`: the body is over {MAX_BODY_BYTES} bytes."),
-            "422": _json(Error, "`validation_error`: `error.fields` names each invalid field."),
+            "422": _json(
+                Error,
+                "`validation_error`: `error.fields` names each invalid field (an envelope "
+                "`timestamp` without a time zone, or too far ahead, names `timestamp`).",
+            ),
             "503": {
                 **_json(Unavailable, "Not stored (storage unavailable): retry the same event id."),
                 "headers": {"Retry-After": {"schema": {"type": "integer"}}},

@@ -134,6 +134,7 @@ def test_intake_examples_are_accepted_and_answers_match_the_schemas(web_stack: S
     )
     assert unsigned.status_code == 401
     check(unsigned)
+    assert f"`{unsigned.json()['error']['code']}`" in operation["responses"]["401"]["description"]
     for status, payload in ((400, b"{nope"), (413, b"[" + b" " * 70_000 + b"]")):
         response = web_stack.post(payload, msg_id="m")
         assert response.status_code == status
