@@ -13,6 +13,10 @@ PREFIX = "rs:"
 EVENT_SEEN = PREFIX + "event:"
 """event:{event_id} -> user id; SET NX marks an accepted event id (dedup), expires after the TTL."""
 
+# Operator routes.
+AUTH_FAILURES = PREFIX + "auth-failures:"
+"""auth-failures:{client address} -> failed admin logins in the current minute (expires)."""
+
 # The pending store: work accepted but not yet applied. See pending.py for the hash layout.
 PENDING = PREFIX + "pending:"
 """pending:{user_id} -> hash of the merged desired fields, version, event ids, attempts."""
@@ -174,3 +178,8 @@ def history(minute: int) -> str:
 def worker_heartbeat(hostname: str) -> str:
     """The heartbeat key of one worker."""
     return WORKER_HEARTBEAT + hostname
+
+
+def auth_failures(client: str) -> str:
+    """The failed-login counter of one client address."""
+    return AUTH_FAILURES + client

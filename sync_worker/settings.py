@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     event_dedup_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    admin_login_failures_per_minute: int = Field(default=10, ge=1)
 
     # Debounce.
     debounce_window_seconds: float = Field(default=2.0, ge=0)

@@ -15,6 +15,7 @@ from sync_worker.logging import get_logger
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from sync_worker.web import admin, dashboard, health, intake, metrics, openapi
+from sync_worker.web.guard import RequestGuard
 from sync_worker.web.state import WebState
 
 log = get_logger(__name__)
@@ -70,4 +71,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     openapi.install(app)
+    # Outermost of ours: sizes and credentials are checked before any route reads a body.
+    app.add_middleware(RequestGuard, state=state)
     return app

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -45,11 +46,7 @@ async def admin_error_handler(_request: Request, error: Exception) -> JSONRespon
     """Render an `AdminError` (registered on the app for that class only)."""
     if not isinstance(error, AdminError):
         raise error
-    return JSONResponse(
-        {"error": {"code": error.code, "message": error.message}},
-        status_code=error.status,
-        headers=error.headers,
-    )
+    return admin_error_response(error)
 
 
 def admin_token(settings: Settings) -> str | None:
@@ -64,21 +61,52 @@ def token_matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
+def disabled_error() -> AdminError:
+    """503: the operator routes are off without ADMIN_TOKEN."""
+    return AdminError(
+        503, "admin_disabled", "ADMIN_TOKEN is not set, so the operator API is disabled"
+    )
+
+
+def unauthorized_error() -> AdminError:
+    """401: no or a wrong bearer token (the same answer for every route and id)."""
+    return AdminError(
+        401,
+        "unauthorized",
+        "send Authorization: Bearer <ADMIN_TOKEN>",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def admin_error_response(error: AdminError, *, close: bool = False) -> JSONResponse:
+    """The JSON answer of an `AdminError`; `close` ends the connection (body left unread)."""
+    headers = dict(error.headers or {})
+    if close:
+        headers["connection"] = "close"
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}},
+        status_code=error.status,
+        headers=headers,
+    )
+
+
+def bearer_matches(headers: Mapping[str, str], expected: str) -> bool:
+    """True when `Authorization` is `Bearer <expected>`."""
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(given.strip(), expected)
+
+
 async def require_bearer(request: Request) -> None:
-    """FastAPI dependency of the admin API: 503 when disabled, 401 without the right token."""
+    """FastAPI dependency of the admin API: 503 when disabled, 401 without the right token.
+
+    The request guard (guard.py) has already refused such requests before their body was read;
+    this keeps the routes closed should they ever be served without it.
+    """
     expected = admin_token(web_state(request).settings)
     if expected is None:
-        raise AdminError(
-            503, "admin_disabled", "ADMIN_TOKEN is not set, so the operator API is disabled"
-        )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token_matches(given.strip(), expected):
-        raise AdminError(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise disabled_error()
+    if not bearer_matches(request.headers, expected):
+        raise unauthorized_error()
 
 
 def _key(token: str) -> bytes:

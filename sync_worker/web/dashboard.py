@@ -36,6 +36,7 @@ from sync_worker.web import auth
 from sync_worker.web.charts import charts_html
 from sync_worker.web.dead_letter_page import entry_html, form_edits
 from sync_worker.web.state import web_state
+from sync_worker.web.throttle import client_address
 from sync_worker.web.user_page import search_form, user_html
 
 log = get_logger(__name__)
@@ -46,7 +47,6 @@ REFRESH_SECONDS = 10
 CHART_RANGES = {60: "1 h", 360: "6 h", 1440: "24 h"}
 """Chart ranges offered, in minutes."""
 DEFAULT_CHART_MINUTES = 60
-MAX_FORM_BYTES = 16 * 1024
 _PAGE = Template(files("sync_worker.web").joinpath("templates/page.html").read_text("utf-8"))
 _HEADERS = {
     "Content-Security-Policy": (
@@ -103,11 +103,7 @@ def _login_page(error: str = "", *, status: int = 200) -> HTMLResponse:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return {}
+    body = await request.body()  # at most FORM_BYTES: the request guard (guard.py) cut it
     parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {key: values[0] for key, values in parsed.items()}
 
@@ -139,7 +135,9 @@ async def login(request: Request) -> Response:
         return _disabled()
     given = (await _form(request)).get("token", "")
     if not auth.token_matches(given, token):
-        log.warning("admin_login_failed", client=request.client.host if request.client else None)
+        address = client_address(request.scope)
+        await web_state(request).throttle.failed(address)
+        log.warning("admin_login_failed", client=address)
         return _login_page("That is not the admin token.", status=401)
     response = RedirectResponse("/admin", status_code=303)
     response.set_cookie(

@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse
 from sync_worker.events import EventValidationError, parse_event
 from sync_worker.logging import get_logger
 from sync_worker.pending import AcceptResult
-from sync_worker.settings import MAX_BODY_BYTES
 from sync_worker.signatures import SignatureError, verify
 from sync_worker.web.state import web_state
 
@@ -39,31 +38,13 @@ def _error(status: int, code: str, message: str, **extra: object) -> JSONRespons
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
-async def _read_capped(request: Request) -> bytes | None:
-    """The body, or None as soon as it grows past the limit (so a huge body is never held)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @router.post("/webhooks/user-updated")
 async def user_updated(request: Request) -> JSONResponse:
     """Accept one signed user event (both body forms of the contract)."""
     state = web_state(request)
     stats = state.runtime.stats
     stats.incr("events_received_total")
-    body = await _read_capped(request)
-    if body is None:
-        stats.incr("events_rejected_total", reason="too_large")
-        return _error(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+    body = await request.body()  # at most MAX_BODY_BYTES: the request guard (guard.py) cut it
     headers = request.headers
     now = time.time()
     try:

@@ -13,6 +13,7 @@ from sync_worker.pending import ACCEPT_SCRIPT
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from sync_worker.signatures import secret_bytes
+from sync_worker.web.throttle import LoginThrottle
 
 
 @dataclass
@@ -24,6 +25,7 @@ class WebState:
     redis: aioredis.Redis
     webhook_key: bytes
     accept_script: Any
+    throttle: LoginThrottle
 
     @classmethod
     def build(cls, settings: Settings, runtime: Runtime) -> WebState:
@@ -37,6 +39,7 @@ class WebState:
             redis=client,
             webhook_key=secret_bytes(settings.require_webhook_secret()),
             accept_script=client.register_script(ACCEPT_SCRIPT),
+            throttle=LoginThrottle(client, limit=settings.admin_login_failures_per_minute),
         )
 
 
