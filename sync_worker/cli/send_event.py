@@ -57,6 +57,17 @@ def _read_body(source: str) -> bytes:
     return raw
 
 
+def _own_id(body: bytes) -> str | None:
+    """The `id` of an envelope, which is also its webhook-id."""
+    payload = json.loads(body)
+    own = payload.get("id") if isinstance(payload, dict) else None
+    return own if isinstance(own, str) else None
+
+
+def _new_event_id() -> str:
+    return f"evt_test_{uuid.uuid4().hex[:16]}"
+
+
 def _event_time(timestamp: str | None) -> str:
     """The envelope's `timestamp`: `--timestamp` (ISO 8601 with a zone) or now, in UTC."""
     if timestamp is None:
@@ -163,20 +174,15 @@ def send_test_event(
             "--type": event_type,
             "--new-user": new_user,
             "--timestamp": timestamp,
+            "--unbind": unbind or None,
         }
         clashing = [option for option, value in given.items() if value is not None]
-        if unbind:
-            clashing.append("--unbind")
         if clashing:
             _refuse(f"--body is sent exactly as it is; {', '.join(clashing)} cannot change it")
         body = _read_body(body_file)
-        payload = json.loads(body)
-        own_id = payload.get("id") if isinstance(payload, dict) else None
-        msg_id = event_id or (own_id if isinstance(own_id, str) else None)
+        msg_id = event_id or _own_id(body) or _new_event_id()
     else:
-        msg_id = event_id
-    msg_id = msg_id or f"evt_test_{uuid.uuid4().hex[:16]}"
-    if body_file is None:
+        msg_id = event_id or _new_event_id()
         envelope = _envelope(
             msg_id,
             event_type or EventType.USER_UPDATED,
@@ -210,8 +216,7 @@ def send_test_event(
     if response.status_code == 202:
         typer.echo(
             f"The worker PATCHes customer {response.json().get('user_id')} in Recur once the "
-            f"debounce window "
-            f"({settings.debounce_window_seconds:g} s) has passed."
+            f"debounce window ({settings.debounce_window_seconds:g} s) has passed."
         )
 
 
