@@ -10,9 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from html import escape
+from typing import Any
+from urllib.parse import urlencode
 
 from sync_worker.history import History
 
+REFRESH_SECONDS = 10
+"""How often /admin reloads itself (a meta refresh)."""
+CHART_RANGES = {60: "1 h", 360: "6 h", 1440: "24 h"}
+"""Chart ranges offered, in minutes."""
+DEFAULT_CHART_MINUTES = 60
 WIDTH, HEIGHT = 560, 150
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 44, 8, 8, 20
 COLOURS = ("#2e86c1", "#c0392b", "#d68910", "#1e8449", "#7d3c98", "#566573")
@@ -162,3 +169,22 @@ def chart_svg(chart: Chart, found: History) -> str:
 def charts_html(found: History) -> str:
     """Every chart of the dashboard."""
     return "<div class='charts'>" + "".join(chart_svg(c, found) for c in CHARTS) + "</div>"
+
+
+def history_section(found: History, query: dict[str, Any], refresh: bool) -> str:
+    """The History section of /admin: range links (keeping the other filters), the refresh
+    state with a link to pause or resume it, and the charts."""
+    links = []
+    for minutes, label in CHART_RANGES.items():
+        css = "current" if minutes == query["minutes"] else ""
+        target = urlencode({**query, "minutes": minutes})
+        links.append(f"<a href='/admin?{escape(target)}' class='{css}'>{label}</a>")
+    others = {k: v for k, v in query.items() if k != "refresh"}
+    toggle = urlencode({**others, "refresh": "off"} if refresh else others)
+    state = f"refreshed every {REFRESH_SECONDS} s" if refresh else "not refreshing"
+    return (
+        f"<h2>History</h2><nav id='history-range'>{' '.join(links)} <span class='muted'>"
+        f"{state}</span> <a href='/admin?{escape(toggle)}' id='refresh-toggle'>"
+        f"{'pause' if refresh else 'resume'}</a>"
+        f"</nav>{charts_html(found)}"
+    )

@@ -25,7 +25,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sync_worker import history
 from sync_worker.dlq import REASONS, DeadLetter
-from sync_worker.history import History
 from sync_worker.logging import get_logger
 from sync_worker.replay_edit import EditError, build_edit
 from sync_worker.settings import ConfigError
@@ -33,7 +32,12 @@ from sync_worker.status import StatusSnapshot, format_age, gather_status
 from sync_worker.timeline import gather
 from sync_worker.triage import triage
 from sync_worker.web import auth
-from sync_worker.web.charts import charts_html
+from sync_worker.web.charts import (
+    CHART_RANGES,
+    DEFAULT_CHART_MINUTES,
+    REFRESH_SECONDS,
+    history_section,
+)
 from sync_worker.web.dead_letter_page import entry_html, form_edits
 from sync_worker.web.state import web_state
 from sync_worker.web.throttle import client_address
@@ -43,10 +47,6 @@ log = get_logger(__name__)
 router = APIRouter(prefix="/admin")
 
 ROWS_SHOWN = 200
-REFRESH_SECONDS = 10
-CHART_RANGES = {60: "1 h", 360: "6 h", 1440: "24 h"}
-"""Chart ranges offered, in minutes."""
-DEFAULT_CHART_MINUTES = 60
 _PAGE = Template(files("sync_worker.web").joinpath("templates/page.html").read_text("utf-8"))
 _HEADERS = {
     "Content-Security-Policy": (
@@ -279,23 +279,6 @@ def _dead_letters_html(
     )
 
 
-def _history_html(found: History, query: dict[str, Any], refresh: bool) -> str:
-    links = []
-    for minutes, label in CHART_RANGES.items():
-        css = "current" if minutes == query["minutes"] else ""
-        target = urlencode({**query, "minutes": minutes})
-        links.append(f"<a href='/admin?{escape(target)}' class='{css}'>{label}</a>")
-    others = {k: v for k, v in query.items() if k != "refresh"}
-    toggle = urlencode({**others, "refresh": "off"} if refresh else others)
-    state = f"refreshed every {REFRESH_SECONDS} s" if refresh else "not refreshing"
-    return (
-        f"<h2>History</h2><nav id='history-range'>{' '.join(links)} <span class='muted'>"
-        f"{state}</span> <a href='/admin?{escape(toggle)}' id='refresh-toggle'>"
-        f"{'pause' if refresh else 'resume'}</a>"
-        f"</nav>{charts_html(found)}"
-    )
-
-
 @router.get("", response_model=None)
 async def dashboard(
     request: Request,
@@ -354,7 +337,7 @@ async def dashboard(
         header
         + banner
         + _status_html(snapshot, csrf)
-        + _history_html(recent, query, live)
+        + history_section(recent, query, live)
         + _dead_letters_html(entries, snapshot, csrf, query, after)
     )
     # The reload drops `notice`, so a banner about an action is shown once.
