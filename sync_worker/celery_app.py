@@ -16,18 +16,23 @@ import os
 import sys
 import threading
 from functools import cached_property
-from typing import Any
+from typing import Any, NoReturn
 
+import click
 from celery import Celery, bootsteps
 from celery.schedules import crontab
 from celery.signals import setup_logging, task_prerun
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
 from kombu import Queue
 
 from sync_worker.connections import broker_transport, broker_transport_options
-from sync_worker.logging import configure_logging
+from sync_worker.logging import configure_logging, get_logger
 from sync_worker.ops_webhooks import OpsDeliverer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, Settings, load_settings
+
+log = get_logger(__name__)
 
 SYNC_QUEUE = "sync"
 MAINTENANCE_QUEUE = "maintenance"
@@ -42,6 +47,24 @@ class SyncCelery(Celery):
     def runtime(self) -> Runtime:
         """The collaborators of this process, built on first use."""
         return Runtime(self.settings)
+
+    def start(self, argv: list[str] | None = None) -> NoReturn:
+        """Run a `celery` command (worker, beat) and exit the process with its exit code.
+
+        Celery's own `start` drops the code (it runs click with standalone_mode off and discards
+        what it returns), so a worker that stopped on "Unrecoverable error" exited 0, and a
+        supervisor that restarts on failure left it dead. `worker_main` comes through here too.
+        """
+        from celery.bin.celery import celery
+
+        celery.params[0].default = self
+        try:
+            code = celery.main(args=sys.argv if argv is None else argv, standalone_mode=False)
+        except click.exceptions.Exit as stop:
+            code = stop.exit_code
+        finally:
+            celery.params[0].default = None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _crontab(expression: str, timezone: str) -> crontab:
@@ -102,6 +125,7 @@ def create_celery_app(settings: Settings) -> SyncCelery:
             "sync_worker.reconcile": {"queue": MAINTENANCE_QUEUE},
         },
         worker_pool="threads",
+        worker_consumer=f"{__name__}:SyncConsumer",
         worker_concurrency=settings.worker_concurrency,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -132,6 +156,53 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         configure_logging(settings)
 
     return celery
+
+
+class SyncConsumer(Consumer):
+    """Celery's consumer, made to survive the cleanup after a Redis crash.
+
+    When the broker connection is lost, Celery closes it; kombu's Redis channel then tries to
+    put back the messages this worker had taken but not acknowledged, through a connection pool
+    it rebuilds from a transport that `collect()` has already detached. That raises
+    AttributeError ("'NoneType' object has no attribute 'hostname'"), which Celery does not
+    expect there: it ends the worker with "Unrecoverable error" (measured: one crash in three
+    with Redis SIGKILLed mid-sync). Putting messages back cannot work anyway while Redis is
+    down; they come back by themselves (kombu restores unacknowledged messages after the
+    visibility timeout, and the pending store offers their users again once their lease lapses).
+    So the failed cleanup is logged and the consumer goes on to reconnect.
+    """
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        """Celery's cleanup of the lost connection; a failure in it is logged, not fatal."""
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as error:
+            # Celery drops `self.connection` before closing it, so the reconnect starts afresh.
+            # What it skips after the close, cancelling long-running tasks, the threads pool
+            # cannot do (no kill_job); their users' leases cover them.
+            self.connection = None
+            log.warning(
+                "broker_cleanup_failed",
+                error_type=type(error).__name__,
+                error=str(error),
+                why="kombu could not put unacknowledged messages back on the lost connection",
+            )
+
+
+class SyncRequest(Request):
+    """Celery's task request, made to survive acknowledging a message after a Redis crash.
+
+    A task that was running when the broker connection was lost finishes later and acknowledges
+    its message on the old channel, whose transport Celery has detached by then: kombu raises
+    AttributeError instead of a connection error, nothing in the event loop catches it, and the
+    worker stops with "Unrecoverable error". Counted among the connection errors, it is logged
+    ("Couldn't ack") and the worker goes on; the message comes back after the visibility timeout
+    and finds its users already settled (or their leases lapsed, and offered again).
+    """
+
+    def __init__(self, message: Any, *, connection_errors: Any = None, **kwargs: Any) -> None:
+        errors = (*(connection_errors or ()), AttributeError)
+        super().__init__(message, connection_errors=errors, **kwargs)
 
 
 class DispatcherStep(bootsteps.StartStopStep):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sync_worker.celery_app import SYNC_QUEUE, app
+from sync_worker.celery_app import SYNC_QUEUE, SyncRequest, app
 from sync_worker.pending import Claim
 from sync_worker.reconcile import Reconciler
 
 
-@app.task(name="sync_worker.sync_batch", acks_late=True)
+@app.task(name="sync_worker.sync_batch", acks_late=True, Request=SyncRequest)
 def sync_batch(claims: list[list[str]]) -> dict[str, int]:
     """Sync a batch of claimed users: `[[user_id, token], ...]`. Returns counts by result."""
     runtime = app.runtime
@@ -18,7 +18,7 @@ def sync_batch(claims: list[list[str]]) -> dict[str, int]:
     return dict(Counter(outcome.result for outcome in outcomes))
 
 
-@app.task(name="sync_worker.sweep")
+@app.task(name="sync_worker.sweep", Request=SyncRequest)
 def sweep() -> dict[str, int]:
     """Offer again lapsed claims and trim old dead letters (beat runs it; workers do too)."""
     return app.runtime.sweep()
@@ -37,7 +37,7 @@ def sync_queue_depth() -> int:
     return int(client.llen(SYNC_QUEUE))
 
 
-@app.task(name="sync_worker.reconcile")
+@app.task(name="sync_worker.reconcile", Request=SyncRequest)
 def reconcile(scheduled: bool = False, dry_run: bool = False) -> dict[str, Any]:
     """One reconciliation pass (beat sends `scheduled=True` nightly); returns its report."""
     result = Reconciler.from_runtime(app.runtime).run(scheduled=scheduled, dry_run=dry_run)

@@ -3,7 +3,9 @@ two workers racing. Each asserts what the sandbox finally holds: nothing lost, n
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,10 +13,17 @@ import redis
 
 from sync_worker.events import UserEvent
 from sync_worker.pending import PendingStore
-from tests.fixtures.stack import Stack, user_event, wait_for
+from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 
 pytestmark = pytest.mark.slow
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+REDIS_CRASHES = int(os.environ.get("REDIS_CRASHES", "3"))
+REDIS_DOWN_SECONDS = float(
+    os.environ.get("REDIS_CRASH_DOWN_SECONDS", "60" if os.environ.get("CHAOS_FULL") == "1" else "3")
+)
+"""How long Redis stays dead in each crash: short in `make test`, a minute under `make chaos`
+(CHAOS_FULL=1), anything with REDIS_CRASH_DOWN_SECONDS (and REDIS_CRASHES crashes)."""
 
 
 def seed(stack: Stack, users: int) -> list[str]:
@@ -58,9 +67,74 @@ def test_redis_restart_with_aof_loses_nothing(stack: Stack) -> None:
     expected = {user: f"{user} after restart" for user in ids}
     for user in ids:
         assert stack.post(user_event(f"evt_{user}", user, name=expected[user])).status_code == 202
-    stack.redis_server.restart()
+    stack.redis_server.restart(kill=True)  # a crash: AOF with appendfsync always keeps every 202
     stack.sandbox.control.update_faults(latency_ms=0)
     wait_for(lambda: all_named(stack, expected), timeout=90)
+    assert stack.dead_letters() == []
+
+
+class WorkerSupervisor:
+    """What `sync-worker dev` or a container runtime does for the worker: start it again when it
+    exits, so the later crashes are still tested. Each exit is kept with its log, for the test
+    to show (the worker should need no restart at all)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.worker = next(p for p in stack.processes if p.name == "worker")
+        self.exits: list[int] = []
+        self.dead: list[Proc] = []
+
+    def check(self) -> Proc:
+        if not self.worker.alive():
+            self.exits.append(self.worker.process.returncode)
+            self.dead.append(self.worker)
+            self.worker = self.stack.start_worker(name=f"worker-restart-{len(self.exits)}")
+        return self.worker
+
+    def logs(self) -> str:
+        """The last lines of each worker that exited."""
+        return "\n".join("\n".join(p.log().splitlines()[-40:]) for p in self.dead)
+
+
+@pytest.mark.timeout(60 + REDIS_CRASHES * (REDIS_DOWN_SECONDS + 120))
+def test_worker_rides_out_redis_crashes(stack: Stack) -> None:
+    """Redis SIGKILLed while PATCHes are in flight, dead for REDIS_DOWN_SECONDS, restarted,
+    REDIS_CRASHES times: the events accepted after each restart reach Recur, what was accepted
+    before each crash is not lost, and the worker process rides it all out by itself."""
+    ids = seed(stack, 12)
+    supervisor = WorkerSupervisor(stack)
+    control = stack.sandbox.control
+    for cycle in range(REDIS_CRASHES):
+        control.update_faults(latency_ms=400)
+        seen = len(control.requests(method="PATCH"))
+        before = {user: f"{user} before crash {cycle}" for user in ids}
+        for user in ids:
+            event = user_event(f"evt_{user}_b{cycle}", user, name=before[user])
+            assert stack.post(event).status_code == 202
+        wait_for(lambda s=seen: len(control.requests(method="PATCH")) > s, timeout=30)
+        stack.redis_server.crash()  # mid-sync: PATCHes are in flight, claims leased
+        time.sleep(REDIS_DOWN_SECONDS)  # the outage itself, not a wait for some state
+        stack.redis_server.start()
+        control.update_faults(latency_ms=0)
+        after = {user: f"{user} after crash {cycle}" for user in ids}
+        for user in ids:
+            event = user_event(f"evt_{user}_a{cycle}", user, name=after[user])
+            # The web process reconnects on its own; until it has, intake answers 503.
+            wait_for(lambda e=event: stack.post(e).status_code == 202, timeout=30)
+
+        def applied(expected: dict[str, str] = after) -> bool:
+            supervisor.check()
+            return all_named(stack, expected)
+
+        wait_for(applied, timeout=90)
+        last_sent = {
+            request["external_id"]: request["body"].get("name")
+            for request in control.requests(method="PATCH", status=200)
+        }
+        assert last_sent == after, f"crash {cycle}: the sandbox's last PATCHes were {last_sent}"
+    # Celery's reconnection survives kombu's failures on the lost connection (celery_app.py):
+    # the worker rode out every crash by itself, with no restart.
+    assert supervisor.exits == [], f"the worker exited {supervisor.exits}:\n{supervisor.logs()}"
     assert stack.dead_letters() == []
 
 
