@@ -46,6 +46,14 @@ INTAKE_PATH = "/webhooks/user-updated"
 # Tiers: the apps stop first (the worker settles what it holds), then Recur, then Redis.
 _TIER_REDIS, _TIER_RECUR, _TIER_APPS = 0, 1, 2
 
+# The worker and beat are restarted when they exit, as a production supervisor would: the first
+# time after RESTART_FIRST_SECONDS, then twice as long each time it exits again within
+# RESTART_STABLE_SECONDS of its start, up to RESTART_MAX_SECONDS.
+RESTARTED = frozenset({"worker", "beat"})
+RESTART_FIRST_SECONDS = 1.0
+RESTART_MAX_SECONDS = 30.0
+RESTART_STABLE_SECONDS = 60.0
+
 
 class DevStackError(Exception):
     """The stack could not start or a process died; `str()` says which and how."""
@@ -179,15 +187,41 @@ class DevStack:
         self._banner(secrets, sandbox_port)
 
     def watch(self) -> int:
-        """Block until a stop is asked (0) or a process exits on its own (1)."""
+        """Block until a stop is asked (0) or a process that is not restarted exits (1).
+
+        The worker and beat are restarted with a backoff (RESTARTED): the worker exits non-zero
+        where Celery cannot recover, e.g. from a Redis crash, and must come back by itself.
+        """
+        delays: dict[str, float] = {}
+        due: dict[str, float] = {}
         while not self._stop.wait(0.2):
-            dead = self._supervisor.first_exited()
-            if dead is not None:
-                self._supervisor.say(
-                    f"error: {dead.name} exited unexpectedly with "
-                    f"{describe_exit(dead.process.returncode)}; stopping the stack"
+            now = time.monotonic()
+            for child in list(self._supervisor.children):
+                if child.alive() or child.name in due:
+                    continue
+                how = describe_exit(child.process.returncode)
+                if child.name not in RESTARTED:
+                    self._supervisor.say(
+                        f"error: {child.name} exited unexpectedly with {how}; stopping the stack"
+                    )
+                    return 1
+                previous = delays.get(child.name)
+                stable = now - child.started_at >= RESTART_STABLE_SECONDS
+                delay = (
+                    RESTART_FIRST_SECONDS
+                    if previous is None or stable
+                    else min(RESTART_MAX_SECONDS, previous * 2)
                 )
-                return 1
+                delays[child.name] = delay
+                due[child.name] = now + delay
+                self._supervisor.say(
+                    f"{child.name} exited unexpectedly with {how}; restarting it in {delay:g} s"
+                )
+            for child in list(self._supervisor.children):
+                if child.name in due and now >= due[child.name]:
+                    del due[child.name]
+                    restarted = self._supervisor.respawn(child)
+                    self._supervisor.say(f"started {child.name} (pid {restarted.pid})")
         return 0
 
     def _redis_plan(self) -> RedisBinary | None:

@@ -6,7 +6,8 @@ child also asks the kernel, before it execs its program, for SIGTERM when the su
 (`PR_SET_PDEATHSIG`), so a `kill -9` of the supervisor leaves nothing behind either.
 
 Children are started from the main thread: the parent-death signal fires when the *thread* that
-forked the child exits, not only when the process does.
+forked the child exits, not only when the process does. The same goes for `respawn`, which starts
+a child that exited again with the same command (the dev stack does it for the worker).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class Child:
     ready_marker: str | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
+    argv: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    colour: str = "0"
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -110,6 +115,35 @@ class Supervisor:
 
         Children of a higher `tier` are stopped before those of a lower one.
         """
+        colour = _COLOURS[len(self.children) % len(_COLOURS)]
+        child = self._launch(name, argv, env=env, tier=tier, ready_marker=ready_marker)
+        child.colour = colour
+        self.children.append(child)
+        self._read(child)
+        return child
+
+    def respawn(self, old: Child) -> Child:
+        """Start an exited child again with the same command, environment, tier and colour;
+        it takes the old one's place in `children`."""
+        child = self._launch(
+            old.name, old.argv, env=old.env, tier=old.tier, ready_marker=old.ready_marker
+        )
+        child.colour = old.colour
+        self.children[self.children.index(old)] = child
+        if old.reader is not None:
+            old.reader.join(timeout=2)  # its last lines first
+        self._read(child)
+        return child
+
+    def _launch(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        tier: int,
+        ready_marker: str | None,
+    ) -> Child:
         process = subprocess.Popen(  # noqa: S603 - argv is built by the dev stack, not user input
             _wrap(argv),
             env=dict(env),
@@ -118,15 +152,25 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        child = Child(name=name, tier=tier, process=process, ready_marker=ready_marker)
-        self.children.append(child)
-        code = _COLOURS[(len(self.children) - 1) % len(_COLOURS)]
-        assert process.stdout is not None  # noqa: S101 - set by stdout=PIPE
+        return Child(
+            name=name,
+            tier=tier,
+            process=process,
+            ready_marker=ready_marker,
+            argv=list(argv),
+            env=dict(env),
+        )
+
+    def _read(self, child: Child) -> None:
+        stream = child.process.stdout
+        assert stream is not None  # noqa: S101 - set by stdout=PIPE
         child.reader = threading.Thread(
-            target=self._pump, args=(child, code, process.stdout), name=f"dev-{name}", daemon=True
+            target=self._pump,
+            args=(child, child.colour, stream),
+            name=f"dev-{child.name}",
+            daemon=True,
         )
         child.reader.start()
-        return child
 
     def _pump(self, child: Child, code: str, stream: IO[bytes]) -> None:
         with stream:

@@ -205,11 +205,30 @@ def test_a_signed_event_becomes_a_patch_and_sigint_stops_everything(dev: DevRun)
 
 def test_a_child_that_dies_stops_the_stack_with_an_error(dev: DevRun) -> None:
     pids = dev.pids()
-    os.kill(pids["worker"], signal.SIGKILL)
+    os.kill(pids["web"], signal.SIGKILL)
 
     assert dev.wait_exit() == 1
-    assert "worker exited unexpectedly with signal SIGKILL" in dev.output()
+    assert "web exited unexpectedly with signal SIGKILL; stopping the stack" in dev.output()
     assert [name for name, pid in pids.items() if running(pid)] == []
+
+
+def test_a_worker_that_exits_is_restarted_with_a_backoff(dev: DevRun) -> None:
+    first = dev.pids()["worker"]
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (pid := dev.pids()["worker"]) != first and pid, timeout=20)
+    assert "worker exited unexpectedly with signal SIGKILL; restarting it in 1 s" in dev.output()
+    wait_for(lambda: dev.output().count("ready.") >= 2, timeout=60)  # the new one consumes
+
+    os.kill(second, signal.SIGKILL)  # again, soon after its start: it waits twice as long
+    third = wait_for(lambda: (pid := dev.pids()["worker"]) not in (first, second) and pid)
+    assert "worker exited unexpectedly with signal SIGKILL; restarting it in 2 s" in dev.output()
+    assert dev.process.poll() is None
+    assert running(third)
+    wait_for(lambda: dev.output().count("ready.") >= 3, timeout=60)
+
+    dev.process.send_signal(signal.SIGINT)
+    assert dev.wait_exit() == 0, dev.output()
+    assert not running(third)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
