@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
@@ -76,10 +77,13 @@ class RecurClient:
         # transport, unless the environment names a proxy, which only the client routes.
         self._direct = not urllib.request.getproxies()
         # One httpx client per thread: a worker runs many threads, and a single shared pool
-        # serialises them on its lock (measured: a third of the sync rate lost to it).
+        # serialises them on its lock (measured: a third of the sync rate lost to it). A thread's
+        # client lives in its thread-local slot; when the thread ends, the slot goes and a
+        # finalizer closes the client (its sockets too), so the threads that come and go (each
+        # reconciliation's page thread, the web's thread pool) leave nothing behind.
         self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._clients_lock = threading.Lock()
+        self._live: weakref.WeakSet[_ThreadHttp] = weakref.WeakSet()
+        self._live_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -113,25 +117,35 @@ class RecurClient:
 
     def _thread_http(self) -> tuple[httpx.Client, httpx.BaseTransport | None]:
         """This thread's client, and the transport to send through directly (None: no proxy)."""
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None or client.is_closed:
+        http: _ThreadHttp | None = getattr(self._local, "http", None)
+        if http is None or http.client.is_closed:
             transport = self._shared_transport
             if self._direct and transport is None:
                 transport = httpx.HTTPTransport(limits=self._limits)
             # Given a transport, httpx ignores proxies from the environment: only without one.
             client = httpx.Client(**self._options, limits=self._limits, transport=transport)
-            self._local.client = client
-            self._local.transport = transport if self._direct else None
-            with self._clients_lock:
-                self._clients.append(client)
-        return client, self._local.transport
+            http = _ThreadHttp(client, transport if self._direct else None)
+            if self._shared_transport is None:
+                # The pool is this thread's alone: close it when the thread's slot is dropped.
+                # (A shared transport is the caller's to close.)
+                weakref.finalize(http, client.close)
+            self._local.http = http
+            with self._live_lock:
+                self._live.add(http)
+        return http.client, http.transport
+
+    @property
+    def live_clients(self) -> int:
+        """httpx clients held now: one per thread that made a call and has not ended."""
+        with self._live_lock:
+            return len(self._live)
 
     def close(self) -> None:
-        """Close the connection pools of every thread."""
-        with self._clients_lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
+        """Close the connection pools of every live thread."""
+        with self._live_lock:
+            live, self._live = list(self._live), weakref.WeakSet()
+        for http in live:
+            http.client.close()
 
     def update_customer_by_external_id(self, external_id: str, patch: CustomerPatch) -> Customer:
         """`PATCH /v1/customers/external/{external_id}`: the customer as Recur now has it."""
@@ -235,6 +249,17 @@ class RecurClient:
         if response.is_success:
             return response.content
         raise error_from_response(response, method=method, path=path)
+
+
+class _ThreadHttp:
+    """One thread's client and the transport its requests go through directly (None: through
+    the client, for proxies). Only the thread-local slot holds it strongly."""
+
+    __slots__ = ("__weakref__", "client", "transport")
+
+    def __init__(self, client: httpx.Client, transport: httpx.BaseTransport | None) -> None:
+        self.client = client
+        self.transport = transport
 
 
 def _send(transport: httpx.BaseTransport, request: httpx.Request) -> httpx.Response:
