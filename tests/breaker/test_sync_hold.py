@@ -14,6 +14,7 @@ from sync_worker.pending import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from tests.fixtures.sandbox import SandboxHandle
+from tests.fixtures.stack import wait_for
 from tests.operators.conftest import accept, sync_due
 
 USERS = ["user_1", "user_2", "user_3"]
@@ -78,7 +79,10 @@ def test_held_work_is_uncounted_and_outlives_the_retry_budget(
     assert [attempts(runtime, u) for u in USERS] == [1, 0, 0]
     assert runtime.breaker.view().state == "open"
 
-    time.sleep(1.2)  # longer than the whole retry budget
+    # Let the whole retry budget pass since user_1's first failure, as Redis recorded it.
+    first_failed = float(runtime.redis.hget(keys.pending("user_1"), "retry_since"))  # type: ignore[arg-type]
+    budget = runtime.settings.retry_budget_seconds
+    wait_for(lambda: time.time() - first_failed > budget, timeout=10, interval=0.05)
     runtime.redis.zadd(keys.DUE, {"user_1": 0})
     assert [o.result for o in sync_due(runtime)] == ["held"]  # claimed before it opened
     assert len(sandbox.control.requests(method="PATCH")) == 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import redis
 
 from sync_worker import redis_keys as keys
 from tests.fixtures.stack import Stack, user_event, wait_for
@@ -62,13 +65,39 @@ def test_out_of_order_events_keep_the_newest_per_field(stack: Stack) -> None:
     assert name_of(stack, "user_1") == "newest"
 
 
+@contextlib.contextmanager
+def watching(stack: Stack, command: str) -> Iterator[threading.Event]:
+    """An event set once Redis runs `command` (as MONITOR prints it, e.g. from a script)."""
+    seen = threading.Event()
+    client = redis.Redis.from_url(stack.redis_server.url)
+    monitor = client.monitor()
+    listening = monitor.__enter__()  # MONITOR is on once this returns
+
+    def listen() -> None:
+        with contextlib.suppress(redis.RedisError, OSError, ValueError, AttributeError):
+            for line in listening.listen():
+                if line["command"] == command:
+                    seen.set()
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        monitor.__exit__(None, None, None)  # closes the connection: the listener returns
+        thread.join(timeout=5)
+        client.close()
+
+
 def test_event_arriving_during_a_slow_patch_is_sent_after_it(stack: Stack) -> None:
     stack.sandbox.control.create_customer("a@b.tw", name="old", external_id="user_1")
     stack.sandbox.control.update_faults(latency_ms=1500)
-    stack.post(user_event("evt_1", "user_1", at=at(1), name="first"))
-    wait_for(lambda: stack.redis.zscore(keys.INFLIGHT, "user_1") is not None)
-    # the claim is taken; give the task a moment to read it and start its (slow) PATCH
-    time.sleep(0.5)
+    with watching(stack, f"HGETALL {keys.pending('user_1')}") as read:
+        stack.post(user_event("evt_1", "user_1", at=at(1), name="first"))
+        # The worker's snapshot script has read the change it sends (its slow PATCH is next):
+        # what is accepted from now on is a change of its own, sent after that PATCH.
+        wait_for(read.is_set)
     stack.post(user_event("evt_2", "user_1", at=at(2), name="second"))
     wait_for(lambda: len(patches(stack)) == 2 and settled(stack), timeout=30)
     assert [p["body"]["name"] for p in patches(stack)] == ["first", "second"]
