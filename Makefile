@@ -42,7 +42,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
 chaos: $(DEV_STAMP)
-	CHAOS_FULL=1 $(BIN)/pytest -m slow tests/chaos tests/ha
+	CHAOS_FULL=1 $(BIN)/pytest -m slow tests/chaos tests/ha tests/pipeline/test_faults.py::test_worker_rides_out_redis_crashes
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache
