@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Calls to Recur.
     recur_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     recur_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Unset: connect + read timeout. Bounds a call as a whole (httpx bounds each socket read).
+    recur_attempt_deadline_seconds: float | None = Field(default=None, gt=0)
     rate_limit_per_second: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=50, ge=1)
     bind_by_email: bool = True
@@ -215,13 +217,15 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.debounce_window_seconds > self.debounce_max_wait_seconds:
             raise ValueError("DEBOUNCE_WINDOW_SECONDS must not exceed DEBOUNCE_MAX_WAIT_SECONDS")
-        longest_call = (
-            self.recur_connect_timeout_seconds + self.recur_read_timeout_seconds
-        ) * self.retry_fast_attempts + self.retry_fast_max_seconds
-        if self.lease_seconds <= longest_call:
+        # The lease is renewed before each attempt whenever less than one attempt is left of it
+        # (sync.py); twice that leaves room for the settle after the last one.
+        longest_attempt = self.retry_fast_max_seconds + self.attempt_deadline_seconds
+        if self.lease_seconds < 2 * longest_attempt:
             raise ValueError(
-                f"LEASE_SECONDS must exceed the longest sync attempt ({longest_call:.0f} s), "
-                "or a slow request could race a newer one"
+                f"LEASE_SECONDS must be at least twice the longest sync attempt "
+                f"({2 * longest_attempt:g} s: 2 x (RETRY_FAST_MAX_SECONDS, the longest wait for "
+                "the rate limit, + RECUR_ATTEMPT_DEADLINE_SECONDS)), or a slow request could "
+                "race a newer one"
             )
         if self.visibility_timeout_seconds <= self.lease_seconds:
             raise ValueError("VISIBILITY_TIMEOUT_SECONDS must exceed LEASE_SECONDS")
@@ -241,6 +245,13 @@ class Settings(BaseSettings):
                 "OPS_WEBHOOK_BACKOFF_BASE_SECONDS must not exceed OPS_WEBHOOK_BACKOFF_MAX_SECONDS"
             )
         return self
+
+    @property
+    def attempt_deadline_seconds(self) -> float:
+        """The longest one call to Recur may take, connect to last byte."""
+        if self.recur_attempt_deadline_seconds is not None:
+            return self.recur_attempt_deadline_seconds
+        return self.recur_connect_timeout_seconds + self.recur_read_timeout_seconds
 
     @property
     def test_mode(self) -> bool:

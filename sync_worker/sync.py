@@ -82,6 +82,14 @@ class LeaseLost(Exception):
     """Our claim on the user lapsed; another worker may own it now, so we must not send."""
 
 
+@dataclass
+class _Lease:
+    """A claim and when its lease lapses, as far as this worker renewed it."""
+
+    claim: Claim
+    until: float
+
+
 @dataclass(frozen=True)
 class SyncOutcome:
     """How one claim ended, for logs, metrics and tests."""
@@ -143,9 +151,9 @@ class Syncer:
         view = None if probe or paused else self._breaker.view()
         held = view if view is not None and view.is_open else None
         unread = paused or held is not None
+        read_at = self._clock()  # reading the snapshots renews every claim's lease
         snapshots = [None] * len(claims) if unread else self._pending.snapshot_many(claims)
         answered = 0
-        batch_started = self._clock()
         for claim, snapshot in zip(claims, snapshots, strict=True):
             if paused:
                 self._pending.hand_back(
@@ -158,13 +166,8 @@ class Syncer:
             if held is not None:
                 outcomes.append(self._hold(claim, snapshot, held, started))
                 continue
-            if started - batch_started > self._settings.lease_seconds / 2 and not (
-                self._pending.renew(claim)
-            ):
-                # Earlier users of the batch were slow: this claim lapsed and may be another's.
-                outcomes.append(self._report(SyncOutcome(claim.user_id, "lost"), started))
-                continue
-            outcome = self._deliver(claim, snapshot, started, probe=probe)
+            lease = _Lease(claim, read_at + self._settings.lease_seconds)
+            outcome = self._deliver(claim, snapshot, started, lease, probe=probe)
             if outcome is None:
                 succeeded.append((claim, cast(Snapshot, snapshot), started))
                 answered += bool(snapshot is not None and patch_body(snapshot))
@@ -183,7 +186,13 @@ class Syncer:
         return outcomes
 
     def _deliver(
-        self, claim: Claim, snapshot: Snapshot | None, started: float, *, probe: bool
+        self,
+        claim: Claim,
+        snapshot: Snapshot | None,
+        started: float,
+        lease: _Lease,
+        *,
+        probe: bool,
     ) -> SyncOutcome | None:
         """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
@@ -198,6 +207,7 @@ class Syncer:
                 claim,
                 snapshot,
                 body,
+                lease,
                 attempts=1 if probe else self._settings.retry_fast_attempts,
             )
         except LeaseLost:
@@ -267,13 +277,19 @@ class Syncer:
         return outcomes
 
     def _send(
-        self, claim: Claim, snapshot: Snapshot, body: dict[str, Any], *, attempts: int
+        self,
+        claim: Claim,
+        snapshot: Snapshot,
+        body: dict[str, Any],
+        lease: _Lease,
+        *,
+        attempts: int,
     ) -> None:
         patch = CustomerPatch.model_construct(**body)
         if "external_id" in body and body["external_id"] is None:
             patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
         failures: list[BaseException] = []
-        run = self._quick_caller(claim, attempts=attempts, failures=failures)
+        run = self._quick_caller(lease, attempts=attempts, failures=failures)
         try:
             run(lambda: self._client.update_customer_by_external_id(claim.user_id, patch))
         except (NotFound, Conflict) as refused:
@@ -326,7 +342,6 @@ class Syncer:
         """Does Recur hold `body` for this user? Only fields Recur returns are compared."""
 
         def read(external_id: str) -> Customer | None:
-            self._renew_or_stop(claim)
             try:
                 customer: Customer = run(
                     lambda: self._client.get_customer_by_external_id(external_id)
@@ -369,7 +384,6 @@ class Syncer:
         email = self._known_email(claim.user_id, snapshot)
         if email is None:
             return False
-        self._renew_or_stop(claim)
         matches: list[Customer] = run(lambda: self._client.find_customers_by_email(email))
         if len(matches) != 1:
             log.info("bind_by_email_skipped", user_id=claim.user_id, matches=len(matches))
@@ -379,7 +393,6 @@ class Syncer:
         if customer.external_id is not None and customer.external_id != claim.user_id:
             raise BoundElsewhere(missing, customer_id=customer.id, holder=customer.external_id)
         bind = CustomerPatch.model_construct(**body, external_id=claim.user_id)
-        self._renew_or_stop(claim)
         run(lambda: self._client.update_customer(customer.id, bind))
         log.info("bound_by_email", user_id=claim.user_id, customer_id=customer.id)
         self._trace.add(claim.user_id, "bound_by_email", customer_id=customer.id)
@@ -395,19 +408,26 @@ class Syncer:
         applied = entry.fields.get("email") if entry is not None else None
         return applied.value if applied is not None and isinstance(applied.value, str) else None
 
-    def _renew_or_stop(self, claim: Claim) -> None:
-        if not self._pending.renew(claim):
-            raise LeaseLost(claim.user_id)
+    def _keep_lease(self, lease: _Lease) -> None:
+        """Before an attempt: renew the lease unless more than the longest attempt (the longest
+        wait for the rate limit plus the attempt's deadline) is left of it, so that no attempt
+        outlasts it; `LeaseLost` if it lapsed meanwhile."""
+        now = self._clock()
+        longest = self._settings.retry_fast_max_seconds + self._settings.attempt_deadline_seconds
+        if lease.until - now > longest:
+            return
+        if not self._pending.renew(lease.claim):
+            raise LeaseLost(lease.claim.user_id)
+        lease.until = now + self._settings.lease_seconds
 
     def _quick_caller(
-        self, claim: Claim, *, attempts: int, failures: list[BaseException] | None = None
+        self, lease: _Lease, *, attempts: int, failures: list[BaseException] | None = None
     ) -> Callable[[Callable[[], Any]], Any]:
         """`run(fn)`: `fn` under the quick retries, the lease renewed and failures counted (and
         kept in `failures`, to tell later whether a call may have been applied unanswered)."""
 
         def before_attempt(attempt: int) -> None:
-            if attempt > 1 and not self._pending.renew(claim):
-                raise LeaseLost(claim.user_id)
+            self._keep_lease(lease)
 
         def on_retry(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -415,7 +435,7 @@ class Syncer:
                 failures.append(error)
             self._count_failure(error)
             self._trace.add(
-                claim.user_id,
+                lease.claim.user_id,
                 "attempt",
                 result="quick_retry",
                 worker=worker_name(),

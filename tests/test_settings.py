@@ -294,3 +294,24 @@ def test_web_refuses_a_short_admin_token_in_one_line_without_echoing_it(tmp_path
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ADMIN_TOKEN: is too short: use at least 16 characters")
     assert "short-secret-15" not in done.stderr + done.stdout
+
+
+def test_lease_must_be_twice_the_longest_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The longest attempt: the longest rate-limit wait + the attempt's total deadline.
+    monkeypatch.setenv("RETRY_FAST_MAX_SECONDS", "5")
+    monkeypatch.setenv("RECUR_ATTEMPT_DEADLINE_SECONDS", "20")
+    monkeypatch.setenv("LEASE_SECONDS", "50")
+    settings = load_settings()
+    assert settings.attempt_deadline_seconds == 20
+    monkeypatch.setenv("LEASE_SECONDS", "49.9")
+    message = config_error(monkeypatch)
+    assert message.startswith("LEASE_SECONDS must be at least twice the longest sync attempt")
+    assert "RECUR_ATTEMPT_DEADLINE_SECONDS" in message
+
+
+def test_the_attempt_deadline_defaults_to_connect_plus_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RECUR_CONNECT_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("RECUR_READ_TIMEOUT_SECONDS", "7")
+    assert load_settings().attempt_deadline_seconds == 9

@@ -18,6 +18,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from sync_worker import __version__
+from sync_worker.recur.deadline import DeadlineTransport, attempt_deadline
 from sync_worker.recur.errors import (
     RecurError,
     RecurTimeout,
@@ -57,8 +58,14 @@ class RecurClient:
         max_connections: int = 100,
         transport: httpx.BaseTransport | None = None,
         throttle: Throttle | None = None,
+        attempt_deadline: float | None = None,
     ) -> None:
+        """`attempt_deadline` bounds each call as a whole (connect, write and the whole read;
+        default: connect plus read timeout), where httpx bounds each socket operation."""
         self._throttle = throttle
+        self._deadline = (
+            attempt_deadline if attempt_deadline is not None else connect_timeout + read_timeout
+        )
         self._options: dict[str, Any] = {
             "base_url": api_root(base_url),
             "headers": {
@@ -102,6 +109,7 @@ class RecurClient:
             max_connections=max(settings.worker_concurrency * 2, 10),
             transport=transport,
             throttle=throttle,
+            attempt_deadline=settings.attempt_deadline_seconds,
         )
 
     def __enter__(self) -> RecurClient:
@@ -121,7 +129,7 @@ class RecurClient:
         if http is None or http.client.is_closed:
             transport = self._shared_transport
             if self._direct and transport is None:
-                transport = httpx.HTTPTransport(limits=self._limits)
+                transport = DeadlineTransport(limits=self._limits)
             # Given a transport, httpx ignores proxies from the environment: only without one.
             client = httpx.Client(**self._options, limits=self._limits, transport=transport)
             http = _ThreadHttp(client, transport if self._direct else None)
@@ -235,8 +243,14 @@ class RecurClient:
             self._throttle()
         client, transport = self._thread_http()
         request = client.build_request(method, path, json=json, params=params)
+        # Waiting for a pooled connection counts against the call's deadline too.
+        timeouts = request.extensions["timeout"]
+        pool = timeouts.get("pool")
+        wait = self._deadline if pool is None else min(pool, self._deadline)
+        request.extensions["timeout"] = {**timeouts, "pool": wait}
         try:
-            response = client.send(request) if transport is None else _send(transport, request)
+            with attempt_deadline(self._deadline):
+                response = _send(transport, request) if transport else client.send(request)
         except httpx.TimeoutException as error:
             raise RecurTimeout(
                 f"{method} {path} timed out: {type(error).__name__}", method=method, path=path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import ClassVar
 
@@ -548,3 +549,46 @@ def test_a_proxy_named_by_the_environment_is_used(monkeypatch: pytest.MonkeyPatc
         finally:
             proxy.shutdown()
     assert _ProxyHandler.seen == ["GET http://recur.invalid/v1/customers/external/u1 HTTP/1.1"]
+
+
+class _TrickleHandler(http.server.BaseHTTPRequestHandler):
+    """Answers a customer a byte at a time: each read is quick, the whole answer is not."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(CUSTOMER).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            return  # the client gave up, as it should
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.mark.parametrize("deadline", [0.6, 1.5])
+def test_a_trickling_answer_ends_at_the_attempt_deadline(deadline: float) -> None:
+    # The read timeout (2 s) never trips between bytes 0.1 s apart; the answer alone would take
+    # over 9 s. The attempt's deadline bounds the whole call.
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            client = RecurClient(
+                base_url=f"http://127.0.0.1:{server.server_address[1]}",
+                secret_key=KEY,
+                read_timeout=2.0,
+                attempt_deadline=deadline,
+            )
+            started = time.monotonic()
+            with client, pytest.raises(RecurTimeout):
+                client.get_customer_by_external_id("u1")
+            elapsed = time.monotonic() - started
+        finally:
+            server.shutdown()
+    assert deadline <= elapsed < deadline + 1.0
