@@ -13,7 +13,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from sync_worker import history
+from sync_worker import history, trace
 from sync_worker import redis_keys as keys
 from sync_worker.dispatch import Dispatcher
 from sync_worker.runtime import Runtime
@@ -88,6 +88,9 @@ def test_traffic_shows_in_the_last_minutes(
     p50 = [v for v in now["latency_p50_seconds"] if v is not None]
     assert p50
     assert 0 < p50[-1] <= 1  # the 503-then-200 change applied well within a second
+    # The web's accept script (the asyncio client) wrote the user's trace too.
+    received = [e for e in trace.read(runtime.redis, "user_h") if e.kind == "event"]
+    assert [e.details["outcome"] for e in received] == ["merged"]
     ttl = runtime.redis.ttl(keys.history(history.minute_of(time.time())))
     assert 24 * 3600 < ttl <= history.HISTORY_TTL_SECONDS
 
