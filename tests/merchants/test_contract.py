@@ -142,6 +142,11 @@ def test_every_json_example_in_the_section_is_accepted(web_stack: Stack) -> None
     body = bare.group(1).encode()
     response = post(web_stack, body, web_stack.sign(body, msg_id="msg_bare_readme"))
     assert response.status_code == 202, response.text
+    # "Unknown fields are ignored", at both levels of the envelope.
+    extra = {**examples[0], "id": "evt_extra", "source": "app", "data": {
+        **examples[0]["data"], "plan_code": "P1"
+    }}  # fmt: skip
+    assert web_stack.post(extra).status_code == 202
 
 
 def test_from_nothing_to_a_202_runs_as_written(stack: Stack, tmp_path: Path) -> None:
