@@ -14,6 +14,7 @@ from typing import Any
 from sync_worker.ledger import LedgerEntry
 from sync_worker.pending import FieldState
 from sync_worker.recur.models import ListedCustomer
+from sync_worker.redis_keys import email_field
 
 COMPARED_FIELDS = ("name", "metadata")
 """Fields a drift is repaired for (`email` cannot be sent, so it is only reported). Each is
@@ -40,6 +41,7 @@ class Counts:
     drifted_metadata: int = 0
     compared_name: int = 0
     compared_metadata: int = 0
+    bindable_by_email: int = 0
     enqueued: int = 0
     left_to_pending: int = 0
     unknown_to_ledger: int = 0
@@ -120,3 +122,43 @@ def compare_page(
         counts.sample("drifted", user_id)
         drifted[user_id] = drift
     return drifted
+
+
+BOUND_FIELDS = ("name", "metadata", "email")
+"""What a bind by email restores: the fields sent, and the email the sync path looks up with."""
+
+
+def bindable(
+    customers: list[ListedCustomer],
+    users_by_email: dict[str, str],
+    entries: dict[str, LedgerEntry],
+    counts: Counts,
+) -> dict[str, Drift]:
+    """Customers without an external id whose email the ledger knows: each user's ledger fields,
+    to restore so the sync path binds the customer by email on its 404.
+
+    `users_by_email` is the intake and import index (`email_field(email)` -> user id),
+    `entries` the ledger entries of those users. A user counts only when its ledger email is
+    the customer's exactly (the sync path's lookup by email is exact, as Recur's filter), it was
+    not moved to another external id by us, and it has something to send.
+    """
+    found: dict[str, Drift] = {}
+    for customer in customers:
+        if customer.get("external_id"):
+            continue
+        user_id = users_by_email.get(email_field(customer["email"]))
+        entry = entries.get(user_id) if user_id is not None else None
+        if user_id is None or entry is None:
+            continue
+        email, moved = entry.fields.get("email"), entry.fields.get("external_id")
+        if email is None or email.value != customer["email"]:
+            continue
+        if moved is not None and moved.value != user_id:
+            continue
+        fields = {name: state for name in BOUND_FIELDS if (state := entry.fields.get(name))}
+        if "name" not in fields and "metadata" not in fields:
+            continue
+        counts.bindable_by_email += 1
+        counts.sample("bindable_by_email", user_id)
+        found[user_id] = fields
+    return found

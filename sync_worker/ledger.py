@@ -20,11 +20,13 @@ from sync_worker import redis_keys as keys
 from sync_worker.pending import FieldState, _dumps
 
 _SEED = """
--- KEYS: ledger, index. ARGV: user, now, (field, value, ts)... Newer timestamps only.
+-- KEYS: ledger, index, email-users. ARGV: user, now, (field, value, ts)... Newer timestamps only.
 for i = 3, #ARGV, 3 do
   local lt = tonumber(redis.call('HGET', KEYS[1], 't:' .. ARGV[i]))
   if lt == nil or tonumber(ARGV[i + 2]) >= lt then
     redis.call('HSET', KEYS[1], 'v:' .. ARGV[i], ARGV[i + 1], 't:' .. ARGV[i], ARGV[i + 2])
+    local email = ARGV[i] == 'email' and cjson.decode(ARGV[i + 1])
+    if type(email) == 'string' then redis.call('HSET', KEYS[3], string.lower(email), ARGV[1]) end
   end
 end
 redis.call('HSETNX', KEYS[1], 'applied_at', ARGV[2])
@@ -114,4 +116,4 @@ class Ledger:
             # The encoding the pending store writes after a sync: a value reads the same
             # whichever wrote it (the reconciliation decodes both sides anyway).
             args += [name, _dumps(value), stamp]
-        self._seed(keys=[keys.ledger(user_id), keys.LEDGER_INDEX], args=args)
+        self._seed(keys=[keys.ledger(user_id), keys.LEDGER_INDEX, keys.EMAIL_USERS], args=args)

@@ -41,17 +41,18 @@ from sync_worker.recur.errors import RecurError
 _PAGE = (
     RESTORE_FUNCTION
     + """
--- KEYS: seen, checkpoint, progress, due, inflight. ARGV: the page's body as Recur sent it
--- ({"data": [customer, ...], ...}), ledger prefix, seen TTL, pending prefix, now, '1' to repair
--- or '0' (a dry run: count what would merge), progress JSON ('' for none), checkpoint items
--- (none in a dry run). Returns {customers, customers with an external id, unknown ids,
--- email-mismatch ids, drifted users, customers whose name was compared, same for metadata}; a
--- drifted user is {id, fields merged, (field, ledger v:, ledger t:)...} for name then metadata,
--- the fields as in drift.compare_page. A field absent from the answer is not compared. A page whose
--- compared fields are not the documented types is refused (an error reply starting MALFORMED)
--- before anything is written.
+-- KEYS: seen, checkpoint, progress, due, inflight, email-users. ARGV: the page's body as Recur
+-- sent it ({"data": [customer, ...], ...}), ledger prefix, seen TTL, pending prefix, now, '1' to
+-- repair or '0' (a dry run: count what would merge), '1' to bind by email or '0', progress JSON
+-- ('' for none), checkpoint items (none in a dry run). Returns {customers, customers with an
+-- external id, unknown ids, email-mismatch ids, drifted users, customers whose name was
+-- compared, same for metadata, bindable users}; a drifted user is {id, fields merged, (field,
+-- ledger v:, ledger t:)...} for name then metadata, the fields as in drift.compare_page; a
+-- bindable user (drift.bindable) is {id, fields merged}. A field absent from the answer is not
+-- compared. A page whose compared fields are not the documented types is refused (an error
+-- reply starting MALFORMED) before anything is written.
 local null, decode = cjson.null, cjson.decode
-local repair = ARGV[6] == '1'
+local repair, bind = ARGV[6] == '1', ARGV[7] == '1'
 
 local function malformed(why)
   return redis.error_reply('MALFORMED ' .. why)
@@ -66,7 +67,7 @@ local decoded, page = pcall(decode, ARGV[1])
 if not decoded or type(page) ~= 'table' or type(page.data) ~= 'table' then
   return malformed('the page is not a JSON object with a data list')
 end
-local rows = {}
+local rows, unbound = {}, {}
 for i, c in ipairs(page.data) do
   if type(c) ~= 'table' or type(c.email) ~= 'string' or not optional(c.name, 'string')
      or not optional(c.metadata, 'table') or not optional(c.external_id, 'string') then
@@ -76,12 +77,16 @@ for i, c in ipairs(page.data) do
   if user ~= nil and user ~= null and user ~= '' then
     -- nil (absent: unknown, not compared) stays apart from null (a value), as `in` does in Python.
     rows[#rows + 1] = {user, c.name, c.metadata, c.email}
+  elseif bind then
+    -- No external id (Checkout made it): the user whose email it is, if intake or import saw it.
+    local found = redis.call('HGET', KEYS[6], string.lower(c.email))
+    if found then unbound[#unbound + 1] = {found, c.email} end
   end
 end
 
-if ARGV[7] ~= '' then
-  if #ARGV > 7 then redis.call('HSET', KEYS[2], unpack(ARGV, 8)) end
-  redis.call('SET', KEYS[3], ARGV[7])
+if ARGV[8] ~= '' then
+  if #ARGV > 8 then redis.call('HSET', KEYS[2], unpack(ARGV, 9)) end
+  redis.call('SET', KEYS[3], ARGV[8])
 end
 
 -- Deep equality of decoded JSON (tables compared key by key, both ways).
@@ -155,11 +160,34 @@ for i, row in ipairs(rows) do
     end
   end
 end
+-- A bindable user's ledger fields go back to the pending store, due now: the sync path's 404
+-- by external id then binds the customer by email (sync.py). Only when the ledger's email is
+-- the customer's exactly (that lookup is exact), the user was not moved to another external id
+-- by us, and there is something to send.
+local binds = {}
+for _, pair in ipairs(unbound) do
+  local user = pair[1]
+  local key = ARGV[2] .. user
+  local h = redis.call('HMGET', key,
+    'v:name', 't:name', 'v:metadata', 't:metadata', 'v:email', 't:email', 'v:external_id')
+  local email = h[5] and h[6] and decode(h[5])
+  local moved = h[7] and decode(h[7]) ~= user
+  if type(email) == 'string' and email == pair[2] and not moved
+     and ((h[1] and h[2]) or (h[3] and h[4])) then
+    local fields = {email = {h[5], tonumber(h[6])}}
+    if h[1] and h[2] then fields.name = {h[1], tonumber(h[2])} end
+    if h[3] and h[4] then fields.metadata = {h[3], tonumber(h[4])} end
+    local merged = restore(ARGV[4] .. user, key, KEYS[4], KEYS[5], user, ARGV[5], fields, '',
+                           repair)
+    binds[#binds + 1] = {user, merged}
+    ids[#ids + 1] = user  -- in Recur, unbound: not missing
+  end
+end
 if #ids > 0 then
   redis.call('SADD', KEYS[1], unpack(ids))
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
-return {#page.data, #rows, unknown, emails, drifted, compared_name, compared_metadata}
+return {#page.data, #rows, unknown, emails, drifted, compared_name, compared_metadata, binds}
 """
 )
 
@@ -171,10 +199,11 @@ _Reply = tuple[
     list[tuple[bytes | str, int, *tuple[bytes | str, ...]]],
     int,
     int,
+    list[tuple[bytes | str, int]],
 ]
 """The script's answer: customers on the page, those with an external id, unknown ids,
-email-mismatch ids, drifted users ({id, fields merged, (field, value, time)...}), and the
-customers whose name, then metadata, was compared."""
+email-mismatch ids, drifted users ({id, fields merged, (field, value, time)...}), the
+customers whose name, then metadata, was compared, and the bindable users ({id, merged})."""
 
 
 _NO_CUSTOMERS = b'{"data": []}'
@@ -196,7 +225,7 @@ class Record:
     progress: dict[str, Any]
 
     def args(self) -> list[str]:
-        """The script's arguments from the seventh on."""
+        """The script's arguments from the eighth on."""
         return [json.dumps(self.progress), *(self.checkpoint or [])]
 
 
@@ -204,11 +233,17 @@ class PageScript:
     """Compares pages with the ledger in Redis, repairs drift, records ids seen and checkpoints."""
 
     def __init__(
-        self, client: redis.Redis, *, seen_ttl: int, clock: Callable[[], float] = time.time
+        self,
+        client: redis.Redis,
+        *,
+        seen_ttl: int,
+        clock: Callable[[], float] = time.time,
+        bind_by_email: bool = True,
     ) -> None:
         self._script = client.register_script(_PAGE)
         self._seen_ttl = seen_ttl
         self._clock = clock
+        self._bind = bind_by_email
 
     def save(self, record: Record, *, seen: str) -> None:
         """Write a checkpoint and progress alone (the pass's start and its last page)."""
@@ -221,7 +256,9 @@ class PageScript:
 
         Each drifted user's ledger state is merged back into the pending store, due now, in
         the same script (`PendingStore.restore`, counted as enqueued, or left to a newer pending
-        update); with `repair` false (a dry run) only counted. `record` (the previous page's) is
+        update); with `repair` false (a dry run) only counted. So is each bindable user's
+        (`drift.bindable`: a customer without an external id whose email the ledger knows, when
+        binding by email is on), which the sync path then binds. `record` (the previous page's) is
         written first. A body whose compared fields are not the documented types raises
         `MalformedPage`, and nothing is written.
         """
@@ -236,7 +273,7 @@ class PageScript:
                 method="GET",
                 path="/v1/customers",
             ) from error
-        scanned, compared, unknown, emails, changed, names, metadatas = cast(_Reply, reply)
+        scanned, compared, unknown, emails, changed, names, metadatas, binds = cast(_Reply, reply)
         counts.scanned += scanned
         counts.compared_name += names
         counts.compared_metadata += metadatas
@@ -263,11 +300,25 @@ class PageScript:
                 counts.left_to_pending += 1
             drifted[user_id] = drift
         counts.drifted += len(drifted)
+        for user, merged in binds:
+            counts.bindable_by_email += 1
+            counts.sample("bindable_by_email", _text(user))
+            if merged > 0:
+                counts.enqueued += 1
+            else:
+                counts.left_to_pending += 1  # a newer pending update binds it when it is sent
         counts.in_sync += compared - len(unknown) - len(drifted)
         return drifted
 
     def _keys(self, seen: str) -> list[str]:
-        return [seen, keys.RECONCILE_CHECKPOINT, keys.RECONCILE_PROGRESS, keys.DUE, keys.INFLIGHT]
+        return [
+            seen,
+            keys.RECONCILE_CHECKPOINT,
+            keys.RECONCILE_PROGRESS,
+            keys.DUE,
+            keys.INFLIGHT,
+            keys.EMAIL_USERS,
+        ]
 
     def _args(self, body: bytes, record: Record | None, repair: bool) -> list[bytes | str | int]:
         tail = record.args() if record is not None else [""]
@@ -278,5 +329,6 @@ class PageScript:
             keys.PENDING,
             repr(self._clock()),
             "1" if repair else "0",
+            "1" if self._bind else "0",
             *tail,
         ]

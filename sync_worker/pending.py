@@ -40,7 +40,7 @@ EVENTS_KEPT = 100
 PENDING_EVENTS = keys.PREFIX + "pending-events:"
 
 _ACCEPT = """
--- KEYS: event_seen, pending, ledger, due, inflight, events, trace
+-- KEYS: event_seen, pending, ledger, due, inflight, events, trace, email-users
 -- ARGV: event_id, user, now, window, max_wait, dedup_ttl, ts, events_kept,
 --       trace_max, trace_ttl, event_type, (field, value)...
 local names, merged = {}, {}
@@ -68,6 +68,9 @@ for i = 12, #ARGV, 2 do
   local pending = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
   if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
     redis.call('HSET', KEYS[2], 'v:' .. f, ARGV[i + 1], 't:' .. f, ARGV[7], 'e:' .. f, ARGV[1])
+    -- The newest email finds the user of a customer Checkout made without an external id.
+    local email = f == 'email' and cjson.decode(ARGV[i + 1])
+    if type(email) == 'string' then redis.call('HSET', KEYS[8], string.lower(email), ARGV[2]) end
     merged[#merged + 1] = f
     changed = 1
   end
@@ -497,6 +500,7 @@ class PendingStore:
             keys.INFLIGHT,
             PENDING_EVENTS + user,
             keys.trace(user),
+            keys.EMAIL_USERS,
         ]
         return script_keys, args
 

@@ -163,6 +163,7 @@ class Reconciler:
         page_attempts: int = PAGE_ATTEMPTS,
         lock_ttl_seconds: float = LOCK_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
+        bind_by_email: bool = True,
     ) -> None:
         self._redis = client
         self._recur = recur
@@ -175,7 +176,9 @@ class Reconciler:
         self._lock_ttl = lock_ttl_seconds
         self._clock = clock
         self._missing = client.register_script(_MISSING)
-        self._page_script = PageScript(client, seen_ttl=int(SEEN_TTL_SECONDS), clock=clock)
+        self._page_script = PageScript(
+            client, seen_ttl=int(SEEN_TTL_SECONDS), clock=clock, bind_by_email=bind_by_email
+        )
 
     @classmethod
     def from_runtime(cls, runtime: Runtime, **overrides: Any) -> Reconciler:
@@ -184,6 +187,7 @@ class Reconciler:
         options: dict[str, Any] = {
             "reports_kept": settings.reconcile_reports_kept,
             "timezone": settings.reconcile_timezone,
+            "bind_by_email": settings.bind_by_email,
             **overrides,
         }
         return cls(

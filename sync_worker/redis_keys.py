@@ -37,6 +37,16 @@ LEDGER = PREFIX + "ledger:"
 LEDGER_INDEX = PREFIX + "ledger-index"
 """set of user ids that have a ledger entry (reconciliation walks it for missing customers)."""
 
+EMAIL_USERS = PREFIX + "email-users"
+"""hash email (ASCII-lowercased, `email_field`) -> user id, written by intake and ledger import:
+reconciliation finds the user of a customer that has no external id (Checkout made it) by it."""
+
+
+def email_field(email: str) -> str:
+    """An email as EMAIL_USERS keys it: ASCII letters lowercased, as Lua's `string.lower`."""
+    return email.encode().lower().decode()
+
+
 # Dead letters. See dlq.py for the layout.
 DEAD_LETTER = PREFIX + "dlq:"
 """dlq:{id} -> hash of one dead letter."""

@@ -25,6 +25,7 @@ SUMMARY_ROWS = (
     ("pages", "pages"),
     ("scanned", "customers scanned"),
     ("without_external_id", "without an external id (unbound)"),
+    ("bindable_by_email", "  whose email the ledger knows (bind enqueued)"),
     ("in_sync", "in sync"),
     ("drifted", "drifted"),
     ("drifted_name", "  in name"),

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
-from sync_worker.drift import Counts, compare_page, fields_compared
+from sync_worker.drift import Counts, bindable, compare_page, fields_compared
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
 from sync_worker.page_script import MalformedPage, PageScript, Record
@@ -44,10 +44,13 @@ metadatas = st.none() | st.dictionaries(st.text(max_size=4), values, max_size=3)
 emails = st.from_regex(r"[a-zA-Z]{1,4}@[a-z]{1,3}\.tw", fullmatch=True)
 
 
+Case = tuple[list[ListedCustomer], dict[str, dict[str, Any]], dict[str, str]]
+
+
 @st.composite
-def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, dict[str, Any]]]:
-    """Customers (some without an external id, some fields left out of the answer) and ledger
-    entries: same, drifted or absent."""
+def page_and_ledger(draw: st.DrawFn) -> Case:
+    """Customers (some without an external id, some fields left out of the answer), ledger
+    entries (same, drifted or absent) and emails intake saw beyond the ledger's."""
     users = draw(st.lists(st.sampled_from([f"u{n}" for n in range(8)]), unique=True))
     customers: list[ListedCustomer] = []
     ledger: dict[str, dict[str, Any]] = {}
@@ -75,10 +78,40 @@ def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, di
             if choice != "absent":
                 fields[field] = have if choice == "same" else draw(other)
         ledger[user] = fields  # may be empty: an entry that exists with none of these fields
-    customers += [ListedCustomer(id="cus_x", email="x@y.tw", name="no id")] * draw(
+    customers += [ListedCustomer(id="cus_x", email="nobody@x.example", name="no id")] * draw(
         st.integers(0, 2)
     )
-    return customers, ledger
+    # Customers Checkout made (no external id) whose email may lead to a user (the index is
+    # ASCII-lowercased): bindable when the ledger's email is theirs exactly, the user was not
+    # moved, and there is something to send.
+    seen_emails: dict[str, str] = {}
+    for n in draw(st.lists(st.integers(0, 3), unique=True)):
+        user, email = f"b{n}", f"b{n}@bind.tw"
+        customer = ListedCustomer(
+            id=f"cus_b{n}", email=draw(st.sampled_from([email, f"B{n}@Bind.TW"]))
+        )
+        unbound = draw(st.sampled_from(["null", "absent", "empty"]))
+        if unbound != "absent":
+            customer["external_id"] = None if unbound == "null" else ""
+        customers.append(customer)
+        fields = {}
+        ledger_email = draw(st.sampled_from(["same", "upper", "other", "absent"]))
+        if ledger_email != "absent":
+            fields["email"] = {"same": email, "upper": email.upper(), "other": "x" + email}[
+                ledger_email
+            ]
+        if draw(st.booleans()):
+            fields["name"] = draw(names.filter(bool))
+        if draw(st.booleans()):
+            fields["metadata"] = draw(metadatas)
+        moved = draw(st.sampled_from(["no", "itself", "elsewhere", "unbound"]))
+        if moved != "no":
+            fields["external_id"] = {"itself": user, "elsewhere": "b9", "unbound": None}[moved]
+        if draw(st.booleans()):
+            ledger[user] = fields
+        if draw(st.booleans()):
+            seen_emails[email] = draw(st.sampled_from([user, "b9"]))  # as intake recorded it
+    return customers, ledger, seen_emails
 
 
 @settings(
@@ -86,20 +119,22 @@ def page_and_ledger(draw: st.DrawFn) -> tuple[list[ListedCustomer], dict[str, di
 )
 @given(case=page_and_ledger(), repair=st.booleans())
 def test_the_script_counts_drifts_and_repairs_as_compare_page(
-    redis_client: redis.Redis,
-    case: tuple[list[ListedCustomer], dict[str, dict[str, Any]]],
-    repair: bool,
+    redis_client: redis.Redis, case: Case, repair: bool
 ) -> None:
-    customers, entries = case
+    customers, entries, seen_emails = case
     redis_client.flushdb()
     ledger = Ledger(redis_client)
     for user, fields in entries.items():
         ledger.seed(user, fields, ts_ms=1_700_000_000_000)
+    for email, user in seen_emails.items():
+        redis_client.hset(keys.EMAIL_USERS, email, user)
     ids = [user for c in customers if (user := c.get("external_id"))]
+    by_email = redis_client.hgetall(keys.EMAIL_USERS)
     expected_counts = Counts()
     expected = compare_page(customers, ledger.get_many(ids), expected_counts)
-    # Nothing is pending here, so every drifted user is merged back (or would be, in a dry run).
-    expected_counts.enqueued = len(expected)
+    binds = bindable(customers, by_email, ledger.get_many(list(entries)), expected_counts)
+    # Nothing is pending here, so every drifted or bindable user is merged back (or would be).
+    expected_counts.enqueued = len(expected) + len(binds)
 
     counts = Counts()
     script = _script(redis_client)
@@ -107,17 +142,17 @@ def test_the_script_counts_drifts_and_repairs_as_compare_page(
 
     assert drifted == expected
     assert counts == expected_counts
-    assert redis_client.smembers(SEEN) == set(ids)
+    assert redis_client.smembers(SEEN) == set(ids) | set(binds)
     restored = {
         user: {name: _pending_field(redis_client, user, name) for name in drift}
-        for user, drift in expected.items()
+        for user, drift in (expected | binds).items()
     }
     if repair:
         assert restored == {
             user: {name: (state.value, state.ts_ms) for name, state in drift.items()}
-            for user, drift in expected.items()
+            for user, drift in (expected | binds).items()
         }
-        assert redis_client.zrange(keys.DUE, 0, -1) == sorted(expected)
+        assert redis_client.zrange(keys.DUE, 0, -1) == sorted(expected | binds)
     else:
         assert redis_client.keys(keys.PENDING + "*") == []
         assert redis_client.zcard(keys.DUE) == 0
@@ -144,6 +179,29 @@ def test_a_field_left_out_of_the_answer_is_unknown_and_null_is_a_value(
     assert (counts.compared_name, counts.compared_metadata) == (2, 1)
     assert fields_compared(counts) == ["name", "metadata"]
     assert fields_compared(Counts(compared_name=3)) == ["name"]
+
+
+def test_intake_and_import_index_emails_as_lua_lowercases_them(
+    redis_client: redis.Redis,
+) -> None:
+    pending = PendingStore(
+        redis_client,
+        window_seconds=2.0,
+        max_wait_seconds=30.0,
+        dedup_ttl_seconds=3600,
+        lease_seconds=60.0,
+    )
+    pending.accept(UserEvent("evt_1", "user.updated", "u1", 2_000, {"email": "Old@X.tw"}))
+    pending.accept(UserEvent("evt_2", "user.updated", "u1", 3_000, {"email": "New@X.tw"}))
+    pending.accept(UserEvent("evt_0", "user.updated", "u1", 1_000, {"email": "Stale@X.tw"}))
+    Ledger(redis_client).seed("u2", {"name": "n", "email": "ÉCOLE@X.TW"})
+
+    assert redis_client.hgetall(keys.EMAIL_USERS) == {
+        "old@x.tw": "u1",
+        "new@x.tw": "u1",
+        "École@x.tw": "u2",
+    }
+    assert keys.email_field("ÉCOLE@X.TW") == "École@x.tw"
 
 
 def test_a_newer_pending_field_is_left_to_win(redis_client: redis.Redis) -> None:

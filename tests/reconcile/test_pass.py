@@ -156,6 +156,57 @@ def test_unknown_missing_and_email(runtime: Runtime, sandbox: SandboxHandle) -> 
     assert sandbox.control.requests(method="PATCH") == []
 
 
+def _checkout_customer_and_its_user(sandbox: SandboxHandle, runtime: Runtime) -> str:
+    """A customer Checkout made (no external id) whose email the ledger knows for user_c; the
+    customer's id."""
+    customer = sandbox.control.create_customer("Chen@Shop.tw", name="from checkout")
+    seed_ledger(
+        runtime.ledger,
+        {"user_c": {"name": "陳小明", "email": "Chen@Shop.tw", "metadata": {"plan": "pro"}}},
+    )
+    return str(customer["id"])
+
+
+def test_an_unbound_customer_whose_email_the_ledger_knows_is_bound_by_the_sync(
+    runtime: Runtime, sandbox: SandboxHandle, redis_client: redis.Redis
+) -> None:
+    customer_id = _checkout_customer_and_its_user(sandbox, runtime)
+
+    report = reconciler(runtime).run().report
+
+    assert (report["without_external_id"], report["bindable_by_email"]) == (1, 1)
+    assert report["enqueued"] == 1
+    assert report["missing_in_recur"] == 0  # it is in Recur, unbound
+    assert report["samples"]["bindable_by_email"] == ["user_c"]
+    assert redis_client.zrange(keys.DUE, 0, -1) == ["user_c"]
+    # The sync path: a 404 by external id, then found by email and bound in one PATCH by id.
+    claims = runtime.pending.claim_due(10)
+    assert [o.result for o in runtime.syncer.sync_claims(claims)] == ["applied"]
+    bind = sandbox.control.requests(method="PATCH")[-1]
+    assert bind["path"] == f"/v1/customers/{customer_id}"
+    assert bind["body"] == {"name": "陳小明", "metadata": {"plan": "pro"}, "external_id": "user_c"}
+    bound = sandbox.control.customer_by_external_id("user_c")
+    assert bound is not None
+    assert (bound["id"], bound["name"]) == (customer_id, "陳小明")
+    again = reconciler(runtime).run().report
+    assert (again["without_external_id"], again["bindable_by_email"], again["in_sync"]) == (0, 0, 1)
+
+
+def test_a_dry_run_lists_bindable_customers_and_binding_can_be_turned_off(
+    runtime: Runtime, sandbox: SandboxHandle, redis_client: redis.Redis
+) -> None:
+    _checkout_customer_and_its_user(sandbox, runtime)
+
+    listed = reconciler(runtime).run(dry_run=True).report
+    off = reconciler(runtime, bind_by_email=False).run().report
+
+    assert (listed["bindable_by_email"], listed["enqueued"]) == (1, 1)
+    assert listed["samples"]["bindable_by_email"] == ["user_c"]
+    assert (off["without_external_id"], off["bindable_by_email"], off["enqueued"]) == (1, 0, 0)
+    assert redis_client.zcard(keys.DUE) == 0
+    assert sandbox.control.requests(method="PATCH") == []
+
+
 def test_a_newer_pending_update_is_left_to_win(
     runtime: Runtime, sandbox: SandboxHandle, redis_client: redis.Redis
 ) -> None:
