@@ -571,6 +571,18 @@ class PendingStore:
         )
         return bool(renewed)
 
+    def renew_many(self, claims: list[Claim]) -> list[bool]:
+        """`renew` for several claims in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        expiry = repr(self._clock() + self._lease)
+        for claim in claims:
+            self._renew(
+                keys=[keys.lease(claim.user_id), keys.INFLIGHT],
+                args=[claim.user_id, claim.token, expiry],
+                client=pipe,
+            )
+        return [bool(renewed) for renewed in pipe.execute()]
+
     def mark_applied(self, claim: Claim, snapshot: Snapshot) -> str:
         """Record a success in the ledger and settle; 'more' if newer changes wait, else 'done'."""
         return self.mark_applied_many([(claim, snapshot)])[0]

@@ -88,6 +88,7 @@ class _Lease:
 
     claim: Claim
     until: float
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,9 @@ class Syncer:
         read_at = self._clock()  # reading the snapshots renews every claim's lease
         snapshots = [None] * len(claims) if unread else self._pending.snapshot_many(claims)
         answered = 0
-        for claim, snapshot in zip(claims, snapshots, strict=True):
+        leases = [_Lease(claim, read_at + self._settings.lease_seconds) for claim in claims]
+        unsettled: list[_Lease] = []
+        for index, (claim, snapshot) in enumerate(zip(claims, snapshots, strict=True)):
             if paused:
                 self._pending.hand_back(
                     claim, delay=self._settings.auth_probe_interval_seconds, error=None
@@ -166,9 +169,12 @@ class Syncer:
             if held is not None:
                 outcomes.append(self._hold(claim, snapshot, held, started))
                 continue
-            lease = _Lease(claim, read_at + self._settings.lease_seconds)
-            outcome = self._deliver(claim, snapshot, started, lease, probe=probe)
+            # Claims still waiting in the batch, and sent ones waiting for the batch's settle,
+            # keep their leases while other users are sent.
+            self._keep_leases(unsettled + leases[index:])
+            outcome = self._deliver(claim, snapshot, started, leases[index], probe=probe)
             if outcome is None:
+                unsettled.append(leases[index])
                 succeeded.append((claim, cast(Snapshot, snapshot), started))
                 answered += bool(snapshot is not None and patch_body(snapshot))
                 continue
@@ -181,6 +187,7 @@ class Syncer:
             # Recur answered these calls: it is up (a probe's answer closes the breaker).
             self._breaker.record(successes=answered, probe=probe)
         if succeeded:
+            self._keep_leases(unsettled)
             outcomes += self._settle(succeeded)
         self._stats.flush()
         return outcomes
@@ -412,13 +419,22 @@ class Syncer:
         """Before an attempt: renew the lease unless more than the longest attempt (the longest
         wait for the rate limit plus the attempt's deadline) is left of it, so that no attempt
         outlasts it; `LeaseLost` if it lapsed meanwhile."""
+        self._keep_leases([lease])
+        if lease.lost:
+            raise LeaseLost(lease.claim.user_id)
+
+    def _keep_leases(self, leases: list[_Lease]) -> None:
+        """Renew, in one round trip, each lease with no more than the longest attempt left; a
+        lease that could not be renewed is marked lost (another worker may own the user now)."""
         now = self._clock()
         longest = self._settings.retry_fast_max_seconds + self._settings.attempt_deadline_seconds
-        if lease.until - now > longest:
+        due = [lease for lease in leases if not lease.lost and lease.until - now <= longest]
+        if not due:
             return
-        if not self._pending.renew(lease.claim):
-            raise LeaseLost(lease.claim.user_id)
-        lease.until = now + self._settings.lease_seconds
+        renewed = self._pending.renew_many([lease.claim for lease in due])
+        for lease, kept in zip(due, renewed, strict=True):
+            lease.until = now + self._settings.lease_seconds
+            lease.lost = not kept
 
     def _quick_caller(
         self, lease: _Lease, *, attempts: int, failures: list[BaseException] | None = None
