@@ -13,6 +13,9 @@ PREFIX = "rs:"
 EVENT_SEEN = PREFIX + "event:"
 """event:{event_id} -> user id; SET NX marks an accepted event id (dedup), expires after the TTL."""
 
+REPLICATION_BARRIER = PREFIX + "replication-barrier"
+"""counter written just before a WAIT, so the WAIT covers every write the primary had before it."""
+
 # Operator routes.
 AUTH_FAILURES = PREFIX + "auth-failures:"
 """auth-failures:{client address} -> failed admin logins in the current minute (expires)."""

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8000, ge=1, le=65535)
 
     redis_sentinel_master: str = "mymaster"
+    # Replicas that must hold a write before it is acknowledged (see min_replicas).
+    redis_min_replicas: int | Literal["auto"] = "auto"
+    redis_wait_timeout_ms: int = Field(default=250, ge=1, le=10_000)
 
     # Web.
     web_host: str = "127.0.0.1"
@@ -171,6 +174,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_min_replicas", mode="before")
+    @classmethod
+    def _replicas_count_or_auto(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit():
+            raise ValueError("must be a number of replicas (0 or more) or auto")
+        return int(text)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
@@ -252,6 +265,16 @@ class Settings(BaseSettings):
         if self.recur_attempt_deadline_seconds is not None:
             return self.recur_attempt_deadline_seconds
         return self.recur_connect_timeout_seconds + self.recur_read_timeout_seconds
+
+    @property
+    def min_replicas(self) -> int:
+        """Replica acknowledgements a write needs before intake answers 202 (or an operator
+        action reports success): REDIS_MIN_REPLICAS, where `auto` is 1 behind Sentinel (a
+        failover promotes a replica, so only what a replica holds survives it) and 0 for one
+        Redis (nothing to wait for; AOF keeps the writes)."""
+        if self.redis_min_replicas == "auto":
+            return 1 if self.redis_url.startswith("sentinel://") else 0
+        return self.redis_min_replicas
 
     @property
     def test_mode(self) -> bool:

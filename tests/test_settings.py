@@ -73,6 +73,11 @@ BAD = [
         id="short secret",
     ),
     pytest.param({"ADMIN_TOKEN": "x" * 15}, "ADMIN_TOKEN", "at least 16", id="short token"),
+    pytest.param(
+        {"REDIS_MIN_REPLICAS": "-1"}, "REDIS_MIN_REPLICAS", "or auto", id="negative replicas"
+    ),
+    pytest.param({"REDIS_MIN_REPLICAS": "all"}, "REDIS_MIN_REPLICAS", "or auto", id="replicas"),
+    pytest.param({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS", "", id="wait 0"),
     pytest.param({"WEB_PORT": "0"}, "WEB_PORT", "", id="port 0"),
     pytest.param({"WEB_PORT": "http"}, "WEB_PORT", "integer", id="port text"),
     pytest.param(
@@ -315,3 +320,22 @@ def test_the_attempt_deadline_defaults_to_connect_plus_read(
     monkeypatch.setenv("RECUR_CONNECT_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("RECUR_READ_TIMEOUT_SECONDS", "7")
     assert load_settings().attempt_deadline_seconds == 9
+
+
+@pytest.mark.parametrize(
+    ("url", "given", "replicas"),
+    [
+        ("redis://localhost:6379/0", None, 0),
+        ("sentinel://a:26379;sentinel://b:26379", None, 1),
+        ("sentinel://a:26379", "auto", 1),
+        ("sentinel://a:26379", "0", 0),
+        ("redis://localhost:6379/0", "2", 2),
+    ],
+)
+def test_min_replicas_is_one_behind_sentinel_unless_set(
+    monkeypatch: pytest.MonkeyPatch, url: str, given: str | None, replicas: int
+) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    if given is not None:
+        monkeypatch.setenv("REDIS_MIN_REPLICAS", given)
+    assert load_settings().min_replicas == replicas

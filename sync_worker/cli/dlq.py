@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
@@ -26,6 +26,7 @@ from rich.table import Table
 
 from sync_worker.dlq import REASONS, Edit
 from sync_worker.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
+from sync_worker.replication import acknowledged
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, load_settings
 from sync_worker.status import format_age
@@ -279,6 +280,7 @@ def replay(
                     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
                     raise typer.Exit(2) from None
                 progress.advance(task)
+        replicated = not any(r.outcome == "replayed" for r in results) or _replicated(runtime)
     counts: Counter[str] = Counter(result.outcome for result in results)
     if as_json:
         typer.echo(
@@ -302,8 +304,33 @@ def replay(
         if dry_run:
             summary = f"{counts.get('would_replay', 0)} would be replayed (dry run), " + summary
         out.print(summary)
+    if not replicated:
+        _not_replicated(runtime)
     if any(counts.get(outcome) for outcome in FAILED_OUTCOMES):
         raise typer.Exit(1)
+
+
+def _replicated(runtime: Runtime) -> bool:
+    """True once REDIS_MIN_REPLICAS replicas hold what this command wrote."""
+    settings = runtime.settings
+    return acknowledged(
+        runtime.redis,
+        replicas=settings.min_replicas,
+        timeout_ms=settings.redis_wait_timeout_ms,
+    )
+
+
+def _not_replicated(runtime: Runtime) -> NoReturn:
+    """One line saying the change may not survive a failover; exit 1."""
+    settings = runtime.settings
+    typer.secho(
+        f"error: done on the Redis primary but not yet held by {settings.min_replicas} "
+        f"replica(s) (REDIS_MIN_REPLICAS) within {settings.redis_wait_timeout_ms} ms: a failover "
+        "could undo it; check with `sync-worker dlq list`, then repeat if needed",
+        fg=typer.colors.RED,
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 def _assignments(items: list[str]) -> dict[str, object]:
@@ -329,7 +356,9 @@ def delete(
     """Delete dead letters for good (exit 1 if any did not exist)."""
     with open_runtime() as runtime:
         deleted = runtime.dlq.delete(ids)
-    typer.echo(f"deleted {deleted} of {len(ids)}")
+        typer.echo(f"deleted {deleted} of {len(ids)}")
+        if deleted and not _replicated(runtime):
+            _not_replicated(runtime)
     if deleted < len(ids):
         raise typer.Exit(1)
 
@@ -353,7 +382,9 @@ def purge(
             )
             raise typer.Exit(1)
         deleted = runtime.dlq.purge(reason=reason)
-    typer.echo(f"purged {deleted}")
+        typer.echo(f"purged {deleted}")
+        if deleted and not _replicated(runtime):
+            _not_replicated(runtime)
 
 
 @app.command("export")

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sync_worker import history
 from sync_worker.logging import get_logger
 from sync_worker.replay_edit import EditError, FieldEdits, build_edit
+from sync_worker.replication import acknowledged
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError
 from sync_worker.status import gather_status
@@ -79,6 +80,25 @@ def _runtime(request: Request) -> Runtime:
 
 def _not_found(entry_id: str) -> AdminError:
     return AdminError(404, "not_found", f"no dead letter {entry_id}")
+
+
+def _require_replicated(request: Request) -> None:
+    """503 unless REDIS_MIN_REPLICAS replicas hold what this request wrote (a failover must
+    not undo an operator's replay, edit or delete)."""
+    runtime = _runtime(request)
+    settings = web_state(request).settings
+    replicas = settings.min_replicas
+    if not acknowledged(
+        runtime.redis, replicas=replicas, timeout_ms=settings.redis_wait_timeout_ms
+    ):
+        log.warning("admin_action_not_replicated", path=request.url.path, replicas=replicas)
+        raise AdminError(
+            503,
+            "not_replicated",
+            f"done on the Redis primary but not yet held by {replicas} replica(s), so a "
+            "failover could undo it: check the dead letter, then repeat if needed",
+            headers={"Retry-After": "1"},
+        )
 
 
 async def _redis_error_handler(_request: Request, error: Exception) -> JSONResponse:
@@ -148,6 +168,8 @@ def replay_by_filter(request: Request, body: ReplayFilter) -> dict[str, Any]:
     results = [runtime.dlq.replay(entry_id, dry_run=body.dry_run) for entry_id in ids]
     counts: Counter[str] = Counter(result.outcome for result in results)
     log.info("dead_letters_replayed", source="api", dry_run=body.dry_run, **counts)
+    if counts.get("replayed"):
+        _require_replicated(request)
     return {"counts": dict(counts), "results": [asdict(r) for r in results]}
 
 
@@ -178,6 +200,8 @@ def replay_one(
         outcome=result.outcome,
         edited=sorted(edits.values) + (["-external_id"] if edits.unset_external_id else []),
     )
+    if result.outcome == "replayed":
+        _require_replicated(request)
     return JSONResponse(asdict(result), status_code=REPLAY_STATUS[result.outcome])
 
 
@@ -187,6 +211,7 @@ def delete_dead_letter(request: Request, entry_id: str) -> dict[str, Any]:
     if not _runtime(request).dlq.delete([entry_id]):
         raise _not_found(entry_id)
     log.info("dead_letter_deleted", source="api", id=entry_id)
+    _require_replicated(request)
     return {"deleted": entry_id}
 
 

@@ -27,6 +27,7 @@ from sync_worker import history
 from sync_worker.dlq import REASONS, DeadLetter
 from sync_worker.logging import get_logger
 from sync_worker.replay_edit import EditError, build_edit
+from sync_worker.replication import acknowledged
 from sync_worker.settings import ConfigError
 from sync_worker.status import StatusSnapshot, format_age, gather_status
 from sync_worker.timeline import gather
@@ -63,6 +64,11 @@ NOTICES = {
     "missing": ("bad", "{n} no longer exists."),
     "deleted": ("ok", "Deleted {n}."),
     "resumed": ("ok", "Sync resumed."),
+    "not_replicated": (
+        "bad",
+        "Done for {n}, but not yet held by a Redis replica: a failover could undo it. "
+        "Check, then repeat if needed.",
+    ),
 }
 
 
@@ -382,6 +388,8 @@ async def replay_action(request: Request, entry_id: str) -> Response:
         return form
     result = await asyncio.to_thread(web_state(request).runtime.dlq.replay, entry_id)
     log.info("dead_letter_replayed", source="dashboard", id=entry_id, outcome=result.outcome)
+    if result.outcome == "replayed" and not await _replicated(request):
+        return _back(form.get("reason", ""), "not_replicated", 1)
     return _back(form.get("reason", ""), result.outcome, 1)
 
 
@@ -400,6 +408,8 @@ async def replay_all_action(request: Request) -> Response:
 
     replayed = await asyncio.to_thread(replay_filtered)
     log.info("dead_letters_replayed", source="dashboard", reason=reason, replayed=replayed)
+    if replayed and not await _replicated(request):
+        return _back(reason, "not_replicated", replayed)
     return _back(reason, "replayed", replayed)
 
 
@@ -422,7 +432,21 @@ async def delete_action(request: Request, entry_id: str) -> Response:
         return form
     deleted = await asyncio.to_thread(web_state(request).runtime.dlq.delete, [entry_id])
     log.info("dead_letter_deleted", source="dashboard", id=entry_id, deleted=deleted)
+    if deleted and not await _replicated(request):
+        return _back(form.get("reason", ""), "not_replicated", deleted)
     return _back(form.get("reason", ""), "deleted" if deleted else "missing", max(deleted, 1))
+
+
+async def _replicated(request: Request) -> bool:
+    """True once REDIS_MIN_REPLICAS replicas hold what this action wrote."""
+    state = web_state(request)
+    settings = state.settings
+    return await asyncio.to_thread(
+        acknowledged,
+        state.runtime.redis,
+        replicas=settings.min_replicas,
+        timeout_ms=settings.redis_wait_timeout_ms,
+    )
 
 
 def _session_actor(request: Request) -> dict[str, str]:
@@ -477,6 +501,8 @@ async def edit_replay_action(request: Request, entry_id: str) -> Response:
         outcome=result.outcome,
         edited=sorted(edits.values),
     )
+    if result.outcome == "replayed" and not await _replicated(request):
+        return _back("", "not_replicated", 1)
     return _back("", result.outcome, 1)
 
 

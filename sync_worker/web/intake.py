@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sync_worker.events import EventValidationError, parse_event
 from sync_worker.logging import get_logger
 from sync_worker.pending import AcceptResult
+from sync_worker.replication import acknowledged_async, run_script_replicated
 from sync_worker.signatures import SignatureError, verify
 from sync_worker.web.state import web_state
 
@@ -82,8 +83,24 @@ async def user_updated(request: Request) -> JSONResponse:
         stats.incr("events_rejected_total", reason="validation")
         return _error(422, "validation_error", str(error), fields=error.errors)
     script_keys, args = state.runtime.pending.accept_call(event)
+    settings = state.settings
+    replicas = settings.min_replicas
     try:
-        result = AcceptResult.from_reply(await state.accept_script(keys=script_keys, args=args))
+        reply, replicated = await run_script_replicated(
+            state.redis,
+            state.accept_script,
+            script_keys=script_keys,
+            args=args,
+            replicas=replicas,
+            timeout_ms=settings.redis_wait_timeout_ms,
+        )
+        result = AcceptResult.from_reply(reply)
+        if result.duplicate and replicas > 0:
+            # The script wrote nothing, so its WAIT proved nothing; and the first try may have
+            # been answered 503 before a replica had it: "duplicate" only once they hold it.
+            replicated = await acknowledged_async(
+                state.redis, replicas=replicas, timeout_ms=settings.redis_wait_timeout_ms
+            )
     except (redis.RedisError, OSError) as error:
         stats.incr("events_rejected_total", reason="redis_unavailable")
         log.error("intake_unavailable", error=str(error), event_id=event.event_id)
@@ -91,6 +108,17 @@ async def user_updated(request: Request) -> JSONResponse:
             {"status": "unavailable", "message": "storage unavailable; retry later"},
             status_code=503,
             headers={"Retry-After": "5"},
+        )
+    if not replicated:
+        stats.incr("events_rejected_total", reason="not_replicated")
+        log.warning("intake_not_replicated", event_id=event.event_id, replicas=replicas)
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "message": f"not yet held by {replicas} Redis replica(s); retry the same event id",
+            },
+            status_code=503,
+            headers={"Retry-After": "1"},
         )
     if result.duplicate:
         stats.incr("events_duplicate_total")

@@ -1,0 +1,80 @@
+"""Replica acknowledgements (`REDIS_MIN_REPLICAS`): a write is confirmed only once replicas hold it.
+
+Redis replicates asynchronously, so a write acknowledged by the primary alone is lost when a
+failover promotes a replica that had not received it. `WAIT n timeout` blocks until `n` replicas
+have acknowledged every write *of the calling connection*, or the timeout passes, and returns how
+many did. Hence:
+
+- Intake pipelines the accept script and `WAIT` on one connection: one round trip.
+- When the caller's writes went through other pooled connections (the operator actions), or
+  wrote nothing (a duplicate event id, whose first write may itself be unreplicated), a barrier
+  write on the `WAIT`'s own connection stands in for them: replication is one ordered stream,
+  so replicas that acknowledged the barrier hold everything the primary had before it.
+
+With `min_replicas` 0 nothing waits and no barrier is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from sync_worker import redis_keys as keys
+
+
+def acknowledged(client: redis.Redis, *, replicas: int, timeout_ms: int) -> bool:
+    """True once `replicas` replicas hold every write the primary has now (waits at most
+    `timeout_ms`); always True for 0."""
+    if replicas <= 0:
+        return True
+    with client.pipeline(transaction=False) as pipe:
+        pipe.incr(keys.REPLICATION_BARRIER)
+        pipe.wait(replicas, timeout_ms)
+        _, count = pipe.execute()
+    return int(count) >= replicas
+
+
+async def acknowledged_async(client: aioredis.Redis, *, replicas: int, timeout_ms: int) -> bool:
+    """`acknowledged` for an asyncio client."""
+    if replicas <= 0:
+        return True
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.incr(keys.REPLICATION_BARRIER)
+        pipe.wait(replicas, timeout_ms)
+        _, count = await pipe.execute()
+    return int(count) >= replicas
+
+
+async def run_script_replicated(
+    client: aioredis.Redis,
+    script: Any,
+    *,
+    script_keys: list[str],
+    args: list[Any],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, bool]:
+    """Run a registered script and `WAIT` for its writes in one round trip.
+
+    Returns the script's reply and whether `replicas` replicas acknowledged what it wrote. A
+    script that wrote nothing leaves `WAIT` nothing of its own to wait for: the caller then asks
+    `acknowledged_async` about what is already there.
+    """
+    if replicas <= 0:
+        return await script(keys=script_keys, args=args), True
+    for _ in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            pipe.wait(replicas, timeout_ms)
+            try:
+                reply, count = await pipe.execute()
+            except NoScriptError:
+                # A restarted or newly promoted primary has no scripts cached: load it, go again
+                # (the script did not run, so running it now is its first run).
+                await client.script_load(script.script)
+                continue
+        return reply, int(count) >= replicas
+    raise NoScriptError("the accept script could not be loaded")
