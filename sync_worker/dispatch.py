@@ -186,15 +186,17 @@ class Dispatcher:
         self.last_error = type(error).__name__
         stats = self._runtime.stats
         stats.incr("dispatcher_errors_total", type=self.last_error)
-        # One line for the first failure and then one every 50, so an outage cannot flood the log.
+        # One line for the first failure and then one every 50, so an outage cannot flood the log;
+        # the first of an unexpected kind (not Redis or the network) with its traceback.
         if self.failures == 1 or self.failures % 50 == 0:
+            unexpected = self.failures == 1 and not isinstance(error, redis.RedisError | OSError)
             log.warning(
                 "dispatcher_error",
                 error_type=self.last_error,
                 error=str(error)[:500],
                 failures=self.failures,
                 stalled_seconds=round(time.time() - self.last_loop_at, 1),
-                exc_info=self.failures == 1 and not isinstance(error, redis.RedisError | OSError),
+                **({"exc_info": error} if unexpected else {}),
             )
         with contextlib.suppress(Exception):  # Redis may be what failed: kept for the next flush
             stats.flush()
