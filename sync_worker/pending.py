@@ -51,8 +51,9 @@ local function trace(outcome, due)
   -- cjson writes an empty table as {}: leave empty lists out, and `merged` when it is all.
   if #names > 0 then d.fields = names end
   if #merged > 0 and #merged < #names then d.merged = merged end
-  redis.call('LPUSH', KEYS[7], cjson.encode(d))
-  redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
+  if redis.call('LPUSH', KEYS[7], cjson.encode(d)) > tonumber(ARGV[9]) then
+    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[9]) - 1)
+  end
   redis.call('EXPIRE', KEYS[7], ARGV[10])
 end
 for i = 12, #ARGV, 2 do names[#names + 1] = ARGV[i] end
