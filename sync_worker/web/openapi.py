@@ -281,7 +281,12 @@ def _intake_operation() -> dict[str, Any]:
                 "`timestamp` without a time zone, or too far ahead, names `timestamp`).",
             ),
             "503": {
-                **_json(Unavailable, "Not stored (storage unavailable): retry the same event id."),
+                **_json(
+                    Unavailable,
+                    "Not safely stored: Redis is unreachable (`Retry-After: 5`), or with "
+                    "REDIS_MIN_REPLICAS not yet held by enough replicas (`Retry-After: 1`). "
+                    "Retry the same event id.",
+                ),
                 "headers": {"Retry-After": {"schema": {"type": "integer"}}},
             },
         },
