@@ -254,7 +254,8 @@ def user_trace(request: Request, user_id: str, recur: bool = False) -> dict[str,
 
 @router.get("/history")
 def history_series(
-    request: Request, minutes: Annotated[int, Query(ge=1, le=history.MAX_MINUTES)] = 60
+    request: Request,
+    minutes: Annotated[int, Query(ge=1, le=history.MAX_MINUTES)] = history.MAX_MINUTES,
 ) -> dict[str, Any]:
-    """Per-minute series of the last `minutes` minutes (24 h at most), oldest first."""
+    """Per-minute series of the last `minutes` minutes (default and at most 24 h), oldest first."""
     return history.read(_runtime(request).redis, minutes=minutes).to_dict()
