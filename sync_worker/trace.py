@@ -1,4 +1,4 @@
-"""The per-user trace: what happened to one user, newest last, for `sync-worker trace`, the
+"""The per-user trace: what happened to one user, for `sync-worker trace`, the
 admin API and the dashboard's user page (timeline.py puts it together with the current state).
 
 `trace:{user}` is a list, newest first, of JSON objects: `kind`, `at` (unix time) and the
@@ -8,11 +8,13 @@ with one event would cost ~4.7 KB; a short list costs a few hundred bytes (bench
 
 Nothing here costs the hot paths a round trip of its own:
 - intake: the accept script (pending.py) adds the `event` entry (merged, duplicate or stale);
-- sync: `TraceLog.add` buffers entries (`attempt`, `held`, `dead_letter`, `rebound`, ...) that
-  `Stats.flush` sends in the pipeline it sends once per batch anyway;
+- sync: `TraceLog.add` buffers entries (`attempt`, `held`, `rebound`, ...) that `Stats.flush`
+  sends in the pipeline it sends once per batch anyway;
 - operators' actions (replays, edits) are rare, and call `record` directly.
 
-Kinds: event, attempt, held, dead_letter, replay, rebound, bound_by_email.
+Kinds: event; attempt (its `result`: applied, more, retry, quick_retry, dead_letter, ...);
+held (`by` the breaker, the auth pause or the rate limit); replay; rebound; bound_by_email and
+bind_by_email_skipped.
 """
 
 from __future__ import annotations
