@@ -76,8 +76,11 @@ class Processes:
 
 
 @contextlib.contextmanager
-def environment() -> Iterator[tuple[Processes, str]]:
-    """A temporary directory with a redis-server in it; yields (processes, redis URL)."""
+def environment(*, appendfsync: str = "everysec") -> Iterator[tuple[Processes, str]]:
+    """A temporary directory with a redis-server in it; yields (processes, redis URL).
+
+    `appendfsync="always"` is how docker-compose.yml runs Redis (intake measures under it).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is needed: apt-get install redis-server")
@@ -93,7 +96,7 @@ def environment() -> Iterator[tuple[Processes, str]]:
                 "--dir", directory,
                 "--save", "",
                 "--appendonly", "yes",
-                "--appendfsync", "everysec",
+                "--appendfsync", appendfsync,
             ],
         )  # fmt: skip
         url = f"redis://127.0.0.1:{port}/0"
@@ -102,6 +105,35 @@ def environment() -> Iterator[tuple[Processes, str]]:
             yield processes, url
         finally:
             processes.stop_all()
+
+
+def start_replica(processes: Processes, primary_url: str) -> int:
+    """A redis-server replicating the one at `primary_url`, linked up; returns its port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    primary_port = redis.Redis.from_url(primary_url).connection_pool.connection_kwargs["port"]
+    port = free_port()
+    directory = processes.directory / "replica"
+    directory.mkdir()
+    processes.start(
+        "replica",
+        [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(directory),
+            "--save", "",
+            "--replicaof", "127.0.0.1", str(primary_port),
+        ],
+    )  # fmt: skip
+    replica = redis.Redis(port=port)
+    wait_until(
+        lambda: "master_link_status:up" in replica.execute_command("INFO replication").decode(),
+        timeout=30,
+        what="replica",
+    )
+    return port
 
 
 def start_sandbox(

@@ -2,11 +2,12 @@
 
 Baseline: a bare endpoint in the same stack (FastAPI on uvicorn, one process) doing one Redis
 write per request. Ours: `sync-worker web` verifying the signature, validating, and running the
-accept script. Same load generator, same Redis, same run. Targets: >= 2,000 events/s,
-p99 < 20 ms, and >= 50 % of the baseline.
+accept script. Same load generator, same Redis (AOF with `appendfsync always`, as compose runs
+it), same run. Targets: >= 2,000 events/s, p99 < 20 ms, and >= 50 % of the baseline.
 
 The saturated runs give the capacity; a paced run offers the target rate (2,000/s) and gives
 the latency a merchant sees at that rate (counted from each request's slot, so stalls count).
+Then the same two runs with one local replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
 
     python -m bench.intake [--events N] [--connections C] [--rate R]
 """
@@ -29,6 +30,7 @@ from bench.harness import (
     Processes,
     environment,
     free_port,
+    start_replica,
     start_sandbox,
     table,
     wait_until,
@@ -93,9 +95,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=2000, help="offered rate of the paced run")
+    parser.add_argument(
+        "--appendfsync",
+        choices=["always", "everysec"],
+        default="always",
+        help="Redis AOF fsync policy (always: as docker-compose.yml runs it)",
+    )
     args = parser.parse_args()
     results: list[tuple[str, LoadResult]] = []
-    with environment() as (processes, redis_url):
+    with environment(appendfsync=args.appendfsync) as (processes, redis_url):
         sandbox = start_sandbox(processes)
         env = {
             "REDIS_URL": redis_url,
@@ -149,6 +157,37 @@ def main() -> None:
             rate=args.rate,
         )
         results.append((f"recur-sync intake at {args.rate:,}/s offered", paced))
+        start_replica(processes, redis_url)
+        replicated_port = free_port()
+        serve(
+            processes,
+            "web-replicated",
+            [sys.executable, "-m", "sync_worker", "web", "--port", str(replicated_port)],
+            {**env, "REDIS_MIN_REPLICAS": "1"},
+            replicated_port,
+        )
+        label = "with one local replica and REDIS_MIN_REPLICAS=1"
+        run_load(
+            "127.0.0.1",
+            replicated_port,
+            signed_requests(replicated_port, 500, "warm2"),
+            connections=8,
+        )
+        replicated = run_load(
+            "127.0.0.1",
+            replicated_port,
+            signed_requests(replicated_port, args.events, "rep"),
+            connections=args.connections,
+        )
+        results.append((f"recur-sync intake {label}", replicated))
+        replicated_paced = run_load(
+            "127.0.0.1",
+            replicated_port,
+            signed_requests(replicated_port, args.rate * 5, "rpaced"),
+            connections=args.connections,
+            rate=args.rate,
+        )
+        results.append((f"recur-sync intake {label}, {args.rate:,}/s offered", replicated_paced))
     rows = [
         [name, r.requests, r.rate, r.p50_ms, r.p99_ms,
          "-" if "offered" in name else f"{r.rate / base.rate:.2f}",
@@ -157,7 +196,8 @@ def main() -> None:
     ]  # fmt: skip
     print(
         table(
-            f"Intake: {args.events:,} signed events, {args.connections} connections "
+            f"Intake: {args.events:,} signed events, {args.connections} connections, "
+            f"appendfsync {args.appendfsync} "
             "(targets: >= 2,000/s, p99 < 20 ms, ratio >= 0.50)",
             ["run", "requests", "events/s", "p50 ms", "p99 ms", "ratio", "statuses"],
             rows,
