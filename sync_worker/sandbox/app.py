@@ -213,6 +213,9 @@ class Sandbox:
         path: str = request.scope["path"]
         query = request.query_params
         raw = await request.body() if method in _BODY_METHODS else b""
+        apply_delay = self.faults.apply_delay_seconds if method == "PATCH" else 0
+        if apply_delay:
+            await asyncio.sleep(apply_delay)  # the body is in: it lands even if the client left
         payload: object = _NOT_JSON
         logged_body: object = None
         if raw:

@@ -32,6 +32,7 @@ class Faults(TypedDict):
 
     error_rate: float
     latency_ms: int
+    apply_delay_ms: int
     rate_limit_rps: float
     outage: bool
     retry_after_seconds: int
@@ -167,6 +168,7 @@ class SandboxControl:
         *,
         error_rate: float = 0.0,
         latency_ms: int = 0,
+        apply_delay_ms: int = 0,
         rate_limit_rps: float = 0.0,
         outage: bool = False,
         retry_after_seconds: int = 1,
@@ -176,6 +178,7 @@ class SandboxControl:
         body = {
             "error_rate": error_rate,
             "latency_ms": latency_ms,
+            "apply_delay_ms": apply_delay_ms,
             "rate_limit_rps": rate_limit_rps,
             "outage": outage,
             "retry_after_seconds": retry_after_seconds,

@@ -18,6 +18,10 @@ client's timeout, the answer is lost although the change took effect.
 
 A refused request changes no customer. Latency applies to every `/v1` request, so a large
 `latency_ms` makes requests hang long enough to test client timeouts.
+
+`apply_delay_ms` is a PATCH that outlives its client: the body is read at once, then the sandbox
+waits that long before it applies (and logs, and answers) it, whether or not the client is still
+there. Past the client's timeout, that is a write which lands after the client gave up on it.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class FaultConfig:
 
     error_rate: float = 0.0
     latency_ms: int = 0
+    apply_delay_ms: int = 0
     rate_limit_rps: float = 0.0
     outage: bool = False
     retry_after_seconds: int = 1
@@ -82,6 +87,7 @@ class FaultConfig:
         return cls(
             error_rate=_number(values, "error_rate", upper=1.0),
             latency_ms=int(_number(values, "latency_ms")),
+            apply_delay_ms=int(_number(values, "apply_delay_ms")),
             rate_limit_rps=_number(values, "rate_limit_rps"),
             outage=_boolean(values, "outage"),
             retry_after_seconds=int(_number(values, "retry_after_seconds")),
@@ -191,6 +197,11 @@ class FaultInjector:
     def latency_seconds(self) -> float:
         """Delay to add before answering a `/v1` request."""
         return self._config.latency_ms / 1000
+
+    @property
+    def apply_delay_seconds(self) -> float:
+        """Delay between reading a PATCH's body and applying it, client or no client."""
+        return self._config.apply_delay_ms / 1000
 
     def configure(self, config: FaultConfig) -> None:
         """Replace every fault; script queues restart from `config.scripts`."""

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from sync_worker.sandbox import RunningServer, create_app, start_in_thread
+from sync_worker.sandbox.control import LoggedRequest
 from tests.fixtures.sandbox import SandboxHandle
 
 
@@ -61,6 +62,33 @@ def test_latency_makes_a_client_time_out(sandbox: SandboxHandle, user_1: str) ->
     sandbox.control.set_faults(latency_ms=2000)
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(sandbox.api_url + "/customers", timeout=0.2)
+
+
+def test_apply_delay_lands_a_patch_after_its_client_gave_up(
+    sandbox: SandboxHandle, user_1: str
+) -> None:
+    sandbox.control.set_faults(apply_delay_ms=1500)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.patch(
+            sandbox.api_url + "/customers/external/user_1",
+            json={"name": "late"},
+            headers={"Authorization": f"Bearer {sandbox.secret_key}"},
+            timeout=0.3,
+        )
+    customer = sandbox.control.customer_by_external_id("user_1")
+    assert customer is not None
+    assert customer["name"] != "late"  # not yet: the client has given up, the write is pending
+
+    def landed() -> list[LoggedRequest]:
+        return sandbox.control.requests(method="PATCH", status=200)
+
+    deadline = time.monotonic() + 10
+    while not landed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r["body"] for r in landed()] == [{"name": "late"}]
+    customer = sandbox.control.customer_by_external_id("user_1")
+    assert customer is not None
+    assert customer["name"] == "late"
 
 
 def test_rate_limit_answers_429_with_retry_after(
