@@ -12,6 +12,8 @@ Layout (keys in redis_keys.py):
 - `due` zset: user -> when to send. `inflight` zset: user -> when its claim lapses.
   A user is in at most one of them.
 - `lease:{user}`: the token of the one claim allowed to send for that user.
+- `fence:{user}`: until when a PATCH whose outcome was ambiguous may still land (see `fence`);
+  the pending hash's `verify` (resends so far) asks for a read-back once it has passed.
 - `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
 - `trace:{user}` list: the accept script adds each event's outcome to it (see trace.py).
 
@@ -24,6 +26,7 @@ applied changes nothing, across retries, replays and workers.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -118,7 +121,7 @@ return out
 """
 
 _SNAPSHOT = """
--- KEYS: pending, lease, inflight, events. ARGV: user, token, lease_expiry
+-- KEYS: pending, lease, inflight, events, fence. ARGV: user, token, lease_expiry
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return false end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -126,7 +129,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {}
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1])
-return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[4], 0, -1)}
+return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[4], 0, -1),
+        redis.call('GET', KEYS[5]) or ''}
 """
 
 _RENEW = """
@@ -138,8 +142,13 @@ return 1
 
 # Shared tail of the scripts that finish a claim: drop the fields that were sent (unless a newer
 # event replaced them meanwhile), release the claim, and offer the user again if anything is left.
+# Only the replays this claim carried (`resolved`) are over: one restored while it was in flight
+# stays in `replay_of`, so the send that carries it still deletes its dead letter. With
+# `verify_delay`, a change whose sends had an ambiguous outcome is kept for a read-back once the
+# fence (see `fence`) has passed, even when no field is left.
 _SETTLE = """
-local function settle(pending, lease, inflight, due, events, user, token, now, sent, n_events)
+local function settle(pending, lease, inflight, due, events, user, token, now, sent, n_events,
+                      resolved, fence, verify_delay)
   for f, mark in pairs(sent) do
     local now_ts = tonumber(redis.call('HGET', pending, 't:' .. f))
     if now_ts == mark[1] and redis.call('HGET', pending, 'e:' .. f) == mark[2] then
@@ -151,29 +160,129 @@ local function settle(pending, lease, inflight, due, events, user, token, now, s
     redis.call('ZREM', inflight, user)
     redis.call('DEL', lease)
   end
+  local over = {}
+  for _, id in ipairs(resolved) do over[id] = true end
+  local left = {}
+  for _, id in ipairs(cjson.decode(redis.call('HGET', pending, 'replay_of') or '[]')) do
+    if not over[id] then left[#left + 1] = id end
+  end
+  if #left > 0 then
+    redis.call('HSET', pending, 'replay_of', cjson.encode(left))
+  else
+    redis.call('HDEL', pending, 'replay_of')
+  end
+  local state = nil
   for _, k in ipairs(redis.call('HKEYS', pending)) do
     if string.sub(k, 1, 2) == 't:' then
-      redis.call('HSET', pending, 'attempts', 0, 'first_seen', now)
-      redis.call('HDEL', pending, 'retry_since', 'last_error', 'replay_of')
-      redis.call('LTRIM', events, n_events, -1)
-      if owned then
-        local at = tonumber(redis.call('HGET', pending, 'due') or now)
-        redis.call('ZADD', due, at, user)
-      end
-      return 'more'
+      state = 'more'
+      break
     end
   end
-  redis.call('DEL', pending, events)
-  return 'done'
+  if state == nil and verify_delay ~= nil and redis.call('HEXISTS', pending, 'verify') == 1 then
+    state = 'verify'
+  end
+  if state == nil then
+    redis.call('DEL', pending, events)
+    return 'done'
+  end
+  redis.call('HSET', pending, 'attempts', 0, 'first_seen', now)
+  redis.call('HDEL', pending, 'retry_since', 'last_error')
+  redis.call('LTRIM', events, n_events, -1)
+  if owned then
+    local at = tonumber(redis.call('HGET', pending, 'due') or now)
+    if state == 'verify' then
+      at = tonumber(now) + verify_delay
+      local fenced = tonumber(redis.call('GET', fence))
+      if fenced ~= nil and fenced + verify_delay > at then at = fenced + verify_delay end
+      redis.call('HSET', pending, 'due', string.format('%.3f', at))
+    end
+    redis.call('ZADD', due, at, user)
+  end
+  return state
+end
+"""
+
+_REBIND_FUNCTION = """
+-- After Recur moved a customer from one external id to another, move what we know with it.
+local function merge_fields(from, to, floor)
+  -- Copy each field of `from` at least as new as the one in `to` and, given a `floor` (the new
+  -- user's ledger), as the one applied there: an older change would undo a newer applied one.
+  local merged = 0
+  local raw = redis.call('HGETALL', from)
+  for i = 1, #raw, 2 do
+    local k = raw[i]
+    if string.sub(k, 1, 2) == 't:' and k ~= 't:external_id' then
+      local f = string.sub(k, 3)
+      local ts = tonumber(raw[i + 1])
+      local current = tonumber(redis.call('HGET', to, k))
+      local applied = nil
+      if floor then applied = tonumber(redis.call('HGET', floor, k)) end
+      if (current == nil or ts >= current) and (applied == nil or ts >= applied) then
+        redis.call('HSET', to, 'v:' .. f, redis.call('HGET', from, 'v:' .. f), k, raw[i + 1])
+        local e = redis.call('HGET', from, 'e:' .. f)
+        if e then redis.call('HSET', to, 'e:' .. f, e) end
+        merged = merged + 1
+      end
+    end
+  end
+  return merged
+end
+
+-- keys: {old_ledger, new_ledger, index, old_pending, new_pending, due, inflight, old_events,
+-- new_events, old_fence, new_fence}. Returns 1 when the old user's pending change moved.
+local function rebind(k, old_user, new_user, now, events_kept)
+  merge_fields(k.old_ledger, k.new_ledger, nil)
+  local applied_at = redis.call('HGET', k.old_ledger, 'applied_at')
+  if applied_at then redis.call('HSET', k.new_ledger, 'applied_at', applied_at) end
+  redis.call('DEL', k.old_ledger)
+  redis.call('SREM', k.index, old_user)
+  redis.call('SADD', k.index, new_user)
+  -- A late PATCH to the old id lands on the same customer: its fence moves too.
+  local fence_ms = redis.call('PTTL', k.old_fence)
+  if fence_ms > 0 then
+    local until_old = redis.call('GET', k.old_fence)
+    local until_new = tonumber(redis.call('GET', k.new_fence))
+    if until_new == nil or tonumber(until_old) > until_new then
+      redis.call('SET', k.new_fence, until_old, 'PX', fence_ms)
+    end
+  end
+  if redis.call('EXISTS', k.old_pending) == 0 or redis.call('ZSCORE', k.inflight, old_user) then
+    return 0
+  end
+  if merge_fields(k.old_pending, k.new_pending, k.new_ledger) > 0 then
+    local replaying = cjson.decode(redis.call('HGET', k.new_pending, 'replay_of') or '[]')
+    for _, id in ipairs(cjson.decode(redis.call('HGET', k.old_pending, 'replay_of') or '[]')) do
+      replaying[#replaying + 1] = id
+    end
+    if #replaying > 0 then
+      redis.call('HSET', k.new_pending, 'replay_of', cjson.encode(replaying))
+    end
+    local ids = redis.call('LRANGE', k.old_events, 0, -1)
+    if #ids > 0 then
+      redis.call('RPUSH', k.new_events, unpack(ids))
+      redis.call('LTRIM', k.new_events, -events_kept, -1)
+    end
+    redis.call('HINCRBY', k.new_pending, 'version', 1)
+    redis.call('HSETNX', k.new_pending, 'first_seen', now)
+    redis.call('HSETNX', k.new_pending, 'due', now)
+    if not redis.call('ZSCORE', k.inflight, new_user) then
+      redis.call('ZADD', k.due, 'NX', now, new_user)
+    end
+  end
+  redis.call('DEL', k.old_pending, k.old_events)
+  redis.call('ZREM', k.due, old_user)
+  return 1
 end
 """
 
 _APPLIED = (
     _SETTLE
+    + _REBIND_FUNCTION
     + """
--- KEYS: pending, lease, inflight, due, events, ledger, ledger_index, dlq_index
+-- KEYS: pending, lease, inflight, due, events, ledger, ledger_index, dlq_index, fence,
+--       new ledger, new pending, new events, new fence (the last four only read with a new user)
 -- ARGV: user, token, now, sent_json {field: [ts, event_id]}, values_json {field: value}, n_events,
---       resolved_json [dead letter ids], dlq_prefix
+--       resolved_json [dead letter ids], dlq_prefix, verify_delay, new user or '', events_kept
 local sent = cjson.decode(ARGV[4])
 local values = cjson.decode(ARGV[5])
 for f, mark in pairs(sent) do
@@ -185,12 +294,21 @@ for f, mark in pairs(sent) do
 end
 redis.call('HSET', KEYS[6], 'applied_at', ARGV[3])
 redis.call('SADD', KEYS[7], ARGV[1])
-for _, id in ipairs(cjson.decode(ARGV[7])) do
+local resolved = cjson.decode(ARGV[7])
+for _, id in ipairs(resolved) do
   redis.call('DEL', ARGV[8] .. id)
   redis.call('ZREM', KEYS[8], id)
 end
-return settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], sent,
-              tonumber(ARGV[6]))
+local state = settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], sent,
+                     tonumber(ARGV[6]), resolved, KEYS[9], tonumber(ARGV[9]))
+-- A rebind moves the rest in the same step: no claim may send the old id's change in between.
+if ARGV[10] ~= '' then
+  local k = {old_ledger = KEYS[6], new_ledger = KEYS[10], index = KEYS[7], old_pending = KEYS[1],
+             new_pending = KEYS[11], due = KEYS[4], inflight = KEYS[3], old_events = KEYS[5],
+             new_events = KEYS[12], old_fence = KEYS[9], new_fence = KEYS[13]}
+  if rebind(k, ARGV[1], ARGV[10], ARGV[3], tonumber(ARGV[11])) == 1 then state = 'done' end
+end
+return state
 """
 )
 
@@ -204,8 +322,9 @@ local common = cjson.decode(ARGV[9])
 local function write(key, fields)
   for k, v in pairs(fields) do redis.call('HSET', key, k, v) end
 end
+local replayed = cjson.decode(ARGV[6])
 local updated = 0
-for _, id in ipairs(cjson.decode(ARGV[6])) do
+for _, id in ipairs(replayed) do
   local key = ARGV[8] .. id
   if redis.call('EXISTS', key) == 1 then
     write(key, common)
@@ -222,7 +341,7 @@ if updated == 0 then
   redis.call('ZADD', KEYS[6], ARGV[3], id)
 end
 local state = settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3],
-                     cjson.decode(ARGV[4]), tonumber(ARGV[5]))
+                     cjson.decode(ARGV[4]), tonumber(ARGV[5]), replayed, nil, nil)
 return {id, state}
 """
 )
@@ -306,46 +425,67 @@ return restore(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], cjson.decod
 )
 
 
-_REBIND = """
--- After Recur moved a customer from one external id to another, move what we know with it.
--- KEYS: old ledger, new ledger, ledger index, old pending, new pending, due, inflight
--- ARGV: old user, new user, now
-local function merge(from, to)
-  local raw = redis.call('HGETALL', from)
-  for i = 1, #raw, 2 do
-    local k = raw[i]
-    if string.sub(k, 1, 2) == 't:' then
-      local f = string.sub(k, 3)
-      local ts = tonumber(raw[i + 1])
-      local current = tonumber(redis.call('HGET', to, 't:' .. f))
-      if f ~= 'external_id' and (current == nil or ts >= current) then
-        redis.call('HSET', to, 'v:' .. f, redis.call('HGET', from, 'v:' .. f), k, raw[i + 1])
-        local e = redis.call('HGET', from, 'e:' .. f)
-        if e then redis.call('HSET', to, 'e:' .. f, e) end
-      end
+_REBIND = (
+    _REBIND_FUNCTION
+    + """
+-- KEYS: old ledger, new ledger, ledger index, old pending, new pending, due, inflight,
+--       old events, new events, old fence, new fence. ARGV: old user, new user, now, events_kept
+local k = {old_ledger = KEYS[1], new_ledger = KEYS[2], index = KEYS[3], old_pending = KEYS[4],
+           new_pending = KEYS[5], due = KEYS[6], inflight = KEYS[7], old_events = KEYS[8],
+           new_events = KEYS[9], old_fence = KEYS[10], new_fence = KEYS[11]}
+return rebind(k, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+"""
+)
+
+_FENCE = """
+-- KEYS: fence, pending. ARGV: until, ttl_ms. The fence only moves later; the change it protects
+-- is read back once it has passed (see settle).
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSETNX', KEYS[2], 'verify', 0) end
+return 1
+"""
+
+_VERIFIED = """
+-- KEYS: pending, lease, inflight, due, events, ledger
+-- ARGV: user, token, now, observed_json {field: value as Recur holds it}, max_resends
+-- A field Recur holds otherwise than the ledger says was overwritten by a late PATCH: queue the
+-- ledger's value again (unless a newer change waits), due now, and read back again after it.
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return false end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'done', 0, 0} end
+local differ = {}
+for f, value in pairs(cjson.decode(ARGV[4])) do
+  local wanted = redis.call('HGET', KEYS[6], 'v:' .. f)
+  if wanted and wanted ~= value then differ[#differ + 1] = f end
+end
+local resends = tonumber(redis.call('HGET', KEYS[1], 'verify') or '0')
+local resend = #differ > 0 and resends < tonumber(ARGV[5])
+if resend then
+  for _, f in ipairs(differ) do
+    local ts = redis.call('HGET', KEYS[6], 't:' .. f)
+    local current = tonumber(redis.call('HGET', KEYS[1], 't:' .. f))
+    if current == nil or tonumber(ts) >= current then
+      redis.call('HSET', KEYS[1], 'v:' .. f, redis.call('HGET', KEYS[6], 'v:' .. f), 't:' .. f, ts,
+                 'e:' .. f, 'verify')
     end
   end
+  redis.call('HSET', KEYS[1], 'verify', resends + 1, 'due', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+else
+  redis.call('HDEL', KEYS[1], 'verify')
 end
-merge(KEYS[1], KEYS[2])
-local applied_at = redis.call('HGET', KEYS[1], 'applied_at')
-if applied_at then redis.call('HSET', KEYS[2], 'applied_at', applied_at) end
-redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-local moved = 0
-if redis.call('EXISTS', KEYS[4]) == 1 and not redis.call('ZSCORE', KEYS[7], ARGV[1]) then
-  merge(KEYS[4], KEYS[5])
-  redis.call('HINCRBY', KEYS[5], 'version', 1)
-  redis.call('HSETNX', KEYS[5], 'first_seen', ARGV[3])
-  redis.call('HSETNX', KEYS[5], 'due', ARGV[3])
-  redis.call('DEL', KEYS[4])
-  redis.call('ZREM', KEYS[6], ARGV[1])
-  if not redis.call('ZSCORE', KEYS[7], ARGV[2]) then
-    redis.call('ZADD', KEYS[6], 'NX', ARGV[3], ARGV[2])
+for _, k in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(k, 1, 2) == 't:' then
+    redis.call('ZADD', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'due') or ARGV[3]), ARGV[1])
+    return {'more', #differ, resend and 1 or 0}
   end
-  moved = 1
 end
-return moved
+redis.call('DEL', KEYS[1], KEYS[5])
+return {'done', #differ, resend and 1 or 0}
 """
 
 
@@ -379,6 +519,11 @@ class Snapshot:
     event_ids: list[str] = field(default_factory=list)
     replay_of: list[str] = field(default_factory=list)
     last_error: dict[str, Any] | None = None
+    verify: int | None = None
+    """Set after an ambiguous outcome: read Recur back once nothing is left to send (the value
+    counts the resends such read-backs already caused)."""
+    fenced_until: float | None = None
+    """Until when an ambiguous PATCH of this user may still land: send nothing newer before."""
 
     def sent_marks(self) -> dict[str, list[int | str]]:
         """Field -> [event time, event id]: what settling compares, so that a newer value that
@@ -409,7 +554,19 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _snapshot_from(user_id: str, flat: list[str], event_ids: list[str]) -> Snapshot:
+@dataclass(frozen=True)
+class Verified:
+    """What a read-back after an ambiguous outcome found: 'more' (something to send) or 'done',
+    how many fields Recur held otherwise than the ledger, and whether they were queued again."""
+
+    state: str
+    differ: int
+    resent: bool
+
+
+def _snapshot_from(
+    user_id: str, flat: list[str], event_ids: list[str], fence: str = ""
+) -> Snapshot:
     raw = _pairs(flat)
     fields = {
         name[2:]: FieldState(
@@ -422,6 +579,7 @@ def _snapshot_from(user_id: str, flat: list[str], event_ids: list[str]) -> Snaps
     }
     retry_since = raw.get("retry_since")
     last_error = raw.get("last_error")
+    verify = raw.get("verify")
     return Snapshot(
         user_id=user_id,
         fields=fields,
@@ -432,6 +590,8 @@ def _snapshot_from(user_id: str, flat: list[str], event_ids: list[str]) -> Snaps
         event_ids=event_ids,
         replay_of=json.loads(raw.get("replay_of", "[]")),
         last_error=json.loads(last_error) if last_error else None,
+        verify=int(verify) if verify is not None else None,
+        fenced_until=float(fence) if fence else None,
     )
 
 
@@ -455,10 +615,12 @@ class PendingStore:
         dedup_ttl_seconds: int,
         lease_seconds: float,
         trace_retention_seconds: float = trace.DEFAULT_RETENTION_SECONDS,
+        verify_delay_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
         self._trace_ttl = int(trace_retention_seconds)
+        self._verify_delay = verify_delay_seconds
         self._window = window_seconds
         self._max_wait = max_wait_seconds
         self._dedup_ttl = dedup_ttl_seconds
@@ -474,6 +636,8 @@ class PendingStore:
         self._requeue = client.register_script(_REQUEUE_EXPIRED)
         self._restore = client.register_script(_RESTORE)
         self._rebind = client.register_script(_REBIND)
+        self._fence = client.register_script(_FENCE)
+        self._verified = client.register_script(_VERIFIED)
 
     def accept_call(self, event: UserEvent) -> tuple[list[str], list[Any]]:
         """The keys and arguments of the accept script for an event (sync and async callers)."""
@@ -545,6 +709,7 @@ class PendingStore:
                     keys.lease(claim.user_id),
                     keys.INFLIGHT,
                     PENDING_EVENTS + claim.user_id,
+                    keys.fence(claim.user_id),
                 ],
                 args=[claim.user_id, claim.token, expiry],
                 client=pipe,
@@ -559,9 +724,11 @@ class PendingStore:
             return None
         if not result:
             return Snapshot(claim.user_id, {}, 0, 0, 0.0, None)
-        flat, event_ids = cast(list[list[bytes | str]], result)
+        flat, event_ids, fence = cast(
+            tuple[list[bytes | str], list[bytes | str], bytes | str], result
+        )
         return _snapshot_from(
-            claim.user_id, [_text(b) for b in flat], [_text(b) for b in event_ids]
+            claim.user_id, [_text(b) for b in flat], [_text(b) for b in event_ids], _text(fence)
         )
 
     def renew(self, claim: Claim) -> bool:
@@ -585,7 +752,10 @@ class PendingStore:
         return [bool(renewed) for renewed in pipe.execute()]
 
     def mark_applied(self, claim: Claim, snapshot: Snapshot) -> str:
-        """Record a success in the ledger and settle; 'more' if newer changes wait, else 'done'."""
+        """Record a success in the ledger and settle: 'more' if newer changes wait, 'verify' if
+        Recur is to be read back first (after an ambiguous outcome), else 'done'.
+
+        A snapshot that sets `external_id` to another id rebinds in the same step (see `rebind`)."""
         return self.mark_applied_many([(claim, snapshot)])[0]
 
     def mark_applied_many(self, applied: list[tuple[Claim, Snapshot]]) -> list[str]:
@@ -598,6 +768,10 @@ class PendingStore:
     def _mark_applied(self, claim: Claim, snapshot: Snapshot, pipe: Any) -> None:
         user = claim.user_id
         values = {name: _dumps(state.value) for name, state in snapshot.fields.items()}
+        moved_to = snapshot.fields.get("external_id")
+        new_user = moved_to.value if moved_to is not None else None
+        if not isinstance(new_user, str) or new_user == user:
+            new_user = ""
         self._applied(
             keys=[
                 keys.pending(user),
@@ -608,6 +782,8 @@ class PendingStore:
                 keys.ledger(user),
                 keys.LEDGER_INDEX,
                 keys.DEAD_LETTERS,
+                keys.fence(user),
+                *self._rebind_keys(new_user),
             ],
             args=[
                 user,
@@ -618,9 +794,24 @@ class PendingStore:
                 len(snapshot.event_ids),
                 json.dumps(snapshot.replay_of),
                 keys.DEAD_LETTER,
+                self._verify_delay,
+                new_user,
+                EVENTS_KEPT,
             ],
             client=pipe,
         )
+
+    @staticmethod
+    def _rebind_keys(new_user: str) -> list[str]:
+        """The new user's ledger, pending hash, event list and fence (none without a rebind)."""
+        if not new_user:
+            return []
+        return [
+            keys.ledger(new_user),
+            keys.pending(new_user),
+            PENDING_EVENTS + new_user,
+            keys.fence(new_user),
+        ]
 
     def dead_letter(
         self,
@@ -721,7 +912,11 @@ class PendingStore:
 
     def rebind(self, old_user: str, new_user: str) -> bool:
         """Move the ledger (and any change still pending) from `old_user` to `new_user`, after
-        Recur accepted the new external id. True if a pending change moved too."""
+        Recur accepted the new external id. True if a pending change moved too.
+
+        A pending field older than the one `new_user` already has applied is not moved, and the
+        old user's event list goes with its change. `mark_applied` does this itself for a
+        snapshot that rebinds; this is for callers that learn of a rebind another way."""
         moved = self._rebind(
             keys=[
                 keys.ledger(old_user),
@@ -731,7 +926,49 @@ class PendingStore:
                 keys.pending(new_user),
                 keys.DUE,
                 keys.INFLIGHT,
+                PENDING_EVENTS + old_user,
+                PENDING_EVENTS + new_user,
+                keys.fence(old_user),
+                keys.fence(new_user),
             ],
-            args=[old_user, new_user, repr(self._clock())],
+            args=[old_user, new_user, repr(self._clock()), EVENTS_KEPT],
         )
         return bool(moved)
+
+    def fence(self, user_id: str, until: float) -> None:
+        """Record that a PATCH for `user_id` ended ambiguously (it may still land until `until`).
+
+        Recur has no conditional update, so nothing newer may be sent before then (snapshots
+        carry `fenced_until`), and once the change is sent Recur is read back (`verify`)."""
+        ttl_ms = max(1, math.ceil((until - self._clock()) * 1000))
+        self._fence(keys=[keys.fence(user_id), keys.pending(user_id)], args=[repr(until), ttl_ms])
+
+    def verified(
+        self, claim: Claim, observed: dict[str, Any], *, max_resends: int
+    ) -> Verified | None:
+        """Settle a read-back: `observed` is what Recur holds of the fields it returns.
+
+        A field that differs from the ledger is queued again (at most `max_resends` times in a
+        row); None if the claim was lost."""
+        user = claim.user_id
+        result = self._verified(
+            keys=[
+                keys.pending(user),
+                keys.lease(user),
+                keys.INFLIGHT,
+                keys.DUE,
+                PENDING_EVENTS + user,
+                keys.ledger(user),
+            ],
+            args=[
+                user,
+                claim.token,
+                repr(self._clock()),
+                json.dumps({name: _dumps(value) for name, value in observed.items()}),
+                max_resends,
+            ],
+        )
+        if result is None:
+            return None
+        state, differ, resent = cast(list[Any], result)
+        return Verified(state=_text(state), differ=int(differ), resent=bool(int(resent)))

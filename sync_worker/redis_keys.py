@@ -33,6 +33,10 @@ INFLIGHT = PREFIX + "inflight"
 LEASE = PREFIX + "lease:"
 """lease:{user_id} -> token of the claim that may send for that user now."""
 
+FENCE = PREFIX + "fence:"
+"""fence:{user_id} -> unix time until which a PATCH that ended ambiguously (timeout, reset, 5xx) may
+still land at Recur: no newer PATCH goes out before it; expires then."""
+
 # Applied state (the ledger).
 LEDGER = PREFIX + "ledger:"
 """ledger:{user_id} -> hash: per-field applied values and their event timestamps."""
@@ -146,6 +150,11 @@ def pending(user_id: str) -> str:
 def lease(user_id: str) -> str:
     """The lease token key of one user."""
     return LEASE + user_id
+
+
+def fence(user_id: str) -> str:
+    """The ambiguous-outcome fence of one user."""
+    return FENCE + user_id
 
 
 def ledger(user_id: str) -> str:

@@ -267,13 +267,12 @@ class Syncer:
             new_id = body.get("external_id")
             rebound = new_id if isinstance(new_id, str) and new_id != claim.user_id else None
             if rebound is not None:
-                if self._pending.rebind(claim.user_id, rebound):
-                    state = "done"
+                # mark_applied moved the ledger and what was pending in the same step
                 log.info("customer_rebound", user_id=claim.user_id, new_user_id=rebound)
             if body:
                 self._stats.incr("syncs_applied_total")
                 self._stats.observe("sync_latency_seconds", now - snapshot.first_seen)
-                result = "applied" if state == "done" else "more"
+                result = "more" if state == "more" else "applied"
                 outcome = SyncOutcome(claim.user_id, result, status=200)
             else:
                 outcome = SyncOutcome(claim.user_id, "recorded")

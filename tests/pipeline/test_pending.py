@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sync_worker import redis_keys as keys
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
-from sync_worker.pending import Claim, FieldState, PendingStore, Snapshot
+from sync_worker.pending import PENDING_EVENTS, Claim, FieldState, PendingStore, Snapshot
 
 
 class Clock:
@@ -316,3 +316,80 @@ def test_rebind_moves_ledger_and_pending_change(redis_url: str) -> None:
     assert moved is not None
     assert moved.user_id == "new"
     assert {k: v.value for k, v in moved.fields.items()} == {"name": "typed during the move"}
+
+
+def test_replay_restored_while_in_flight_is_resolved_by_the_send_that_carries_it(
+    redis_url: str,
+) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    client.hset(keys.dead_letter("dl_1"), mapping={"id": "dl_1", "user_id": "u1"})
+    client.zadd(keys.DEAD_LETTERS, {"dl_1": clock.now})
+    pending.accept(event("u1", 1000, name="in flight"))
+    clock.now += 3
+    claim, snapshot = claim_and_read(pending)
+    # the operator replays while the user's PATCH is in flight
+    assert pending.restore("u1", {"metadata": FieldState({"plan": "pro"}, 900)}, replay_of="dl_1")
+    assert pending.mark_applied(claim, snapshot) == "more"
+    assert client.exists(keys.dead_letter("dl_1"))  # not sent yet: the entry stays
+    claim, replay = claim_and_read(pending)
+    assert replay.replay_of == ["dl_1"]
+    assert pending.mark_applied(claim, replay) == "done"
+    assert not client.exists(keys.dead_letter("dl_1"))
+    assert client.zscore(keys.DEAD_LETTERS, "dl_1") is None
+
+
+def test_a_rebinding_send_settles_and_moves_in_one_step(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    pending.accept(event("old", 1000, external_id="new"))
+    clock.now += 3
+    claim, snapshot = claim_and_read(pending)
+    typed = event("old", 2000, name="typed during the move")
+    pending.accept(typed)
+    clock.now += 3
+    assert pending.mark_applied(claim, snapshot) == "done"
+    # no moment exists where a claim could send the old id's change (it would get a 404)
+    assert client.zscore(keys.DUE, "old") is None
+    assert not client.exists(keys.pending("old"), keys.ledger("old"))
+    assert not client.exists(PENDING_EVENTS + "old")
+    moved = pending.snapshot(claim_one(pending))
+    assert moved is not None
+    assert moved.user_id == "new"
+    assert {k: v.value for k, v in moved.fields.items()} == {"name": "typed during the move"}
+    assert moved.event_ids == [typed.event_id]
+    assert client.sismember(keys.LEDGER_INDEX, "new")
+
+
+def test_rebind_keeps_a_field_the_new_user_applied_later(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    Ledger(client).seed("new", {"name": "applied to new"}, ts_ms=5000)
+    older = event("old", 3000, name="older than new's", metadata={"a": 1})
+    pending.accept(older)
+    assert pending.rebind("old", "new") is True
+    assert not client.exists(keys.pending("old"), PENDING_EVENTS + "old")
+    clock.now += 3
+    moved = pending.snapshot(claim_one(pending))
+    assert moved is not None
+    assert moved.user_id == "new"
+    assert {k: v.value for k, v in moved.fields.items()} == {"metadata": {"a": 1}}
+    assert moved.event_ids == [older.event_id]
+
+
+def test_rebind_of_a_change_entirely_older_than_the_new_users_drops_it(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    Ledger(client).seed("new", {"name": "applied to new"}, ts_ms=5000)
+    pending.accept(event("old", 3000, name="older than new's"))
+    assert pending.rebind("old", "new") is True
+    assert not client.exists(keys.pending("old"), PENDING_EVENTS + "old")
+    assert not client.exists(keys.pending("new"))
+    assert client.zcard(keys.DUE) == 0
+    entry = Ledger(client).get("new")
+    assert entry is not None
+    assert entry.fields["name"].value == "applied to new"
