@@ -49,6 +49,7 @@ class Runtime:
             dedup_ttl_seconds=settings.event_dedup_ttl_seconds,
             lease_seconds=settings.lease_seconds,
             trace_retention_seconds=settings.trace_retention_days * DAY,
+            verify_delay_seconds=settings.fence_verify_delay_seconds,
         )
         self.trace = TraceLog(retention_seconds=settings.trace_retention_days * DAY)
         self.stats = Stats(self.redis, trace=self.trace)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=3600.0, gt=0)
     retry_budget_seconds: float = Field(default=24 * 3600.0, gt=0)
 
+    # Fencing writes Recur cannot fence (sync.py): after an ambiguous outcome (timeout, reset,
+    # 5xx), hold the user's next PATCH this long (unset: twice the attempt deadline), and read
+    # Recur back this long after the sends that followed.
+    fence_hold_seconds: float | None = Field(default=None, gt=0)
+    fence_verify_delay_seconds: float = Field(default=5.0, gt=0)
+
     # Circuit breaker (breaker.py): stop sending while Recur is failing, for every worker.
     breaker_window_seconds: int = Field(default=60, ge=1, le=3600)
     breaker_min_calls: int = Field(default=20, ge=1)
@@ -240,6 +246,12 @@ class Settings(BaseSettings):
                 "the rate limit, + RECUR_ATTEMPT_DEADLINE_SECONDS)), or a slow request could "
                 "race a newer one"
             )
+        deadline = self.attempt_deadline_seconds
+        if self.fence_hold_seconds is not None and self.fence_hold_seconds <= deadline:
+            raise ValueError(
+                f"FENCE_HOLD_SECONDS must exceed the attempt deadline ({deadline:g} s, "
+                "RECUR_ATTEMPT_DEADLINE_SECONDS): a PATCH that timed out may still land until then"
+            )
         if self.visibility_timeout_seconds <= self.lease_seconds:
             raise ValueError("VISIBILITY_TIMEOUT_SECONDS must exceed LEASE_SECONDS")
         if self.retry_backoff_base_seconds > self.retry_backoff_max_seconds:
@@ -275,6 +287,14 @@ class Settings(BaseSettings):
         if self.redis_min_replicas == "auto":
             return 1 if self.redis_url.startswith("sentinel://") else 0
         return self.redis_min_replicas
+
+    @property
+    def fence_hold(self) -> float:
+        """Seconds a PATCH that ended ambiguously may still land: `FENCE_HOLD_SECONDS`, or twice
+        the attempt deadline (the longest our side of a request lasts) when unset."""
+        if self.fence_hold_seconds is not None:
+            return self.fence_hold_seconds
+        return 2 * self.attempt_deadline_seconds
 
     @property
     def test_mode(self) -> bool:

@@ -14,6 +14,12 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
     409 -> `conflict`; 400/422 -> `rejected`
     404/409 after a call whose answer was lost (timeout, reset, 5xx) -> first a read of Recur:
                         when it shows the desired state, the change is recorded as applied
+
+Recur has no conditional update, so a PATCH whose outcome is ambiguous (a timeout, a reset, a
+5xx that may come from a proxy) may still land after a newer one. Such an outcome fences the
+user: nothing newer is sent until the old request can no longer land (`FENCE_HOLD_SECONDS`),
+and once the change is through, Recur is read back and re-sent where it disagrees with the
+ledger on a field it returns (name). Metadata is never returned, so for it only the hold protects.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import httpx
 from tenacity import RetryCallState
 
 from sync_worker.breaker import Breaker, BreakerOpen, BreakerView
@@ -74,8 +81,14 @@ EVENT_IDS_LOGGED = 10
 DEFAULT_COOL_DOWN_SECONDS = 1.0
 HOLD_JITTER_SECONDS = 1.0
 """Spread of the due times of changes held by the breaker, so they do not all come due at once."""
-HELD_BY = {"held": "breaker", "paused": "pause", "throttled": "rate_limit"}
+HELD_BY = {"held": "breaker", "paused": "pause", "throttled": "rate_limit", "fenced": "fence"}
 """Outcomes that sent nothing (or stopped sending), traced as `held` with what held them."""
+READ_BACK_FIELDS = ("name",)
+"""What a read-back compares: the fields we send that Recur returns (metadata it never returns;
+`external_id` is what the read looks the customer up by)."""
+READ_BACK_RESENDS = 3
+"""Re-sends in a row that read-backs may cause before they give up (and leave it to the
+reconciliation), so a value Recur stores differently cannot loop forever."""
 
 
 class LeaseLost(Exception):
@@ -204,7 +217,11 @@ class Syncer:
         """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
             return self._report(SyncOutcome(claim.user_id, "lost"), started)
+        if snapshot.fenced_until is not None and snapshot.fenced_until > started:
+            return self._fenced(claim, snapshot, snapshot.fenced_until - started, started)
         if not snapshot.fields:
+            if snapshot.verify is not None:
+                return self._read_back(claim, snapshot, started)
             return self._report(SyncOutcome(claim.user_id, "empty"), started)
         body = patch_body(snapshot)
         if not body:
@@ -448,6 +465,7 @@ class Syncer:
             error = state.outcome.exception() if state.outcome is not None else None
             if failures is not None and error is not None:
                 failures.append(error)
+            self._fence_if_ambiguous(lease.claim, error)
             self._count_failure(error)
             self._trace.add(
                 lease.claim.user_id,
@@ -465,15 +483,72 @@ class Syncer:
                     raise BreakerOpen(error, view)
 
         def run(fn: Callable[[], Any]) -> Any:
-            return call_with_quick_retries(
-                fn,
-                attempts=attempts,
-                max_seconds=self._settings.retry_fast_max_seconds,
-                before_attempt=before_attempt,
-                on_retry=on_retry,
-            )
+            try:
+                return call_with_quick_retries(
+                    fn,
+                    attempts=attempts,
+                    max_seconds=self._settings.retry_fast_max_seconds,
+                    before_attempt=before_attempt,
+                    on_retry=on_retry,
+                )
+            except RetryAfterTooLong as too_long:
+                self._fence_if_ambiguous(lease.claim, too_long.error)
+                raise
+            except RecurError as error:
+                self._fence_if_ambiguous(lease.claim, error)
+                raise
 
         return run
+
+    def _fence_if_ambiguous(self, claim: Claim, error: BaseException | None) -> None:
+        """Fence the user at once, before anything else can send for it (see the docstring).
+
+        Quick retries of the same body go on: the late request would write the same values."""
+        if error is not None and is_ambiguous(error):
+            self._pending.fence(claim.user_id, self._clock() + self._settings.fence_hold)
+
+    def _fenced(self, claim: Claim, snapshot: Snapshot, wait: float, started: float) -> SyncOutcome:
+        """Hand a claim back unsent and uncounted until an ambiguous PATCH can no longer land."""
+        self._pending.hand_back(claim, delay=wait, error=None)
+        self._stats.incr("sync_retries_total", kind="fenced")
+        outcome = SyncOutcome(claim.user_id, "fenced", next_retry_in=wait)
+        return self._report(outcome, started, snapshot)
+
+    def _read_back(self, claim: Claim, snapshot: Snapshot, started: float) -> SyncOutcome:
+        """After an ambiguous outcome and the sends that followed it: does Recur hold what the
+        ledger says was applied? Where it does not, a late PATCH landed: queue the value again."""
+        try:
+            customer = self._client.get_customer_by_external_id(claim.user_id)
+        except NotFound:
+            # Moved away (a late rebind?) or deleted: nothing to compare; reconciliation reports it.
+            log.warning("read_back_not_found", user_id=claim.user_id)
+            customer = None
+        except RecurError as error:
+            delay = self._settings.fence_verify_delay_seconds
+            self._pending.hand_back(claim, delay=delay, error=None)
+            outcome = SyncOutcome(claim.user_id, "read_back_retry", next_retry_in=delay)
+            return self._report(outcome, started, snapshot, error=error)
+        observed: dict[str, Any] = {}
+        if customer is not None:
+            returned = customer.model_fields_set
+            observed = {
+                name: getattr(customer, name) for name in READ_BACK_FIELDS if name in returned
+            }
+        verified = self._pending.verified(claim, observed, max_resends=READ_BACK_RESENDS)
+        if verified is None:
+            return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
+        if verified.differ:
+            log.warning(
+                "read_back_mismatch",
+                user_id=claim.user_id,
+                fields=verified.differ,
+                resent=verified.resent,
+                hint="a PATCH that ended ambiguously landed late; the ledger's value is re-sent"
+                if verified.resent
+                else "gave up re-sending; the nightly reconciliation will report it",
+            )
+        result = "read_back_resend" if verified.resent else "read_back_ok"
+        return self._report(SyncOutcome(claim.user_id, result, status=200), started, snapshot)
 
     def _count_failure(self, error: BaseException | None) -> None:
         if isinstance(error, RecurStatusError):
@@ -720,6 +795,17 @@ def _refused(outcome: SyncOutcome) -> bool:
         and outcome.status is not None
         and outcome.status < 500
         and outcome.status != 429
+    )
+
+
+def is_ambiguous(error: BaseException) -> bool:
+    """True when the request may have reached Recur and may still be applied later: what
+    `may_have_applied` says (no answer, or any 5xx, which a proxy can send after forwarding),
+    less the transport errors of a request that never left (refused or unopened connection)."""
+    if not may_have_applied(error):
+        return False
+    return not isinstance(
+        error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
     )
 
 
