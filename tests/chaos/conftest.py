@@ -51,6 +51,9 @@ def stack_env(stack_env: dict[str, str]) -> dict[str, str]:
         **stack_env,
         "BREAKER_COOL_DOWN_SECONDS": "1",
         "BREAKER_MAX_COOL_DOWN_SECONDS": "2",
+        # Users whose PATCH failed ambiguously are read back once the hold is over; the
+        # scenarios wait for that, and the late writes they inject land within the hold.
+        "FENCE_VERIFY_DELAY_SECONDS": "1",
     }
 
 
