@@ -228,6 +228,27 @@ local function merge_fields(from, to, floor)
   return merged
 end
 
+-- Drop the fields of a pending change older than the applied ones: after a rebind brought the
+-- old id's ledger, the new id's change may hold a field that was accepted before it and is now
+-- stale. Returns how many fields are left.
+local function prune(pending, ledger)
+  local left = 0
+  local raw = redis.call('HGETALL', pending)
+  for i = 1, #raw, 2 do
+    local k = raw[i]
+    if string.sub(k, 1, 2) == 't:' then
+      local applied = tonumber(redis.call('HGET', ledger, k))
+      if applied ~= nil and tonumber(raw[i + 1]) < applied then
+        local f = string.sub(k, 3)
+        redis.call('HDEL', pending, 'v:' .. f, k, 'e:' .. f)
+      else
+        left = left + 1
+      end
+    end
+  end
+  return left
+end
+
 -- keys: {old_ledger, new_ledger, index, old_pending, new_pending, due, inflight, old_events,
 -- new_events, old_fence, new_fence}. Returns 1 when the old user's pending change moved.
 local function rebind(k, old_user, new_user, now, events_kept)
@@ -237,6 +258,13 @@ local function rebind(k, old_user, new_user, now, events_kept)
   redis.call('DEL', k.old_ledger)
   redis.call('SREM', k.index, old_user)
   redis.call('SADD', k.index, new_user)
+  -- Also under a claim: one that has not read its snapshot yet then finds nothing stale (or
+  -- nothing at all, and is released), and one that has cannot settle a stale field.
+  if redis.call('EXISTS', k.new_pending) == 1 and prune(k.new_pending, k.new_ledger) == 0
+     and redis.call('HEXISTS', k.new_pending, 'verify') == 0 then
+    redis.call('DEL', k.new_pending, k.new_events)
+    redis.call('ZREM', k.due, new_user)
+  end
   -- A late PATCH to the old id lands on the same customer: its fence moves too.
   local fence_ms = redis.call('PTTL', k.old_fence)
   if fence_ms > 0 then

@@ -170,6 +170,7 @@ class Syncer:
         answered = 0
         leases = [_Lease(claim, read_at + self._settings.lease_seconds) for claim in claims]
         unsettled: list[_Lease] = []
+        rebound: set[str] = set()
         for index, (claim, snapshot) in enumerate(zip(claims, snapshots, strict=True)):
             if paused:
                 self._pending.hand_back(
@@ -185,11 +186,22 @@ class Syncer:
             # Claims still waiting in the batch, and sent ones waiting for the batch's settle,
             # keep their leases while other users are sent.
             self._keep_leases(unsettled + leases[index:])
+            if claim.user_id in rebound:
+                # Read before a rebind of this batch brought the old id's ledger to this user:
+                # read again, without the fields that became stale (which renews the lease).
+                leases[index].until = self._clock() + self._settings.lease_seconds
+                snapshot = self._pending.snapshot(claim)
             outcome = self._deliver(claim, snapshot, started, leases[index], probe=probe)
             if outcome is None:
-                unsettled.append(leases[index])
-                succeeded.append((claim, cast(Snapshot, snapshot), started))
+                done = (claim, cast(Snapshot, snapshot), started)
                 answered += bool(snapshot is not None and patch_body(snapshot))
+                new_id = rebind_target(claim.user_id, snapshot)
+                if new_id is None:
+                    unsettled.append(leases[index])
+                    succeeded.append(done)
+                else:  # settled at once, before anything else of the batch is sent
+                    outcomes += self._settle([done])
+                    rebound.add(new_id)
                 continue
             outcomes.append(outcome)
             answered += _refused(outcome)
@@ -281,8 +293,7 @@ class Syncer:
         now = self._clock()
         for (claim, snapshot, started), state in zip(succeeded, states, strict=True):
             body = patch_body(snapshot)
-            new_id = body.get("external_id")
-            rebound = new_id if isinstance(new_id, str) and new_id != claim.user_id else None
+            rebound = rebind_target(claim.user_id, snapshot)
             if rebound is not None:
                 # mark_applied moved the ledger and what was pending in the same step
                 log.info("customer_rebound", user_id=claim.user_id, new_user_id=rebound)
@@ -796,6 +807,13 @@ def _refused(outcome: SyncOutcome) -> bool:
         and outcome.status < 500
         and outcome.status != 429
     )
+
+
+def rebind_target(user_id: str, snapshot: Snapshot | None) -> str | None:
+    """The external id a snapshot moves the user's customer to, if it rebinds it."""
+    body = patch_body(snapshot) if snapshot is not None else {}
+    new_id = body.get("external_id")
+    return new_id if isinstance(new_id, str) and new_id != user_id else None
 
 
 def is_ambiguous(error: BaseException) -> bool:

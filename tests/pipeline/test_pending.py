@@ -393,3 +393,22 @@ def test_rebind_of_a_change_entirely_older_than_the_new_users_drops_it(redis_url
     entry = Ledger(client).get("new")
     assert entry is not None
     assert entry.fields["name"].value == "applied to new"
+
+
+def test_rebind_drops_a_change_of_the_new_id_older_than_what_the_old_id_applied(
+    redis_url: str,
+) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    pending.accept(event("old", 3000, name="applied to old"))
+    clock.now += 3
+    claim, snapshot = claim_and_read(pending)
+    assert pending.mark_applied(claim, snapshot) == "done"
+    # sent under the new id before the rebind, and older than what the old id applied
+    pending.accept(event("new", 2000, name="older", metadata={"a": 1}))
+    assert pending.rebind("old", "new") is False
+    clock.now += 3
+    left = pending.snapshot(claim_one(pending))
+    assert left is not None
+    assert {k: v.value for k, v in left.fields.items()} == {"metadata": {"a": 1}}
