@@ -12,8 +12,9 @@ Layout (keys in redis_keys.py):
 - `due` zset: user -> when to send. `inflight` zset: user -> when its claim lapses.
   A user is in at most one of them.
 - `lease:{user}`: the token of the one claim allowed to send for that user.
-- `fence:{user}`: until when a PATCH whose outcome was ambiguous may still land (see `fence`);
-  the pending hash's `verify` (resends so far) asks for a read-back once it has passed.
+- `fence:{user}` hash: `until` when a PATCH whose outcome was ambiguous may still land, and
+  `m:{field}` the mark ([event time, event id]) of each field it carried (see `fence`); the
+  pending hash's `verify` (resends so far) asks for a read-back once it has passed.
 - `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
 - `trace:{user}` list: the accept script adds each event's outcome to it (see trace.py).
 
@@ -130,7 +131,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[1])
 return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[4], 0, -1),
-        redis.call('GET', KEYS[5]) or ''}
+        redis.call('HGETALL', KEYS[5])}
 """
 
 _RENEW = """
@@ -192,7 +193,7 @@ local function settle(pending, lease, inflight, due, events, user, token, now, s
     local at = tonumber(redis.call('HGET', pending, 'due') or now)
     if state == 'verify' then
       at = tonumber(now) + verify_delay
-      local fenced = tonumber(redis.call('GET', fence))
+      local fenced = tonumber(redis.call('HGET', fence, 'until'))
       if fenced ~= nil and fenced + verify_delay > at then at = fenced + verify_delay end
       redis.call('HSET', pending, 'due', string.format('%.3f', at))
     end
@@ -268,10 +269,15 @@ local function rebind(k, old_user, new_user, now, events_kept)
   -- A late PATCH to the old id lands on the same customer: its fence moves too.
   local fence_ms = redis.call('PTTL', k.old_fence)
   if fence_ms > 0 then
-    local until_old = redis.call('GET', k.old_fence)
-    local until_new = tonumber(redis.call('GET', k.new_fence))
-    if until_new == nil or tonumber(until_old) > until_new then
-      redis.call('SET', k.new_fence, until_old, 'PX', fence_ms)
+    local until_new = tonumber(redis.call('HGET', k.new_fence, 'until'))
+    local old = redis.call('HGETALL', k.old_fence)
+    for i = 1, #old, 2 do
+      if old[i] ~= 'until' or until_new == nil or tonumber(old[i + 1]) > until_new then
+        redis.call('HSET', k.new_fence, old[i], old[i + 1])
+      end
+    end
+    if redis.call('PTTL', k.new_fence) < fence_ms then
+      redis.call('PEXPIRE', k.new_fence, fence_ms)
     end
   end
   if redis.call('EXISTS', k.old_pending) == 0 or redis.call('ZSCORE', k.inflight, old_user) then
@@ -327,6 +333,9 @@ for _, id in ipairs(resolved) do
   redis.call('DEL', ARGV[8] .. id)
   redis.call('ZREM', KEYS[8], id)
 end
+-- A send that moved the customer off this external id (rebind, unbind) ends its read-back: a
+-- read by this id would find nothing.
+if sent['external_id'] ~= nil then redis.call('HDEL', KEYS[1], 'verify') end
 local state = settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], sent,
                      tonumber(ARGV[6]), resolved, KEYS[9], tonumber(ARGV[9]))
 -- A rebind moves the rest in the same step: no claim may send the old id's change in between.
@@ -466,11 +475,17 @@ return rebind(k, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
 )
 
 _FENCE = """
--- KEYS: fence, pending. ARGV: until, ttl_ms. The fence only moves later; the change it protects
--- is read back once it has passed (see settle).
-local current = tonumber(redis.call('GET', KEYS[1]))
+-- KEYS: fence, pending. ARGV: until, ttl_ms, marks_json {field: [ts, event_id]} of what was sent.
+-- The fence only moves later; the change it protects is read back once it has passed (settle).
+local current = tonumber(redis.call('HGET', KEYS[1], 'until'))
 if current == nil or tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('HSET', KEYS[1], 'until', ARGV[1])
+end
+for f, mark in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HSET', KEYS[1], 'm:' .. f, cjson.encode(mark))
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSETNX', KEYS[2], 'verify', 0) end
 return 1
@@ -552,6 +567,18 @@ class Snapshot:
     counts the resends such read-backs already caused)."""
     fenced_until: float | None = None
     """Until when an ambiguous PATCH of this user may still land: send nothing newer before."""
+    fenced_marks: dict[str, list[int | str]] = field(default_factory=dict)
+    """The marks of the fields that PATCH carried (see `sent_marks`)."""
+
+    def held_by_fence(self, now: float) -> bool:
+        """True while an ambiguous PATCH may still land and would undo a field of this one: one
+        carrying the same field with another mark. Re-sending what it carried is safe."""
+        if self.fenced_until is None or self.fenced_until <= now:
+            return False
+        if not self.fields:  # a read-back: it waits for anything late to have landed
+            return True
+        marks = self.sent_marks()
+        return any(marks[name] != mark for name, mark in self.fenced_marks.items() if name in marks)
 
     def sent_marks(self) -> dict[str, list[int | str]]:
         """Field -> [event time, event id]: what settling compares, so that a newer value that
@@ -593,7 +620,7 @@ class Verified:
 
 
 def _snapshot_from(
-    user_id: str, flat: list[str], event_ids: list[str], fence: str = ""
+    user_id: str, flat: list[str], event_ids: list[str], fence: list[str] | None = None
 ) -> Snapshot:
     raw = _pairs(flat)
     fields = {
@@ -608,6 +635,7 @@ def _snapshot_from(
     retry_since = raw.get("retry_since")
     last_error = raw.get("last_error")
     verify = raw.get("verify")
+    fenced = _pairs(fence or [])
     return Snapshot(
         user_id=user_id,
         fields=fields,
@@ -619,7 +647,8 @@ def _snapshot_from(
         replay_of=json.loads(raw.get("replay_of", "[]")),
         last_error=json.loads(last_error) if last_error else None,
         verify=int(verify) if verify is not None else None,
-        fenced_until=float(fence) if fence else None,
+        fenced_until=float(fenced["until"]) if "until" in fenced else None,
+        fenced_marks={k[2:]: json.loads(v) for k, v in fenced.items() if k.startswith("m:")},
     )
 
 
@@ -752,11 +781,12 @@ class PendingStore:
             return None
         if not result:
             return Snapshot(claim.user_id, {}, 0, 0, 0.0, None)
-        flat, event_ids, fence = cast(
-            tuple[list[bytes | str], list[bytes | str], bytes | str], result
-        )
+        flat, event_ids, fence = cast(list[list[bytes | str]], result)
         return _snapshot_from(
-            claim.user_id, [_text(b) for b in flat], [_text(b) for b in event_ids], _text(fence)
+            claim.user_id,
+            [_text(b) for b in flat],
+            [_text(b) for b in event_ids],
+            [_text(b) for b in fence],
         )
 
     def renew(self, claim: Claim) -> bool:
@@ -963,13 +993,18 @@ class PendingStore:
         )
         return bool(moved)
 
-    def fence(self, user_id: str, until: float) -> None:
-        """Record that a PATCH for `user_id` ended ambiguously (it may still land until `until`).
+    def fence(self, snapshot: Snapshot, until: float) -> None:
+        """Record that the PATCH of `snapshot` ended ambiguously: it may still land until `until`.
 
-        Recur has no conditional update, so nothing newer may be sent before then (snapshots
-        carry `fenced_until`), and once the change is sent Recur is read back (`verify`)."""
+        Recur has no conditional update, so nothing that would undo one of its fields may be
+        sent before then (`Snapshot.held_by_fence`), and once the change is through Recur is
+        read back (`verify`)."""
         ttl_ms = max(1, math.ceil((until - self._clock()) * 1000))
-        self._fence(keys=[keys.fence(user_id), keys.pending(user_id)], args=[repr(until), ttl_ms])
+        user = snapshot.user_id
+        self._fence(
+            keys=[keys.fence(user), keys.pending(user)],
+            args=[repr(until), ttl_ms, json.dumps(snapshot.sent_marks())],
+        )
 
     def verified(
         self, claim: Claim, observed: dict[str, Any], *, max_resends: int

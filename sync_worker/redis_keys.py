@@ -34,8 +34,9 @@ LEASE = PREFIX + "lease:"
 """lease:{user_id} -> token of the claim that may send for that user now."""
 
 FENCE = PREFIX + "fence:"
-"""fence:{user_id} -> unix time until which a PATCH that ended ambiguously (timeout, reset, 5xx) may
-still land at Recur: no newer PATCH goes out before it; expires then."""
+"""fence:{user_id} -> hash: `until` (unix time) a PATCH that ended ambiguously (timeout, reset, 5xx)
+may still land at Recur, and `m:{field}` what it carried; nothing that would change one of those
+fields goes out before then. Expires then."""
 
 # Applied state (the ledger).
 LEDGER = PREFIX + "ledger:"

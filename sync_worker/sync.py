@@ -17,9 +17,10 @@ No Celery here: the task layer hands in claims, this decides what each outcome m
 
 Recur has no conditional update, so a PATCH whose outcome is ambiguous (a timeout, a reset, a
 5xx that may come from a proxy) may still land after a newer one. Such an outcome fences the
-user: nothing newer is sent until the old request can no longer land (`FENCE_HOLD_SECONDS`),
-and once the change is through, Recur is read back and re-sent where it disagrees with the
-ledger on a field it returns (name). Metadata is never returned, so for it only the hold protects.
+user: nothing that would change a field it carried is sent until the old request can no longer
+land (`FENCE_HOLD_SECONDS`), and once the change is through, Recur is read back and re-sent where
+it disagrees with the ledger on a field it returns (name). Metadata is never returned, so for
+it only the hold protects.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ class Syncer:
         """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
             return self._report(SyncOutcome(claim.user_id, "lost"), started)
-        if snapshot.fenced_until is not None and snapshot.fenced_until > started:
+        if snapshot.fenced_until is not None and snapshot.held_by_fence(started):
             return self._fenced(claim, snapshot, snapshot.fenced_until - started, started)
         if not snapshot.fields:
             if snapshot.verify is not None:
@@ -323,7 +324,7 @@ class Syncer:
         if "external_id" in body and body["external_id"] is None:
             patch = CustomerPatch.model_construct(unbind_external_id=True, **body)
         failures: list[BaseException] = []
-        run = self._quick_caller(lease, attempts=attempts, failures=failures)
+        run = self._quick_caller(lease, snapshot, attempts=attempts, failures=failures)
         try:
             run(lambda: self._client.update_customer_by_external_id(claim.user_id, patch))
         except (NotFound, Conflict) as refused:
@@ -464,10 +465,16 @@ class Syncer:
             lease.lost = not kept
 
     def _quick_caller(
-        self, lease: _Lease, *, attempts: int, failures: list[BaseException] | None = None
+        self,
+        lease: _Lease,
+        snapshot: Snapshot,
+        *,
+        attempts: int,
+        failures: list[BaseException] | None = None,
     ) -> Callable[[Callable[[], Any]], Any]:
         """`run(fn)`: `fn` under the quick retries, the lease renewed and failures counted (and
-        kept in `failures`, to tell later whether a call may have been applied unanswered)."""
+        kept in `failures`, to tell later whether a call may have been applied unanswered); an
+        ambiguous failure fences `snapshot`'s user."""
 
         def before_attempt(attempt: int) -> None:
             self._keep_lease(lease)
@@ -476,7 +483,7 @@ class Syncer:
             error = state.outcome.exception() if state.outcome is not None else None
             if failures is not None and error is not None:
                 failures.append(error)
-            self._fence_if_ambiguous(lease.claim, error)
+            self._fence_if_ambiguous(snapshot, error)
             self._count_failure(error)
             self._trace.add(
                 lease.claim.user_id,
@@ -503,20 +510,21 @@ class Syncer:
                     on_retry=on_retry,
                 )
             except RetryAfterTooLong as too_long:
-                self._fence_if_ambiguous(lease.claim, too_long.error)
+                self._fence_if_ambiguous(snapshot, too_long.error)
                 raise
             except RecurError as error:
-                self._fence_if_ambiguous(lease.claim, error)
+                self._fence_if_ambiguous(snapshot, error)
                 raise
 
         return run
 
-    def _fence_if_ambiguous(self, claim: Claim, error: BaseException | None) -> None:
+    def _fence_if_ambiguous(self, snapshot: Snapshot, error: BaseException | None) -> None:
         """Fence the user at once, before anything else can send for it (see the docstring).
 
-        Quick retries of the same body go on: the late request would write the same values."""
+        Re-sends of the same fields go on (quick retries, the next round of the same change):
+        the late request would write the same values."""
         if error is not None and is_ambiguous(error):
-            self._pending.fence(claim.user_id, self._clock() + self._settings.fence_hold)
+            self._pending.fence(snapshot, self._clock() + self._settings.fence_hold)
 
     def _fenced(self, claim: Claim, snapshot: Snapshot, wait: float, started: float) -> SyncOutcome:
         """Hand a claim back unsent and uncounted until an ambiguous PATCH can no longer land."""

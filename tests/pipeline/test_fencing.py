@@ -169,12 +169,25 @@ def test_a_quick_retry_that_succeeds_still_fences_the_next_change(
     accept(runtime, "user_1", 1000, name="v1")
     outcomes = drive(runtime, lambda: applied_names(sandbox, "user_1") == ["v1"])
     assert [o.result for o in outcomes] == ["applied"]
-    fenced_until = float(runtime.redis.get(keys.fence("user_1")) or 0)
+    fenced_until = float(runtime.redis.hget(keys.fence("user_1"), "until") or 0)
     accept(runtime, "user_1", 2000, name="v2")
     drive(runtime, lambda: applied_names(sandbox, "user_1") == ["v1", "v2"])
     v2 = sandbox.control.requests(method="PATCH", external_id="user_1", status=200)[-1]
     sent_at = datetime.fromisoformat(v2["at"]).timestamp()
     assert sent_at >= fenced_until - 0.05  # not before the hold ended (sandbox clock: ms)
+
+
+def test_the_same_change_is_sent_again_at_once_behind_its_own_fence(
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
+) -> None:
+    # A late copy of the request would write the same values: only a different one must wait.
+    runtime = make_runtime(fence_hold_seconds=30, fence_verify_delay_seconds=0.2)
+    sandbox.control.create_customer("a@b.tw", name="old", external_id="user_1")
+    sandbox.control.update_faults(scripts={"user_1": [502]})
+    accept(runtime, "user_1", 1000, name="v1")
+    outcomes = drive(runtime, lambda: applied_names(sandbox, "user_1") == ["v1"])
+    assert [o.result for o in outcomes] == ["retry", "applied"]
+    assert runtime.redis.exists(keys.fence("user_1"))  # still fenced, for anything else
 
 
 @pytest.mark.parametrize(
