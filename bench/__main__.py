@@ -5,7 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["intake", "sync_throughput", "debounce", "reconcile", "memory", "redis_memory"]
+BENCHMARKS = [
+    "intake",
+    "sync_throughput",
+    "debounce",
+    "reconcile",
+    "memory",
+    "redis_memory",
+    "scale_out",
+]
 
 
 def main() -> None:
