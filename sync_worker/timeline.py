@@ -236,6 +236,9 @@ def _event(d: dict[str, Any]) -> str:
             text += f", due {_clock(d['due'])}"
     elif d.get("outcome") == "stale":
         text += " (older than what was applied or pending: changes nothing)"
+    elif d.get("outcome") == "refused":
+        reasons = "; ".join(f"{e.get('field')}: {e.get('message')}" for e in d.get("errors", []))
+        text = f"delivery {d.get('id')}: refused (422), {reasons}"
     return text
 
 

@@ -10,7 +10,9 @@ Nothing here costs the hot paths a round trip of its own:
 - intake: the accept script (pending.py) adds the `event` entry (merged, duplicate or stale);
 - sync: `TraceLog.add` buffers entries (`attempt`, `held`, `rebound`, ...) that `Stats.flush`
   sends in the pipeline it sends once per batch anyway;
-- operators' actions (replays, edits) are rare, and call `record` directly.
+- operators' actions (replays, edits) are rare, and call `record` directly;
+- a signed delivery refused as invalid is traced (`refused`) when it names a valid user id:
+  the web buffers it like the sync path (`refused_event`), sent by its next stats flush.
 
 Kinds: event; attempt (its `result`: applied, more, retry, quick_retry, dead_letter, ...);
 held (`by` the breaker, the auth pause or the rate limit); replay; rebound; bound_by_email and
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -31,6 +34,8 @@ from typing import Any
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.events import ID_MAX_CHARS
+from sync_worker.recur.models import EXTERNAL_ID_PATTERN
 
 DAY = 24 * 3600
 DEFAULT_RETENTION_SECONDS = 7 * DAY
@@ -39,6 +44,8 @@ MAX_ENTRIES = 100
 """Entries kept per user; older ones are trimmed."""
 MAX_BUFFERED = 10_000
 """Entries a process holds while Redis is unreachable; the oldest are dropped past it."""
+ERRORS_KEPT = 3
+_USER_ID = re.compile(EXTERNAL_ID_PATTERN)
 
 
 def worker_name() -> str:
@@ -147,3 +154,37 @@ def read(client: redis.Redis, user_id: str, *, limit: int = MAX_ENTRIES) -> list
     # Sync entries reach Redis at the end of their batch, possibly after a newer event's.
     entries.sort(key=lambda entry: entry.at, reverse=True)
     return entries
+
+
+def _named_user(body: bytes) -> str | None:
+    """The user id a refused body names, if it is one intake would accept (else None)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    data = parsed.get("data")
+    candidates = [parsed.get("userId"), parsed.get("user_id")]
+    if isinstance(data, dict):
+        candidates.insert(0, data.get("user_id"))
+    for candidate in candidates:
+        valid = isinstance(candidate, str) and len(candidate) <= ID_MAX_CHARS
+        if valid and _USER_ID.fullmatch(str(candidate)):
+            return str(candidate)
+    return None
+
+
+def refused_event(
+    log: TraceLog, body: bytes, *, event_id: str, errors: list[dict[str, str]]
+) -> None:
+    """Trace a signed delivery refused as invalid, on the user it names (if any): why a change
+    never arrived is part of that user's story. Its first few errors are kept, shortened."""
+    user_id = _named_user(body)
+    if user_id is None:
+        return
+    kept = [
+        {"field": str(e.get("field", ""))[:80], "message": str(e.get("message", ""))[:160]}
+        for e in errors[:ERRORS_KEPT]
+    ]
+    log.add(user_id, "event", id=event_id, outcome="refused", errors=kept)

@@ -19,6 +19,7 @@ from sync_worker.logging import get_logger
 from sync_worker.pending import AcceptResult
 from sync_worker.replication import acknowledged_async, run_script_replicated
 from sync_worker.signatures import SignatureError, verify
+from sync_worker.trace import refused_event
 from sync_worker.web.state import web_state
 
 log = get_logger(__name__)
@@ -81,6 +82,7 @@ async def user_updated(request: Request) -> JSONResponse:
         return _error(400, "invalid_json", "body is not JSON")
     except EventValidationError as error:
         stats.incr("events_rejected_total", reason="validation")
+        refused_event(stats.trace, body, event_id=webhook_id, errors=error.errors)
         return _error(422, "validation_error", str(error), fields=error.errors)
     script_keys, args = state.runtime.pending.accept_call(event)
     settings = state.settings

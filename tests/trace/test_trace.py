@@ -15,9 +15,11 @@ from sync_worker.cli import app
 from sync_worker.events import UserEvent
 from sync_worker.replay_edit import FieldEdits, build_edit
 from sync_worker.runtime import Runtime
+from sync_worker.timeline import describe
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import ADMIN_TOKEN, wait_for
+from tests.fixtures.stack import ADMIN_TOKEN, user_event, wait_for
 from tests.operators.conftest import accept, make_dead_letter, sync_due
+from tests.trace.test_history import post
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 runner = CliRunner()
@@ -199,3 +201,21 @@ def test_bind_by_email_is_traced(runtime: Runtime, sandbox: SandboxHandle) -> No
     assert bound.kind == "bound_by_email"
     assert bound.details == {"customer_id": customer["id"]}
     assert applied.details["result"] == "applied"
+
+
+def test_a_refused_delivery_is_traced_on_the_user_it_names(
+    runtime: Runtime, web: httpx.Client
+) -> None:
+    too_long = user_event("evt_long", "user_r", name="x" * 300)
+    assert post(web, too_long).status_code == 422
+    bad_id = user_event("evt_bad_id", "user r!", name="ok")
+    assert post(web, bad_id).status_code == 422
+
+    [refused] = wait_for(lambda: trace.read(runtime.redis, "user_r"))
+    assert refused.kind == "event"
+    assert refused.details["outcome"] == "refused"
+    assert refused.details["id"] == "evt_long"
+    assert [e["field"] for e in refused.details["errors"]] == ["data.name"]
+    assert "refused (422), data.name" in describe(refused)
+    # An id intake would refuse never becomes a key.
+    assert runtime.redis.keys(keys.TRACE + "*") == [keys.trace("user_r").encode()]
