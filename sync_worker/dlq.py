@@ -11,6 +11,7 @@ the same step that takes the change out of the pending store, so none is lost be
 A replay merges the entry's fields back into the pending store (a field newer in the ledger or
 in the pending store wins) and the normal sync path sends it; the entry is deleted only when that
 sync succeeds, and if it fails again the same entry comes back with its replay count raised.
+If the user's external id was rebound since, the change goes to the id its customer has now.
 A replay may first edit the entry (see replay_edit.py): the edit replaces the queued fields and
 is appended to the history in one transaction, under the same guard as the replay.
 """
@@ -327,9 +328,11 @@ class DeadLetterQueue:
                 return ReplayResult(
                     id=entry_id, outcome="would_replay", user_id=entry.user_id, request=request
                 )
-            merged = self._pending.restore(entry.user_id, entry.field_states(), replay_of=entry.id)
+            # A rebind since the failure moved the customer: the change goes where it is now.
+            user_id = self._pending.current_id(entry.user_id)
+            merged = self._pending.restore(user_id, entry.field_states(), replay_of=entry.id)
             if merged < 0:
-                return ReplayResult(id=entry_id, outcome="busy", user_id=entry.user_id)
+                return ReplayResult(id=entry_id, outcome="busy", user_id=user_id)
             if merged and change is not None:
                 # Recorded once the edited change is queued, so a replay already under way
                 # (busy above) cannot leave a history entry for an edit that never went out.
@@ -338,16 +341,14 @@ class DeadLetterQueue:
             edited = [c.get("field") for c in change.get("changes", [])] if change else []
             trace.record(
                 self._redis,
-                entry.user_id,
+                user_id,
                 "replay",
                 retention_seconds=self._trace_retention,
                 dead_letter_id=entry_id,
                 outcome=outcome,
                 edited=edited,
             )
-            return ReplayResult(
-                id=entry_id, outcome=outcome, user_id=entry.user_id, request=request
-            )
+            return ReplayResult(id=entry_id, outcome=outcome, user_id=user_id, request=request)
         finally:
             self._redis.delete(guard)
 

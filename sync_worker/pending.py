@@ -41,6 +41,8 @@ from sync_worker import trace
 from sync_worker.events import UserEvent
 
 EVENTS_KEPT = 100
+REBOUND_TTL_SECONDS = 30 * 24 * 3600
+"""How long a rebind's forward pointer is kept by default: as long as dead letters are."""
 PENDING_EVENTS = keys.PREFIX + "pending-events:"
 
 _ACCEPT = """
@@ -251,14 +253,19 @@ local function prune(pending, ledger)
 end
 
 -- keys: {old_ledger, new_ledger, index, old_pending, new_pending, due, inflight, old_events,
--- new_events, old_fence, new_fence}. Returns 1 when the old user's pending change moved.
-local function rebind(k, old_user, new_user, now, events_kept)
+-- new_events, old_fence, new_fence, old_rebound, new_rebound}. Returns 1 when the old user's
+-- pending change moved.
+local function rebind(k, old_user, new_user, now, events_kept, rebound_ttl)
   merge_fields(k.old_ledger, k.new_ledger, nil)
   local applied_at = redis.call('HGET', k.old_ledger, 'applied_at')
   if applied_at then redis.call('HSET', k.new_ledger, 'applied_at', applied_at) end
   redis.call('DEL', k.old_ledger)
   redis.call('SREM', k.index, old_user)
   redis.call('SADD', k.index, new_user)
+  -- A dead letter written under the old id is replayed to the customer's new one; the new id
+  -- holds a customer now, so it points nowhere (a move back cannot make a loop).
+  redis.call('SET', k.old_rebound, new_user, 'EX', rebound_ttl)
+  redis.call('DEL', k.new_rebound)
   -- Also under a claim: one that has not read its snapshot yet then finds nothing stale (or
   -- nothing at all, and is released), and one that has cannot settle a stale field.
   if redis.call('EXISTS', k.new_pending) == 1 and prune(k.new_pending, k.new_ledger) == 0
@@ -314,9 +321,11 @@ _APPLIED = (
     + _REBIND_FUNCTION
     + """
 -- KEYS: pending, lease, inflight, due, events, ledger, ledger_index, dlq_index, fence,
---       new ledger, new pending, new events, new fence (the last four only read with a new user)
+--       new ledger, new pending, new events, new fence, old rebound, new rebound (the last six
+--       only with a new user)
 -- ARGV: user, token, now, sent_json {field: [ts, event_id]}, values_json {field: value}, n_events,
---       resolved_json [dead letter ids], dlq_prefix, verify_delay, new user or '', events_kept
+--       resolved_json [dead letter ids], dlq_prefix, verify_delay, new user or '', events_kept,
+--       rebound_ttl
 local sent = cjson.decode(ARGV[4])
 local values = cjson.decode(ARGV[5])
 for f, mark in pairs(sent) do
@@ -342,8 +351,11 @@ local state = settle(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[
 if ARGV[10] ~= '' then
   local k = {old_ledger = KEYS[6], new_ledger = KEYS[10], index = KEYS[7], old_pending = KEYS[1],
              new_pending = KEYS[11], due = KEYS[4], inflight = KEYS[3], old_events = KEYS[5],
-             new_events = KEYS[12], old_fence = KEYS[9], new_fence = KEYS[13]}
-  if rebind(k, ARGV[1], ARGV[10], ARGV[3], tonumber(ARGV[11])) == 1 then state = 'done' end
+             new_events = KEYS[12], old_fence = KEYS[9], new_fence = KEYS[13],
+             old_rebound = KEYS[14], new_rebound = KEYS[15]}
+  if rebind(k, ARGV[1], ARGV[10], ARGV[3], tonumber(ARGV[11]), ARGV[12]) == 1 then
+    state = 'done'
+  end
 end
 return state
 """
@@ -466,11 +478,13 @@ _REBIND = (
     _REBIND_FUNCTION
     + """
 -- KEYS: old ledger, new ledger, ledger index, old pending, new pending, due, inflight,
---       old events, new events, old fence, new fence. ARGV: old user, new user, now, events_kept
+--       old events, new events, old fence, new fence, old rebound, new rebound
+-- ARGV: old user, new user, now, events_kept, rebound_ttl
 local k = {old_ledger = KEYS[1], new_ledger = KEYS[2], index = KEYS[3], old_pending = KEYS[4],
            new_pending = KEYS[5], due = KEYS[6], inflight = KEYS[7], old_events = KEYS[8],
-           new_events = KEYS[9], old_fence = KEYS[10], new_fence = KEYS[11]}
-return rebind(k, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+           new_events = KEYS[9], old_fence = KEYS[10], new_fence = KEYS[11],
+           old_rebound = KEYS[12], new_rebound = KEYS[13]}
+return rebind(k, ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5])
 """
 )
 
@@ -673,11 +687,13 @@ class PendingStore:
         lease_seconds: float,
         trace_retention_seconds: float = trace.DEFAULT_RETENTION_SECONDS,
         verify_delay_seconds: float = 5.0,
+        rebound_ttl_seconds: float = REBOUND_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
         self._trace_ttl = int(trace_retention_seconds)
         self._verify_delay = verify_delay_seconds
+        self._rebound_ttl = max(1, int(rebound_ttl_seconds))
         self._window = window_seconds
         self._max_wait = max_wait_seconds
         self._dedup_ttl = dedup_ttl_seconds
@@ -841,7 +857,7 @@ class PendingStore:
                 keys.LEDGER_INDEX,
                 keys.DEAD_LETTERS,
                 keys.fence(user),
-                *self._rebind_keys(new_user),
+                *self._rebind_keys(user, new_user),
             ],
             args=[
                 user,
@@ -855,13 +871,14 @@ class PendingStore:
                 self._verify_delay,
                 new_user,
                 EVENTS_KEPT,
+                self._rebound_ttl,
             ],
             client=pipe,
         )
 
     @staticmethod
-    def _rebind_keys(new_user: str) -> list[str]:
-        """The new user's ledger, pending hash, event list and fence (none without a rebind)."""
+    def _rebind_keys(user: str, new_user: str) -> list[str]:
+        """The keys a rebind of `user` to `new_user` also writes (none without a rebind)."""
         if not new_user:
             return []
         return [
@@ -869,6 +886,8 @@ class PendingStore:
             keys.pending(new_user),
             PENDING_EVENTS + new_user,
             keys.fence(new_user),
+            keys.rebound(user),
+            keys.rebound(new_user),
         ]
 
     def dead_letter(
@@ -988,10 +1007,22 @@ class PendingStore:
                 PENDING_EVENTS + new_user,
                 keys.fence(old_user),
                 keys.fence(new_user),
+                keys.rebound(old_user),
+                keys.rebound(new_user),
             ],
-            args=[old_user, new_user, repr(self._clock()), EVENTS_KEPT],
+            args=[old_user, new_user, repr(self._clock()), EVENTS_KEPT, self._rebound_ttl],
         )
         return bool(moved)
+
+    def current_id(self, user_id: str) -> str:
+        """The external id the customer of `user_id` has now, following its rebinds."""
+        seen = {user_id}
+        while (moved := self._redis.get(keys.rebound(user_id))) is not None:
+            user_id = _text(moved)
+            if user_id in seen:  # cannot happen (a rebind clears its target); never spin
+                break
+            seen.add(user_id)
+        return user_id
 
     def fence(self, snapshot: Snapshot, until: float) -> None:
         """Record that the PATCH of `snapshot` ended ambiguously: it may still land until `until`.

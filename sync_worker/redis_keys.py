@@ -38,6 +38,10 @@ FENCE = PREFIX + "fence:"
 may still land at Recur, and `m:{field}` what it carried; nothing that would change one of those
 fields goes out before then. Expires then."""
 
+REBOUND = PREFIX + "rebound:"
+"""rebound:{user_id} -> the external id its customer was moved to by a rebind, so that replaying a
+dead letter written under the old id reaches the customer; expires with the dead letters."""
+
 # Applied state (the ledger).
 LEDGER = PREFIX + "ledger:"
 """ledger:{user_id} -> hash: per-field applied values and their event timestamps."""
@@ -156,6 +160,11 @@ def lease(user_id: str) -> str:
 def fence(user_id: str) -> str:
     """The ambiguous-outcome fence of one user."""
     return FENCE + user_id
+
+
+def rebound(user_id: str) -> str:
+    """Where a rebind moved the customer of one external id."""
+    return REBOUND + user_id
 
 
 def ledger(user_id: str) -> str:

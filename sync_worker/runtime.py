@@ -50,6 +50,7 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             trace_retention_seconds=settings.trace_retention_days * DAY,
             verify_delay_seconds=settings.fence_verify_delay_seconds,
+            rebound_ttl_seconds=settings.dlq_retention_days * DAY,
         )
         self.trace = TraceLog(retention_seconds=settings.trace_retention_days * DAY)
         self.stats = Stats(self.redis, trace=self.trace)

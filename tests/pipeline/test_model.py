@@ -192,7 +192,6 @@ class SyncModel(RuleBasedStateMachine):
         if current is None or ts > current[0]:
             user.newest[name] = (ts, content)
 
-    @precondition(lambda self: not self._dead_letters())
     @rule(who=st.integers(0, USERS - 1))
     def rebind(self, who: int) -> None:
         """The user's external id changes (newest change of all, like a real one)."""

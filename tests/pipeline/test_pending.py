@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
+from sync_worker.dlq import DeadLetterQueue
 from sync_worker.events import UserEvent
 from sync_worker.ledger import Ledger
 from sync_worker.pending import PENDING_EVENTS, Claim, FieldState, PendingStore, Snapshot
@@ -412,3 +414,34 @@ def test_rebind_drops_a_change_of_the_new_id_older_than_what_the_old_id_applied(
     left = pending.snapshot(claim_one(pending))
     assert left is not None
     assert {k: v.value for k, v in left.fields.items()} == {"metadata": {"a": 1}}
+
+
+def test_a_dead_letter_of_a_rebound_id_is_replayed_to_the_new_one(redis_url: str) -> None:
+    client = raw_client(redis_url)
+    clock = Clock()
+    pending = store(client, clock)
+    dlq = DeadLetterQueue(client, pending=pending)
+    client.hset(
+        keys.dead_letter("dl_1"),
+        mapping={
+            "id": "dl_1",
+            "user_id": "old",
+            "fields": json.dumps({"name": {"value": "refused once", "ts_ms": 1000}}),
+        },
+    )
+    client.zadd(keys.DEAD_LETTERS, {"dl_1": clock.now})
+    pending.accept(event("old", 2000, external_id="new"))
+    clock.now += 3
+    claim, snapshot = claim_and_read(pending)
+    assert pending.mark_applied(claim, snapshot) == "done"
+    result = dlq.replay("dl_1")
+    assert (result.outcome, result.user_id) == ("replayed", "new")
+    assert not client.exists(keys.pending("old"))
+    replay = pending.snapshot(claim_one(pending))
+    assert replay is not None
+    assert replay.user_id == "new"
+    assert replay.replay_of == ["dl_1"]
+    # moved back: the pointer of the id that holds the customer again is gone, no loop
+    assert pending.rebind("new", "old") is False
+    assert pending.current_id("new") == "old"
+    assert pending.current_id("old") == "old"
