@@ -1,11 +1,15 @@
 """The operator pages in a real headless Chromium against the real web and worker processes:
 search a user and read its timeline after a 503-then-200 sync, see the charts drawn after
-traffic, open a dead letter's triage. Each page is saved to docs/screenshots/ for the README."""
+traffic, open a dead letter's triage. Each page is saved as a PNG: into docs/screenshots/ (the
+README's) with UPDATE_SCREENSHOTS=1, else beside the test's temporary files, so that a plain
+test run leaves the checkout clean."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
@@ -22,9 +26,16 @@ BASELINE_Y = 130.0
 """The y of a chart's zero line (charts.HEIGHT - charts.PAD_BOTTOM)."""
 
 
-def save(browser: webdriver.Chrome, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where this run's screenshots go."""
+    directory = SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def save(browser: webdriver.Chrome, directory: Path, name: str) -> None:
+    assert browser.save_screenshot(str(directory / f"{name}.png"))
 
 
 def drawn_above_zero(browser: webdriver.Chrome, series: str) -> bool:
@@ -39,7 +50,7 @@ def drawn_above_zero(browser: webdriver.Chrome, series: str) -> bool:
 
 
 def test_search_a_user_read_its_story_and_see_the_charts(
-    stack: Stack, browser: webdriver.Chrome
+    stack: Stack, browser: webdriver.Chrome, screenshots: Path
 ) -> None:
     stack.sandbox.control.create_customer("story@x.tw", external_id="user_story", name="old")
     stack.sandbox.control.set_faults(scripts={"user_story": [503, 200]})
@@ -70,7 +81,7 @@ def test_search_a_user_read_its_story_and_see_the_charts(
     wait_for(charts_have_traffic, interval=0.5)
     legend = find(browser, "#chart-dead-letters .key[data-series='dead_letters_not_found']")
     assert int(legend.get_attribute("data-points") or 0) > 0
-    save(browser, "dashboard")
+    save(browser, screenshots, "dashboard")
 
     browser.set_window_size(*PAGE_WINDOW)
     search = find(browser, "#user_id")
@@ -88,9 +99,9 @@ def test_search_a_user_read_its_story_and_see_the_charts(
     name_row = find(browser, "#fields tr[data-field='name']")
     assert "Wang Xiaoming" in name_row.text
     assert "same" in name_row.text
-    save(browser, "user")
+    save(browser, screenshots, "user")
 
     browser.get(stack.web_url + f"/admin/dead-letters/{entry['id']}")
     triage = find(browser, "#triage")
     assert "(no customer)" in triage.text
-    save(browser, "dead-letter")
+    save(browser, screenshots, "dead-letter")
