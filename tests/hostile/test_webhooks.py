@@ -161,9 +161,18 @@ def test_replayed_delivery_is_a_duplicate_but_its_signature_fits_no_other_body(
     assert replay.json()["status"] == "duplicate"
     tampered = body_of(envelope(user_id="user_1", name="attacker"))
     assert post_raw(web, tampered, headers).status_code == 401
-    wait_for(lambda: (web.sandbox.control.customer_by_external_id("user_1") or {}).get("name"))
-    wait_for(lambda: web.sandbox.control.requests(method="PATCH"), timeout=30)
-    time.sleep(1)
+    client = web.redis
+
+    def settled() -> bool:
+        # Applied (in the ledger) and nothing left to send: no further PATCH can go out.
+        return (
+            client.hget(keys.ledger("user_1"), "v:name") == '"genuine"'
+            and not client.exists(keys.pending("user_1"))
+            and client.zscore(keys.DUE, "user_1") is None
+            and client.zscore(keys.INFLIGHT, "user_1") is None
+        )
+
+    wait_for(settled, timeout=30)
     patches = web.sandbox.control.requests(method="PATCH")
     assert [p["body"] for p in patches] == [{"name": "genuine"}]
 
