@@ -1,8 +1,8 @@
-"""A Redis failover under load, as an operator would run it: one primary, one replica, three
+"""A Redis failover under load, as an operator would run it: one primary, replicas, three
 sentinels; web, worker and beat on `sentinel://` URLs; 100 signed events a second, one per user.
 
-The replication link stalls (the proxy holds it), the primary is killed with SIGKILL while it
-does, and Sentinel promotes the replica, which never received the last writes. Then we judge
+The replication links stall (a proxy holds each), the primary is killed with SIGKILL while they
+do, and Sentinel promotes a replica, which never received the last writes. Then we judge
 every event intake answered 2xx against what the sandbox received, how long intake answered
 nothing but errors, and whether the same worker and beat processes went on with the new primary.
 """
@@ -43,12 +43,6 @@ pytestmark = [
         os.environ.get("CHAOS_FULL") != "1", reason="a Redis failover under load: make chaos"
     ),
 ]
-
-
-@pytest.fixture
-def topology(tmp_path: Path) -> Iterator[SentinelTopology]:
-    with sentinel_topology(tmp_path / "redis") as running:
-        yield running
 
 
 @dataclass
@@ -136,15 +130,15 @@ def run_failover(
         sender = Sender(stack, count=EVENTS, rate=RATE, give_up_after=60)
         sender.start()
         wait_for(lambda: len(sender.accepted()) >= HOLD_AFTER_ACCEPTED, timeout=30)
-        assert topology.replicating_through_proxy()
-        topology.proxy.hold()
+        assert topology.replicating_through_proxies()
+        topology.hold()
         answered = sender.answered()
         wait_for(lambda: sender.answered() >= answered + ATTEMPTS_WHILE_HELD, timeout=30)
         topology.primary.kill()
         killed_at = time.monotonic()
-        wait_for(lambda: topology.master_port() == topology.replica.port, timeout=30)
+        promoted = wait_for(topology.promoted, timeout=30)
         sender.wait()
-        with topology.replica.client() as new_master:
+        with promoted.client() as new_master:
             # The worker drains what the new primary holds: nothing due, nothing claimed.
             wait_for(
                 lambda: new_master.zcard(keys.DUE) == 0 and new_master.zcard(keys.INFLIGHT) == 0,
@@ -168,11 +162,14 @@ def assert_processes_followed(run: Failover) -> None:
 
 
 def test_without_min_replicas_the_unreplicated_acknowledged_events_are_lost(
-    topology: SentinelTopology, sandbox: SandboxHandle, tmp_path: Path
+    sandbox: SandboxHandle, tmp_path: Path
 ) -> None:
     """What REDIS_MIN_REPLICAS=0 risks, shown: events answered 202 that the stalled link had not
     carried to the replica are lost with the primary, and only those."""
-    with run_failover(topology, sandbox, tmp_path, {"REDIS_MIN_REPLICAS": "0"}) as run:
+    with (
+        sentinel_topology(tmp_path / "redis", replicas=1) as topology,
+        run_failover(topology, sandbox, tmp_path, {"REDIS_MIN_REPLICAS": "0"}) as run,
+    ):
         SUMMARIES.append(run.summary("REDIS_MIN_REPLICAS=0"))
         lost = run.lost()
         assert lost, "the stalled link lost nothing: the scenario did not bite"
@@ -180,5 +177,25 @@ def test_without_min_replicas_the_unreplicated_acknowledged_events_are_lost(
         # the stalled link never carried to it.
         assert run.reached_new_master(lost) == []
         assert len(run.sender.accepted()) == EVENTS
+        assert run.intake_outage_seconds() < INTAKE_BACK_WITHIN_SECONDS
+        assert_processes_followed(run)
+
+
+def test_with_min_replicas_no_acknowledged_event_is_lost(
+    sandbox: SandboxHandle, tmp_path: Path
+) -> None:
+    """REDIS_MIN_REPLICAS=1 with two replicas (one more than it, so that the promoted one still
+    has a replica to wait for): while the links stall, intake answers 503 instead of 202 (no
+    replica acknowledged), the sender retries the same event id, and after the failover every
+    event answered 2xx is applied."""
+    with (
+        sentinel_topology(tmp_path / "redis", replicas=2) as topology,
+        run_failover(topology, sandbox, tmp_path, {"REDIS_MIN_REPLICAS": "1"}) as run,
+    ):
+        SUMMARIES.append(run.summary("REDIS_MIN_REPLICAS=1"))
+        refused = [e for e in run.sender.events if any(a == "503" for _, _, a in e.answers)]
+        assert refused, "intake never refused: the stalled link was not noticed"
+        assert len(run.sender.accepted()) == EVENTS
+        assert run.lost() == []
         assert run.intake_outage_seconds() < INTAKE_BACK_WITHIN_SECONDS
         assert_processes_followed(run)

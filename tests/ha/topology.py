@@ -1,4 +1,4 @@
-"""A Sentinel-managed Redis as an operator runs one: a primary, a replica that reaches the
+"""A Sentinel-managed Redis as an operator runs one: a primary, replicas that each reach the
 primary through a TCP proxy the test can stall, and three `redis-server --sentinel` processes.
 
 The proxy stands for a slow or partitioned replication link: while it holds, it keeps reading
@@ -100,7 +100,6 @@ class StallingProxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        self.held_bytes = 0
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     def hold(self) -> None:
@@ -150,8 +149,6 @@ class StallingProxy:
             if not data:
                 # The other end is gone. What was held is dropped with the link: it never
                 # reached the other side, as over a partition.
-                with self._lock:
-                    self.held_bytes += sum(len(chunk) for chunk in held)
                 pair.close()
                 return
             if not self._flowing.is_set():
@@ -186,13 +183,19 @@ class SentinelTopology:
 
     directory: Path
     primary: Node
-    replica: Node
-    proxy: StallingProxy
+    replicas: list[Node]
+    proxies: list[StallingProxy]
+    """One per replica: its link to the primary."""
     sentinels: list[Node] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return ";".join(f"sentinel://127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def hold(self) -> None:
+        """Stall every replication link."""
+        for proxy in self.proxies:
+            proxy.hold()
 
     def master_port(self) -> int:
         """The port the sentinels name as master now (asks the first that answers)."""
@@ -205,34 +208,45 @@ class SentinelTopology:
                 continue
         raise RuntimeError("no sentinel answered")
 
-    def replicating_through_proxy(self) -> bool:
-        """The replica's link goes through the proxy and is up."""
-        with self.replica.client() as client:
-            info = client.info("replication")
-        return bool(info["master_port"] == self.proxy.port and info["master_link_status"] == "up")
+    def promoted(self) -> Node | None:
+        """The replica the sentinels name as master, once they do."""
+        port = self.master_port()
+        return next((r for r in self.replicas if r.port == port), None)
+
+    def replicating_through_proxies(self) -> bool:
+        """Every replica's link goes through its proxy and is up."""
+        for replica, proxy in zip(self.replicas, self.proxies, strict=True):
+            with replica.client() as client:
+                info = client.info("replication")
+            if info["master_port"] != proxy.port or info["master_link_status"] != "up":
+                return False
+        return True
 
     def ready(self) -> bool:
-        """Every sentinel knows the master, the replica and the two other sentinels, and the
-        replica is in sync."""
+        """Every sentinel knows the master, the replicas and the other sentinels, and the
+        replicas are in sync."""
         for sentinel in self.sentinels:
             with sentinel.client(socket_timeout=1) as client:
                 master = client.sentinel_master(MASTER_NAME)
-                replicas = client.sentinel_slaves(MASTER_NAME)
+                known = client.sentinel_slaves(MASTER_NAME)
             if int(master["num-other-sentinels"]) != len(self.sentinels) - 1:
                 return False
-            if not any(r["port"] == self.replica.port and r["is_slave"] for r in replicas):
+            ports = {r["port"] for r in known if r["is_slave"]}
+            if not {r.port for r in self.replicas} <= ports:
                 return False
-        return self.replicating_through_proxy()
+        return self.replicating_through_proxies()
 
     def stop(self) -> None:
-        for node in [*self.sentinels, self.replica, self.primary]:
+        for node in [*self.sentinels, *self.replicas, self.primary]:
             node.stop()
-        self.proxy.close()
+        for proxy in self.proxies:
+            proxy.close()
 
 
 @contextlib.contextmanager
-def sentinel_topology(directory: Path) -> Iterator[SentinelTopology]:
-    """Start the primary, the proxy, the replica behind it and three sentinels; stop them all."""
+def sentinel_topology(directory: Path, *, replicas: int = 1) -> Iterator[SentinelTopology]:
+    """Start the primary, `replicas` replicas each behind its own proxy, and three sentinels;
+    stop them all."""
     binary = _binary()
     common = ["--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"]
     primary_port = free_port()
@@ -245,20 +259,23 @@ def sentinel_topology(directory: Path) -> Iterator[SentinelTopology]:
         directory / "primary.log",
     )  # fmt: skip
     primary.start()
-    proxy = StallingProxy(primary_port)
-    replica_port = free_port()
-    (directory / "replica").mkdir()
-    replica = Node(
-        "replica",
-        replica_port,
-        [binary, "--port", str(replica_port), "--dir", str(directory / "replica"), *common,
-         "--appendonly", "yes", "--appendfsync", "everysec",
-         "--replicaof", "127.0.0.1", str(proxy.port)],
-        directory / "replica.log",
-    )  # fmt: skip
-    replica.start()
-    topology = SentinelTopology(directory, primary, replica, proxy)
+    topology = SentinelTopology(directory, primary, [], [])
     try:
+        for number in range(replicas):
+            proxy = StallingProxy(primary_port)
+            topology.proxies.append(proxy)
+            port = free_port()
+            (directory / f"replica-{number}").mkdir()
+            replica = Node(
+                f"replica-{number}",
+                port,
+                [binary, "--port", str(port), "--dir", str(directory / f"replica-{number}"),
+                 *common, "--appendonly", "yes", "--appendfsync", "everysec",
+                 "--replicaof", "127.0.0.1", str(proxy.port)],
+                directory / f"replica-{number}.log",
+            )  # fmt: skip
+            topology.replicas.append(replica)
+            replica.start()
         for number in range(3):
             port = free_port()
             config = directory / f"sentinel-{number}.conf"
@@ -283,7 +300,7 @@ def sentinel_topology(directory: Path) -> Iterator[SentinelTopology]:
         deadline = time.monotonic() + 60
         while not topology.ready():
             if time.monotonic() > deadline:
-                pytest.fail("the sentinels did not discover the replica and each other in 60 s")
+                pytest.fail("the sentinels did not discover the replicas and each other in 60 s")
             time.sleep(0.1)
         yield topology
     finally:
