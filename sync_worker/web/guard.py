@@ -91,7 +91,7 @@ class RequestGuard:
         headers = Headers(scope=scope)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > rule.cap:
-            self._count_too_large(path)
+            self._count_too_large(path, reached_app=False)
             await _too_large(rule.cap)(scope, receive, send)
             return
         refusal = await self._check(rule, scope, headers)
@@ -101,11 +101,13 @@ class RequestGuard:
         expects_body = "transfer-encoding" in headers or declared.strip("0") != ""
         await self._run_capped(scope, receive, send, rule.cap, expects_body=expects_body)
 
-    def _count_too_large(self, path: str) -> None:
-        if path == INTAKE_PATH:
-            stats = self.state.runtime.stats
+    def _count_too_large(self, path: str, *, reached_app: bool) -> None:
+        if path != INTAKE_PATH:
+            return
+        stats = self.state.runtime.stats
+        if not reached_app:  # else the intake counted it as received already
             stats.incr("events_received_total")
-            stats.incr("events_rejected_total", reason="too_large")
+        stats.incr("events_rejected_total", reason="too_large")
 
     async def _check(self, rule: Rule, scope: Scope, headers: Headers) -> Response | None:
         if rule.check == "none":
@@ -163,7 +165,7 @@ class RequestGuard:
                 body_done = not message.get("more_body", False)
                 if received > cap:
                     refused = True
-                    self._count_too_large(scope["path"])
+                    self._count_too_large(scope["path"], reached_app=True)
                     if not started:
                         await _too_large(cap)(scope, receive, send)
                     return {"type": "http.disconnect"}

@@ -37,13 +37,13 @@ def web_process(stack: Stack) -> Proc:
     return next(proc for proc in stack.processes if proc.name == "web")
 
 
-def flood(stack: Stack, method: str, path: str, headers: dict[str, str], framing: str) -> str:
+def flood(base_url: str, method: str, path: str, headers: dict[str, str], framing: str) -> str:
     """Send up to FLOOD bytes of body; return the status line the server answered with.
 
     framing: `chunked`, `declared` (an honest Content-Length of FLOOD) or `lying` (a
     Content-Length of 1,000, then FLOOD bytes anyway).
     """
-    parts = urlsplit(stack.web_url)
+    parts = urlsplit(base_url)
     length = {"declared": str(FLOOD), "lying": "1000"}.get(framing)
     head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in headers.items()
@@ -101,7 +101,7 @@ def test_floods_are_refused_before_their_body_and_memory_stays_flat(web: Stack) 
     answers = []
     for method, path, headers, refusals in FLOODS:
         for framing in ("chunked", "declared", "lying"):
-            status = flood(web, method, path, headers, framing)
+            status = flood(web.web_url, method, path, headers, framing)
             peak = max(peak, rss_bytes(pid))
             answers.append((path, framing, status))
             code = int(status.split()[1]) if status.startswith("HTTP/1.1 ") else None
@@ -117,7 +117,7 @@ def test_an_authorised_admin_body_over_its_cap_is_413_without_being_read(web: St
     headers = {"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"}
     baseline = rss_bytes(pid)
     for framing in ("chunked", "declared"):
-        status = flood(web, "POST", "/admin/api/dead-letters/replay", headers, framing)
+        status = flood(web.web_url, "POST", "/admin/api/dead-letters/replay", headers, framing)
         assert status.startswith("HTTP/1.1 413 "), status
     assert rss_bytes(pid) - baseline < RSS_GROWTH_LIMIT
     # Within the cap the route works as before.
@@ -139,22 +139,14 @@ def test_an_intake_body_over_64_kib_is_413_with_the_contract_body(web: Stack) ->
     nothing_reached_recur(web)
 
 
-@pytest.fixture
-def two_throttled_webs(web: Stack) -> Iterator[tuple[str, str]]:
-    """Two more web processes on the same Redis with the default throttle (10 a minute)."""
+@contextlib.contextmanager
+def more_webs(stack: Stack, names: list[str], env: dict[str, str]) -> Iterator[list[str]]:
+    """More `sync-worker web` processes beside the module's, with extra settings; their URLs."""
     procs = []
     urls = []
-    for name in ("web-a", "web-b"):
+    for name in names:
         port = free_port()
-        procs.append(
-            web.spawn(
-                name,
-                "web",
-                "--port",
-                str(port),
-                env={"ADMIN_LOGIN_FAILURES_PER_MINUTE": "10"},
-            )
-        )
+        procs.append(stack.spawn(name, "web", "--port", str(port), env=env))
         urls.append(f"http://127.0.0.1:{port}")
 
     def up(url: str) -> bool:
@@ -166,11 +158,18 @@ def two_throttled_webs(web: Stack) -> Iterator[tuple[str, str]]:
     try:
         for url in urls:
             wait_for(lambda url=url: up(url), timeout=30)
-        yield urls[0], urls[1]
+        yield urls
     finally:
         for proc in procs:
             proc.terminate()
-            web.processes.remove(proc)
+            stack.processes.remove(proc)
+
+
+@pytest.fixture
+def two_throttled_webs(web: Stack) -> Iterator[tuple[str, str]]:
+    """Two more web processes on the same Redis with the default throttle (10 a minute)."""
+    with more_webs(web, ["web-a", "web-b"], {"ADMIN_LOGIN_FAILURES_PER_MINUTE": "10"}) as urls:
+        yield urls[0], urls[1]
 
 
 def test_failed_logins_are_throttled_per_address_across_web_processes(
@@ -210,3 +209,28 @@ def test_failed_dashboard_logins_count_as_well(two_throttled_webs: tuple[str, st
     right = httpx.post(first + "/admin/login", data={"token": ADMIN_TOKEN}, headers=address)
     assert right.status_code == 429
     assert auth.SESSION_COOKIE not in right.cookies
+
+
+def test_oversized_intake_bodies_are_counted_once_each(web: Stack) -> None:
+    # A web of its own on a Redis database of its own: no other process adds to its counters.
+    alone = {"REDIS_URL": web.redis_server.url.rsplit("/", 1)[0] + "/1"}
+    with more_webs(web, ["web-counted"], alone) as [url]:
+        headers = {"content-type": "application/json"}
+        for framing in ("declared", "chunked"):
+            status = flood(url, "POST", "/webhooks/user-updated", headers, framing)
+            assert status.startswith("HTTP/1.1 413 "), status
+        wait_for(lambda: intake_counters(url)[1] >= 2, timeout=15)
+        assert intake_counters(url) == (2.0, 2.0)
+
+
+def intake_counters(url: str) -> tuple[float, float]:
+    """(events received, events refused as too large) from a web's /metrics."""
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return (
+        values.get("recur_sync_events_received_total", 0.0),
+        values.get('recur_sync_events_rejected_total{reason="too_large"}', 0.0),
+    )
