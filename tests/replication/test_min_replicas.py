@@ -21,6 +21,7 @@ from sync_worker.cli import app as cli
 from sync_worker.devstack.stack import find_redis_server
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
+from sync_worker.web import auth
 from tests.fixtures.redis_server import RedisServer, free_port
 from tests.fixtures.sandbox import SandboxHandle
 from tests.fixtures.stack import (
@@ -170,6 +171,8 @@ def test_operator_actions_report_failure_until_a_replica_holds_them(
         first = make_dead_letter(runtime, "user_a")
         second = make_dead_letter(runtime, "user_b")
         third = make_dead_letter(runtime, "user_c")
+        fourth = make_dead_letter(runtime, "user_d")
+        fifth = make_dead_letter(runtime, "user_e")
     finally:
         runtime.close()
     replica.freeze()
@@ -185,6 +188,17 @@ def test_operator_actions_report_failure_until_a_replica_holds_them(
         result = CliRunner().invoke(cli, ["dlq", "delete", third])
         assert result.exit_code == 1, result.output
         assert "REDIS_MIN_REPLICAS" in result.stderr
+        result = CliRunner().invoke(cli, ["dlq", "replay", fourth])
+        assert result.exit_code == 1, result.output
+        assert "REDIS_MIN_REPLICAS" in result.stderr
+        with httpx.Client(base_url=web.web_url, timeout=10) as browser:
+            login = browser.post("/admin/login", data={"token": ADMIN_TOKEN})
+            assert login.status_code == 303
+            session = browser.cookies[auth.SESSION_COOKIE]
+            csrf = auth.csrf_token(ADMIN_TOKEN, session)
+            action = browser.post(f"/admin/actions/delete/{fifth}", data={"csrf": csrf})
+            assert action.status_code == 303
+            assert "notice=not_replicated" in action.headers["location"]
     finally:
         replica.thaw()
     # What was done stays done, and reaches the replica once it is back.
