@@ -1,7 +1,8 @@
 """`POST /webhooks/user-updated`: verify, validate, record durably, answer.
 
-The signature is checked on the raw body before anything parses it. The event is accepted only
-once the accept script has recorded it in Redis; nothing calls Recur inside the request.
+The signature is checked on the raw body before anything parses it (the request guard has
+capped its size). The event is accepted only once the accept script has recorded it in Redis and,
+with REDIS_MIN_REPLICAS, that many replicas hold it; nothing calls Recur inside the request.
 """
 
 from __future__ import annotations
