@@ -9,6 +9,7 @@ failing Recur call is reported, never raised, as in triage.py.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -111,11 +112,13 @@ def _pending(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
     pipe.lrange(PENDING_EVENTS + user_id, 0, -1)
     pipe.zscore(keys.DUE, user_id)
     pipe.zscore(keys.INFLIGHT, user_id)
-    raw, events, due, inflight = pipe.execute()
+    pipe.hgetall(keys.fence(user_id))
+    raw, events, due, inflight, fence = pipe.execute()
     if not raw:
         return None
     flat = [_text(item) for pair in cast(dict[Any, Any], raw).items() for item in pair]
-    snapshot = _snapshot_from(user_id, flat, [_text(e) for e in events])
+    fenced = [_text(item) for pair in cast(dict[Any, Any], fence).items() for item in pair]
+    snapshot = _snapshot_from(user_id, flat, [_text(e) for e in events], fenced)
     return {
         "fields": {
             name: {"value": state.value, "ts_ms": state.ts_ms, "event_id": state.event_id}
@@ -129,6 +132,9 @@ def _pending(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
         "retry_since": snapshot.retry_since,
         "last_error": snapshot.last_error,
         "replay_of": snapshot.replay_of,
+        # After a send whose outcome was ambiguous: Recur is read back once it can have landed.
+        "read_back": snapshot.verify is not None,
+        "fenced_until": snapshot.fenced_until,
     }
 
 
@@ -247,6 +253,8 @@ def _attempt(d: dict[str, Any]) -> str:
     text = f"PATCH {fields}{_answer(d)}: {d.get('result')}"
     if d.get("result") == "quick_retry":
         text = f"call to Recur{_answer(d)}: tried again at once (quick retry)"
+    elif str(d.get("result", "")).startswith("read_back"):
+        text = f"read-back of Recur{_answer(d)}: {d.get('result')}"
     if d.get("result") == "applied" or d.get("result") == "more":
         text = f"PATCH {fields} -> {d.get('status', 200)}: {d.get('result')}"
     if d.get("dead_letter_id"):
@@ -259,6 +267,36 @@ def _attempt(d: dict[str, Any]) -> str:
     if d.get("attempts"):
         extras.append(f"round {d['attempts']}")
     return text + "".join(f"; {extra}" for extra in extras if extra)
+
+
+def _stamp(moment: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(moment)))
+
+
+def pending_summary(pending: dict[str, Any] | None) -> str:
+    """One sentence on the change waiting for a user (the CLI and the page print it)."""
+    if pending is None:
+        return "Nothing pending."
+    due = _stamp(pending["due_at"]) if pending["due_at"] else "-"
+    if pending["fields"]:
+        state = "being sent now" if pending["sending"] else f"due {due}"
+        text = f"Pending: {', '.join(pending['fields'])}, {state}"
+    elif pending["read_back"]:
+        text = (
+            f"Sent; a read-back of Recur is due {due} (a send's outcome was ambiguous: it checks "
+            "that no late PATCH overwrote it)"
+        )
+    else:
+        text = f"Pending: no fields, due {due}"
+    fenced = pending.get("fenced_until")
+    if fenced is not None and fenced > time.time():
+        text += f"; fenced until {_stamp(fenced)}"
+    if pending.get("last_error"):
+        text += (
+            f"; failed rounds {pending['attempts']}, last error "
+            f"{json.dumps(pending['last_error'], ensure_ascii=False)}"
+        )
+    return text + "."
 
 
 def describe(entry: trace.TraceEntry) -> str:

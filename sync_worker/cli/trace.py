@@ -17,7 +17,7 @@ from rich.table import Table
 
 from sync_worker.cli.dlq import console, open_runtime
 from sync_worker.settings import ConfigError
-from sync_worker.timeline import UserTrace, describe, gather
+from sync_worker.timeline import UserTrace, describe, gather, pending_summary
 
 VERDICT_STYLE = {"same": "green", "differs": "bold red", "not readable": "dim"}
 
@@ -39,17 +39,7 @@ def _print(out: Console, found: UserTrace) -> None:
     for entry in found.timeline:
         table.add_row(_stamp(entry.at), entry.kind, describe(entry))
     out.print(table if found.timeline else "[dim]No trace recorded (or it expired).[/]")
-    pending = found.pending
-    if pending is None:
-        out.print("Pending: nothing waiting.")
-    else:
-        due = _stamp(pending["due_at"]) if pending["due_at"] else "-"
-        state = "being sent now" if pending["sending"] else f"due {due}"
-        out.print(
-            f"Pending: {', '.join(pending['fields']) or 'no fields'}, {state}, "
-            f"failed rounds {pending['attempts']}"
-            + (f", last error {_json(pending['last_error'])}" if pending["last_error"] else "")
-        )
+    out.print(pending_summary(found.pending), markup=False)
     fields = Table(title=f"fields (last applied {_stamp(found.applied_at)})")
     for column in ("field", "pending", "applied", "applied event time"):
         fields.add_column(column, overflow="fold")

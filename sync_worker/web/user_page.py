@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from sync_worker.timeline import FieldRow, UserTrace, describe
+from sync_worker.timeline import FieldRow, UserTrace, describe, pending_summary
 
 VERDICT_CSS = {
     "same": "same",
@@ -79,15 +79,7 @@ def _fields_html(found: UserTrace) -> str:
 
 
 def _pending_html(pending: dict[str, Any] | None) -> str:
-    if pending is None:
-        return "<p id='pending'>Nothing pending.</p>"
-    state = "being sent now" if pending["sending"] else f"due {_stamp(pending['due_at'])}"
-    error = pending.get("last_error")
-    failed = (
-        f"; failed rounds {pending['attempts']}, last error {escape(_json(error))}" if error else ""
-    )
-    fields = ", ".join(pending["fields"]) or "no fields"
-    return f"<p id='pending'>Pending: {escape(fields)}, {escape(state)}{failed}.</p>"
+    return f"<p id='pending'>{escape(pending_summary(pending))}</p>"
 
 
 def _dead_letters_html(found: UserTrace) -> str:

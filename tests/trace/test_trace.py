@@ -119,7 +119,7 @@ def test_cli_prints_the_timeline_and_compares_with_recur(
     assert result.exit_code == 0, result.output
     assert "PATCH metadata, name -> 200: applied" in result.stdout
     assert "user.updated" in result.stdout
-    assert "Pending: nothing waiting." in result.stdout
+    assert "Nothing pending." in result.stdout
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
     assert "differs" in rows["name"]
     assert '"changed at Recur"' in rows["name"]
