@@ -541,10 +541,12 @@ class Syncer:
         except NotFound:
             # Moved away (a late rebind?) or deleted: nothing to compare; reconciliation reports it.
             log.warning("read_back_not_found", user_id=claim.user_id)
+            self._stats.incr("read_backs_total", outcome="not_found")
             customer = None
         except RecurError as error:
             delay = self._settings.fence_verify_delay_seconds
             self._pending.hand_back(claim, delay=delay, error=None)
+            self._stats.incr("read_backs_total", outcome="retry")
             outcome = SyncOutcome(claim.user_id, "read_back_retry", next_retry_in=delay)
             return self._report(outcome, started, snapshot, error=error)
         observed: dict[str, Any] = {}
@@ -567,6 +569,10 @@ class Syncer:
                 else "gave up re-sending; the nightly reconciliation will report it",
             )
         result = "read_back_resend" if verified.resent else "read_back_ok"
+        if customer is not None:
+            gave_up = verified.differ and not verified.resent
+            counted = "gave_up" if gave_up else result.removeprefix("read_back_")
+            self._stats.incr("read_backs_total", outcome=counted)
         return self._report(SyncOutcome(claim.user_id, result, status=200), started, snapshot)
 
     def _count_failure(self, error: BaseException | None) -> None:

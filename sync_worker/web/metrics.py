@@ -48,6 +48,7 @@ COUNTERS: dict[str, str] = {
     "events_rejected_total": "Deliveries refused, by reason.",
     "patches_total": "PATCH calls to Recur, by status class.",
     "sync_retries_total": "Retries of a sync, quick (in the task) or scheduled (handed back).",
+    "read_backs_total": "Reads of a customer after an ambiguous PATCH, by outcome.",
     "syncs_applied_total": "Pending changes Recur applied.",
     "bound_by_email_total": "Customers without an external id bound to a user found by email.",
     "lost_answers_confirmed_total": "404/409 after a lost answer where a read showed it applied.",

@@ -151,6 +151,9 @@ def test_a_read_back_resends_what_a_patch_landing_after_the_hold_overwrote(
     assert results[-1] == "read_back_ok", results
     assert applied_names(sandbox, "user_1") == ["v2", "v1", "v2"]
     assert current_name(sandbox, "user_1") == "v2"
+    counted = runtime.redis.hgetall(keys.STATS)
+    assert counted[b"read_backs_total|outcome=resend"] == b"1"
+    assert counted[b"read_backs_total|outcome=ok"] == b"1"
     # the re-send carries the ledger's value of the field Recur returned wrong (name) only
     last = sandbox.control.requests(method="PATCH", external_id="user_1", status=200)[-1]
     assert last["body"] == {"name": "v2"}
