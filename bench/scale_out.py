@@ -235,7 +235,13 @@ def one_at_a_time(
     workers = start_workers(processes, client, 4, worker_env(redis_url, sandbox))
     for round_number in range(1, rounds + 1):
         accept(client, range(1, users + 1), round_number)
-        time.sleep(0.3)  # the next round lands while this one is being sent: that is the point
+        # The next round lands when half of this one is sent and the rest is being sent or
+        # waits: each user is then PATCHed once a round, some while their previous is in flight.
+        wait_until(
+            lambda: client.zcard(keys.DUE) + client.zcard(keys.INFLIGHT) <= users // 2,
+            timeout=300,
+            what=f"half of round {round_number}",
+        )
     wait_until(lambda: drained(client), timeout=600, what="every round")
     stop_workers(processes, workers)
     by_user: dict[str, list[float]] = defaultdict(list)
