@@ -49,10 +49,15 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         if as_json
         else structlog.dev.ConsoleRenderer(colors=output.isatty())
     )
+    # JSON has no other place for a traceback: render `exc_info` into an `exception` string
+    # before redaction, so an exception's text is redacted too. The console renderer formats
+    # `exc_info` itself (and warns if it was already turned into text).
+    tracebacks: list[Any] = [structlog.processors.format_exc_info] if as_json else []
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *tracebacks,
         _redact_event,
     ]
     structlog.configure(

@@ -1,0 +1,65 @@
+"""JSON logs carry a failure's traceback, redacted, from structlog and the stdlib alike."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from sync_worker.logging import configure_logging, get_logger
+from sync_worker.settings import Settings
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Logging configured to JSON on a buffer; the previous configuration is put back after."""
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging(Settings(log_format="json", log_level="INFO"), stream=stream)
+    yield stream
+    structlog.configure(**saved_config)
+    root.handlers, root.level = saved_handlers, saved_level
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def _fail() -> None:
+    raise RuntimeError("upstream said Bearer sk_test_abc123")
+
+
+def test_log_exception_puts_the_traceback_in_the_json_line(json_log: io.StringIO) -> None:
+    try:
+        _fail()
+    except RuntimeError:
+        get_logger("tests.logging").exception("sync_failed", user_id="user_1")
+
+    [line] = _lines(json_log)
+    assert line["event"] == "sync_failed"
+    assert line["user_id"] == "user_1"
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "in _fail" in line["exception"]
+    assert "RuntimeError: upstream said [redacted]" in line["exception"]
+    assert "sk_test_abc123" not in json_log.getvalue()
+
+
+def test_a_stdlib_exc_info_record_carries_its_traceback_too(json_log: io.StringIO) -> None:
+    # Celery and uvicorn log failures through the standard library with exc_info=True.
+    try:
+        _fail()
+    except RuntimeError:
+        logging.getLogger("celery.worker").error("Task failed", exc_info=True)
+
+    [line] = _lines(json_log)
+    assert line["event"] == "Task failed"
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "RuntimeError: upstream said [redacted]" in line["exception"]
+    assert "sk_test_abc123" not in json_log.getvalue()
