@@ -107,7 +107,7 @@ def test_schema_errors_are_422_naming_the_field(
 
 
 def test_redis_down_is_503_and_nothing_half_accepted(web_stack: Stack) -> None:
-    web_stack.redis_server.stop()
+    web_stack.redis_server.crash()
     try:
         response = web_stack.post(user_event("evt_down", "user_1", name="x"))
         assert response.status_code == 503
