@@ -184,6 +184,14 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
         )
     else:
         state = "<div class='banner ok'>Sync running.</div>"
+    stalled = snapshot.stalled_workers
+    if stalled:
+        # A live heartbeat with a stuck dispatcher sends nothing: "workers alive" alone hides it.
+        state += (
+            "<div class='banner bad' id='stalled'><strong>Dispatcher stalled</strong> on "
+            f"{escape(', '.join(stalled))}: no round done lately, so that worker sends nothing; "
+            "see <code>sync-worker status</code> for its last error.</div>"
+        )
     if snapshot.breaker.get("state", "closed") != "closed":
         state += (
             "<div class='banner bad' id='breaker'><strong>Circuit breaker "
@@ -204,6 +212,7 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
             "bad" if snapshot.dead_letters_total else "",
         ),
         _card("workers alive", len(snapshot.workers), "" if snapshot.workers else "bad"),
+        _card("dispatchers stalled", len(stalled), "bad" if stalled else ""),
     ]
     if snapshot.cooldown_seconds > 0:
         cards.append(_card("429 cool-down (s)", f"{snapshot.cooldown_seconds:.1f}", "bad"))

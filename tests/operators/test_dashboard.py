@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import httpx
 
+from sync_worker import redis_keys as keys
 from sync_worker.runtime import Runtime
 from sync_worker.web import auth
 from tests.fixtures.sandbox import SandboxHandle
@@ -89,6 +91,33 @@ def test_page_shows_status_and_dead_letters_with_a_filter(
     filtered = web.get("/admin", params={"reason": "conflict"}).text
     assert conflict.dead_letter_id in filtered
     assert missing not in filtered
+
+
+def _card(page: str, label: str) -> tuple[str, str]:
+    """A status card's (css classes, value)."""
+    match = re.search(rf"<div class='n ?([a-z ]*)'>([^<]*)</div><div class='l'>{label}</div>", page)
+    assert match is not None, label
+    return match.group(1), match.group(2)
+
+
+def test_workers_alive_and_stalled_dispatchers(runtime: Runtime, web: httpx.Client) -> None:
+    log_in(web)
+    page = web.get("/admin").text
+    assert _card(page, "workers alive") == ("bad", "0")
+    assert _card(page, "dispatchers stalled") == ("", "0")
+    assert "Dispatcher stalled" not in page
+
+    # Two heartbeats: one dispatcher did a round a second ago, one none for ten minutes.
+    now = time.time()
+    for name, loop_at in (("w1@host", now - 600), ("w2@host", now - 1)):
+        record = {"hostname": name, "at": now, "loop_at": loop_at}
+        runtime.redis.set(keys.worker_heartbeat(name), json.dumps(record))
+
+    page = web.get("/admin").text
+    assert _card(page, "workers alive") == ("", "2")
+    assert _card(page, "dispatchers stalled") == ("bad", "1")
+    assert "<strong>Dispatcher stalled</strong> on w1@host:" in page
+    assert "w2@host" not in page
 
 
 def test_actions_need_the_csrf_token(runtime: Runtime, web: httpx.Client) -> None:
