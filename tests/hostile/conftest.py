@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from sync_worker import redis_keys as keys
 from tests.fixtures.redis_server import RedisServer
@@ -33,8 +32,9 @@ def live_stack(
         # the login throttle has its own test (test_guard.py), on its own web process.
         "ADMIN_LOGIN_FAILURES_PER_MINUTE": "100000",
     }
-    if redis_server.process is None:
-        redis_server.start()
+    # The worker starts syncing at once: not what an earlier test (any module, under xdist's
+    # worksteal) may have left in Redis.
+    redis_server.flush()
     system = Stack(
         redis_server=redis_server,
         sandbox=sandbox_server,
@@ -47,14 +47,13 @@ def live_stack(
         yield system
     finally:
         system.stop_all()
+        redis_server.flush()
 
 
 @pytest.fixture
 def web(live_stack: Stack) -> Stack:
     """The module's stack with Redis flushed and the sandbox reset."""
-    client = redis.Redis.from_url(live_stack.redis_server.url)
-    client.flushall()
-    client.close()
+    live_stack.redis_server.flush()
     live_stack.sandbox.control.reset()
     return live_stack
 
