@@ -10,7 +10,7 @@ import pytest
 from sync_worker import redis_keys as keys
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack
+from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack, wait_for
 from tests.hostile.leaks import leaked_secrets
 
 
@@ -50,11 +50,22 @@ def live_stack(
         redis_server.flush()
 
 
+def quiet(stack: Stack) -> None:
+    """Let the worker finish what an earlier test left, then flush Redis and reset the sandbox.
+
+    An earlier test may have left accepted events the worker is still sending: flushed under
+    it, they would land in the next test as a PATCH or a dead letter. With the sandbox emptied
+    first they end at once (404, dead letter), so waiting for the worker to be idle is short."""
+    stack.sandbox.control.reset()
+    wait_for(stack.idle, timeout=60)
+    stack.redis_server.flush()
+    stack.sandbox.control.reset()
+
+
 @pytest.fixture
 def web(live_stack: Stack) -> Stack:
-    """The module's stack with Redis flushed and the sandbox reset."""
-    live_stack.redis_server.flush()
-    live_stack.sandbox.control.reset()
+    """The module's stack, quiet (see `quiet`), with Redis flushed and the sandbox reset."""
+    quiet(live_stack)
     return live_stack
 
 
