@@ -112,6 +112,7 @@ def test_redis_restart_with_work_queued_in_flight_and_retrying(stack: Stack) -> 
     assert stack.dead_letters() == []
 
 
+@pytest.mark.chaos_full
 def test_redis_down_5_s_during_intake(stack: Stack) -> None:
     chaos = Chaos.start(stack, "3 Redis down 5 s during intake", users=10)
     stop = threading.Event()
@@ -167,6 +168,7 @@ def test_sigterm_with_debounced_and_scheduled_work(stack: Stack) -> None:
     assert stack.dead_letters() == []
 
 
+@pytest.mark.chaos_full
 def test_recur_5xx_429_and_late_applied_patches(stack: Stack) -> None:
     chaos = Chaos.start(stack, "5 Recur 30% 5xx, 429, late-applied PATCHes", users=20)
     control = stack.sandbox.control
