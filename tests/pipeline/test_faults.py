@@ -20,9 +20,7 @@ T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 FULL = os.environ.get("CHAOS_FULL") == "1"
 REDIS_CRASHES = int(os.environ.get("REDIS_CRASHES", "3" if FULL else "1"))
-REDIS_DOWN_SECONDS = float(
-    os.environ.get("REDIS_CRASH_DOWN_SECONDS", "60" if FULL else "3")
-)
+REDIS_DOWN_SECONDS = float(os.environ.get("REDIS_CRASH_DOWN_SECONDS", "60" if FULL else "3"))
 """How long Redis stays dead in each crash, and how often: one short crash in `make test`, three
 of a minute each under `make chaos` (CHAOS_FULL=1, which CI runs too), anything with
 REDIS_CRASH_DOWN_SECONDS and REDIS_CRASHES."""
