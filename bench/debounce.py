@@ -27,7 +27,7 @@ from bench.harness import (
 )
 from bench.load import build_request, run_load
 from sync_worker import redis_keys as keys
-from sync_worker.signatures import sign
+from sync_worker.intake.signatures import sign
 
 GROUP = 50
 

@@ -36,7 +36,7 @@ from bench.harness import (
     wait_until,
 )
 from bench.load import LoadResult, build_request, run_load
-from sync_worker.signatures import sign
+from sync_worker.intake.signatures import sign
 
 
 def baseline_app() -> FastAPI:

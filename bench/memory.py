@@ -19,8 +19,8 @@ import redis
 
 from bench.harness import SANDBOX_KEY, environment, start_sandbox, table, wait_until
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
-from sync_worker.pending import PendingStore
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import PendingStore
 
 
 def rss_mib(pid: int) -> float:

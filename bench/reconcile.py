@@ -35,10 +35,10 @@ import redis
 
 from bench.harness import SANDBOX_KEY, Processes, cpu_seconds, environment, start_sandbox, table
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
-from sync_worker.ledger import Ledger
+from sync_worker.intake.events import UserEvent
 from sync_worker.logging import configure_logging
-from sync_worker.reconcile import Reconciler
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.reconcile.reconciler import Reconciler
 from sync_worker.runtime import Runtime
 from sync_worker.sandbox import SandboxControl
 from sync_worker.settings import Settings, load_settings

@@ -33,12 +33,12 @@ import redis
 
 from bench.harness import environment, table
 from sync_worker import redis_keys as keys
-from sync_worker import trace
-from sync_worker.dlq import creation_record, failure_record, new_dead_letter_id
-from sync_worker.events import UserEvent
-from sync_worker.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
-from sync_worker.stats import Stats
-from sync_worker.trace import TraceLog
+from sync_worker.deadletters.dlq import creation_record, failure_record, new_dead_letter_id
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
+from sync_worker.telemetry import trace
+from sync_worker.telemetry.stats import Stats
+from sync_worker.telemetry.trace import TraceLog
 
 BATCH = 500
 LEDGER_TARGET = 150

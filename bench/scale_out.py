@@ -49,9 +49,9 @@ from bench.harness import (
 )
 from bench.sync_throughput import seed
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
-from sync_worker.pending import ACCEPT_SCRIPT, PendingStore
-from sync_worker.signatures import sign
+from sync_worker.intake.events import UserEvent
+from sync_worker.intake.signatures import sign
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PendingStore
 
 WORKER_COUNTS = (1, 2, 4)
 TARGETS = {1: 1.0, 2: 1.8, 4: 3.2}

@@ -29,8 +29,8 @@ from bench.harness import (
     wait_until,
 )
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
-from sync_worker.pending import PendingStore
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import PendingStore
 
 
 def seed(sandbox: str, users: int, latency_ms: int) -> None:

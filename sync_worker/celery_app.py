@@ -28,9 +28,9 @@ from kombu import Queue
 
 from sync_worker.connections import broker_transport, broker_transport_options
 from sync_worker.logging import configure_logging, get_logger
-from sync_worker.ops_webhooks import OpsDeliverer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, Settings, load_settings
+from sync_worker.telemetry.ops_webhooks import OpsDeliverer
 
 log = get_logger(__name__)
 
@@ -216,7 +216,7 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
-        from sync_worker.dispatch import Dispatcher
+        from sync_worker.pipeline.dispatch import Dispatcher
         from sync_worker.tasks import publish_claims, sync_queue_depth
 
         runtime = worker.app.runtime

@@ -8,21 +8,21 @@ import httpx
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.breaker import Breaker
 from sync_worker.connections import redis_client
-from sync_worker.dlq import DeadLetterQueue
-from sync_worker.flow import FlowControl
-from sync_worker.ledger import Ledger
+from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.logging import get_logger
 from sync_worker.mode import claim_mode
-from sync_worker.ops_webhooks import OpsEmitter
-from sync_worker.pending import PendingStore
+from sync_worker.pipeline.breaker import Breaker
+from sync_worker.pipeline.flow import FlowControl
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.sync import Syncer
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RecurError
 from sync_worker.settings import Settings
-from sync_worker.stats import Stats
-from sync_worker.sync import Syncer
-from sync_worker.trace import TraceLog
+from sync_worker.telemetry.ops_webhooks import OpsEmitter
+from sync_worker.telemetry.stats import Stats
+from sync_worker.telemetry.trace import TraceLog
 
 log = get_logger(__name__)
 

@@ -6,8 +6,8 @@ from collections import Counter
 from typing import Any
 
 from sync_worker.celery_app import SYNC_QUEUE, SyncRequest, app
-from sync_worker.pending import Claim
-from sync_worker.reconcile import Reconciler
+from sync_worker.pipeline.pending import Claim
+from sync_worker.reconcile.reconciler import Reconciler
 
 
 @app.task(name="sync_worker.sync_batch", acks_late=True, Request=SyncRequest)

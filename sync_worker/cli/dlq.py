@@ -24,13 +24,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from sync_worker.dlq import REASONS, Edit
-from sync_worker.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
+from sync_worker.deadletters.dlq import REASONS, Edit
+from sync_worker.deadletters.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
+from sync_worker.deadletters.triage import Triage, triage
+from sync_worker.ops.status import format_age
 from sync_worker.replication import acknowledged
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, load_settings
-from sync_worker.status import format_age
-from sync_worker.triage import Triage, triage
 
 app = typer.Typer(
     rich_markup_mode="markdown",

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sync_worker.connections import redis_client
-from sync_worker.events import EventValidationError, validate_user_fields
-from sync_worker.ledger import Ledger
+from sync_worker.intake.events import EventValidationError, validate_user_fields
+from sync_worker.pipeline.ledger import Ledger
 from sync_worker.settings import load_settings
 
 app = typer.Typer(

@@ -17,7 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sync_worker.logging import configure_logging
-from sync_worker.reconcile import Reconciler, RunResult
+from sync_worker.reconcile.reconciler import Reconciler, RunResult
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 

@@ -21,9 +21,9 @@ import typer
 from sync_worker.cli.dev import StateDir
 from sync_worker.devstack.credentials import SECRETS_FILE, StateError, kept_secrets
 from sync_worker.devstack.stack import DEFAULT_STATE_DIR, INTAKE_PATH, local_url
-from sync_worker.events import EXTERNAL_ID_CHANGED, USER_UPDATED
+from sync_worker.intake.events import EXTERNAL_ID_CHANGED, USER_UPDATED
+from sync_worker.intake.signatures import sign
 from sync_worker.settings import ConfigError, load_settings
-from sync_worker.signatures import sign
 
 
 class EventType(StrEnum):

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sync_worker.cli.dlq import console, open_runtime
-from sync_worker.status import StatusSnapshot, format_age, gather_status
+from sync_worker.ops.status import StatusSnapshot, format_age, gather_status
 
 
 def _report_line(report: dict[str, Any] | None) -> str:

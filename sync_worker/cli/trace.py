@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sync_worker.cli.dlq import console, open_runtime
+from sync_worker.ops.timeline import UserTrace, describe, gather, pending_summary
 from sync_worker.settings import ConfigError
-from sync_worker.timeline import UserTrace, describe, gather, pending_summary
 
 VERDICT_STYLE = {"same": "green", "differs": "bold red", "not readable": "dim"}
 

@@ -28,9 +28,9 @@ from typing import Any, Literal, cast
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker import trace
-from sync_worker.events import SYNCED_FIELDS
-from sync_worker.pending import FieldState, PendingStore
+from sync_worker.intake.events import SYNCED_FIELDS
+from sync_worker.pipeline.pending import FieldState, PendingStore
+from sync_worker.telemetry import trace
 
 Reason = Literal["not_found", "conflict", "rejected", "retries_exhausted"]
 REASONS: tuple[Reason, ...] = ("not_found", "conflict", "rejected", "retries_exhausted")

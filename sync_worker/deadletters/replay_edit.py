@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_worker.dlq import DeadLetter, Edit
-from sync_worker.events import EventValidationError, validate_user_fields
-from sync_worker.ledger import Ledger
+from sync_worker.deadletters.dlq import DeadLetter, Edit
+from sync_worker.intake.events import EventValidationError, validate_user_fields
+from sync_worker.pipeline.ledger import Ledger
 
 EDITABLE = ("name", "external_id", "metadata")
 

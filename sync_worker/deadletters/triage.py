@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sync_worker.dlq import DeadLetter
-from sync_worker.events import SYNCED_FIELDS
-from sync_worker.flow import Throttled
-from sync_worker.ledger import Ledger
+from sync_worker.deadletters.dlq import DeadLetter
+from sync_worker.intake.events import SYNCED_FIELDS
+from sync_worker.pipeline.flow import Throttled
+from sync_worker.pipeline.ledger import Ledger
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import NotFound, RecurError
 

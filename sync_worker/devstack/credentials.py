@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sync_worker.signatures import SECRET_PREFIX
+from sync_worker.intake.signatures import SECRET_PREFIX
 
 SECRETS_FILE = "secrets.json"
 

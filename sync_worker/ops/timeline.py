@@ -17,14 +17,14 @@ from typing import Any, Literal, cast
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker import trace
-from sync_worker.dlq import DeadLetter, DeadLetterQueue
-from sync_worker.events import SYNCED_FIELDS
-from sync_worker.flow import Throttled
-from sync_worker.ledger import Ledger
-from sync_worker.pending import PENDING_EVENTS, _snapshot_from
+from sync_worker.deadletters.dlq import DeadLetter, DeadLetterQueue
+from sync_worker.intake.events import SYNCED_FIELDS
+from sync_worker.pipeline.flow import Throttled
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import PENDING_EVENTS, _snapshot_from
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import NotFound, RecurError
+from sync_worker.telemetry import trace
 
 READABLE_FIELDS = ("name", "external_id")
 """Fields Recur returns, so they can be compared."""

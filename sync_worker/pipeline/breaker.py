@@ -43,7 +43,7 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.logging import get_logger
-from sync_worker.stats import Stats
+from sync_worker.telemetry.stats import Stats
 
 log = get_logger(__name__)
 

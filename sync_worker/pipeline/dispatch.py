@@ -29,13 +29,13 @@ from collections.abc import Callable
 
 import redis
 
-from sync_worker import history
 from sync_worker import redis_keys as keys
-from sync_worker.breaker import Gate
 from sync_worker.logging import get_logger
-from sync_worker.pending import Claim
+from sync_worker.ops.status import retrying_users
+from sync_worker.pipeline.breaker import Gate
+from sync_worker.pipeline.pending import Claim
 from sync_worker.runtime import Runtime
-from sync_worker.status import retrying_users
+from sync_worker.telemetry import history
 
 log = get_logger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.pending import FieldState, _dumps
+from sync_worker.pipeline.pending import FieldState, _dumps
 
 _SEED = """
 -- KEYS: ledger, index, email-users. ARGV: user, now, (field, value, ts)... Newer timestamps only.

@@ -37,8 +37,8 @@ from typing import Any, cast
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker import trace
-from sync_worker.events import UserEvent
+from sync_worker.intake.events import UserEvent
+from sync_worker.telemetry import trace
 
 EVENTS_KEPT = 100
 REBOUND_TTL_SECONDS = 30 * 24 * 3600

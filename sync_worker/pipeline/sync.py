@@ -34,14 +34,13 @@ from typing import Any, cast
 import httpx
 from tenacity import RetryCallState
 
-from sync_worker.breaker import Breaker, BreakerOpen, BreakerView
-from sync_worker.dlq import Reason, creation_record, failure_record, new_dead_letter_id
-from sync_worker.events import SYNCED_FIELDS
-from sync_worker.flow import FlowControl, Throttled
-from sync_worker.ledger import Ledger
+from sync_worker.deadletters.dlq import Reason, creation_record, failure_record, new_dead_letter_id
+from sync_worker.intake.events import SYNCED_FIELDS
 from sync_worker.logging import get_logger
-from sync_worker.ops_webhooks import OpsEmitter
-from sync_worker.pending import Claim, PendingStore, Snapshot
+from sync_worker.pipeline.breaker import Breaker, BreakerOpen, BreakerView
+from sync_worker.pipeline.flow import FlowControl, Throttled
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import Claim, PendingStore, Snapshot
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     BadRequest,
@@ -66,8 +65,9 @@ from sync_worker.recur.retry import (
     retry_after_of,
 )
 from sync_worker.settings import Settings
-from sync_worker.stats import Stats
-from sync_worker.trace import TraceLog, worker_name
+from sync_worker.telemetry.ops_webhooks import OpsEmitter
+from sync_worker.telemetry.stats import Stats
+from sync_worker.telemetry.trace import TraceLog, worker_name
 
 log = get_logger(__name__)
 

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_worker.ledger import LedgerEntry
-from sync_worker.pending import FieldState
+from sync_worker.pipeline.ledger import LedgerEntry
+from sync_worker.pipeline.pending import FieldState
 from sync_worker.recur.models import ListedCustomer
 from sync_worker.redis_keys import email_field
 

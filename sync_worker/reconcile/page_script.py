@@ -34,8 +34,8 @@ import redis
 from redis.exceptions import ResponseError
 
 from sync_worker import redis_keys as keys
-from sync_worker.drift import Counts, Drift
-from sync_worker.pending import RESTORE_FUNCTION, FieldState
+from sync_worker.pipeline.pending import RESTORE_FUNCTION, FieldState
+from sync_worker.reconcile.drift import Counts, Drift
 from sync_worker.recur.errors import RecurError
 
 _PAGE = (

@@ -24,8 +24,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sync_worker.flow import FlowControl, Throttled
 from sync_worker.logging import get_logger
+from sync_worker.pipeline.flow import FlowControl, Throttled
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RateLimited, RecurError, is_transient
 from sync_worker.recur.models import RawCustomerPage

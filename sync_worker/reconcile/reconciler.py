@@ -39,18 +39,18 @@ from zoneinfo import ZoneInfo
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.dlq import DeadLetterQueue
-from sync_worker.drift import COMPARED_FIELDS, Counts, fields_compared
-from sync_worker.flow import FlowControl, Throttled
+from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.logging import get_logger
-from sync_worker.ops_webhooks import OpsEmitter
-from sync_worker.page_script import PageScript, Record
-from sync_worker.page_stream import PageStream
+from sync_worker.pipeline.flow import FlowControl, Throttled
+from sync_worker.reconcile.drift import COMPARED_FIELDS, Counts, fields_compared
+from sync_worker.reconcile.page_script import PageScript, Record
+from sync_worker.reconcile.page_stream import PageStream
+from sync_worker.reconcile.run_lock import LockKeeper
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import BadRequest, RecurError
 from sync_worker.recur.models import RawCustomerPage
-from sync_worker.run_lock import LockKeeper
 from sync_worker.runtime import Runtime
+from sync_worker.telemetry.ops_webhooks import OpsEmitter
 
 log = get_logger(__name__)
 

@@ -53,11 +53,11 @@ import httpx
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.intake.signatures import sign
 from sync_worker.logging import get_logger
 from sync_worker.recur.retry import handback_delay
 from sync_worker.settings import ConfigError, Settings
-from sync_worker.signatures import sign
-from sync_worker.stats import Stats
+from sync_worker.telemetry.stats import Stats
 
 log = get_logger(__name__)
 

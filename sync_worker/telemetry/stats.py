@@ -20,9 +20,9 @@ from collections import Counter
 
 import redis
 
-from sync_worker import history
 from sync_worker import redis_keys as keys
-from sync_worker.trace import TraceLog
+from sync_worker.telemetry import history
+from sync_worker.telemetry.trace import TraceLog
 
 LATENCY_BUCKETS = (0.5, 1, 2, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 86400)
 """Seconds from the first event of a change to its PATCH succeeding."""

@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.events import ID_MAX_CHARS
+from sync_worker.intake.events import ID_MAX_CHARS
 from sync_worker.recur.models import EXTERNAL_ID_PATTERN
 
 DAY = 24 * 3600

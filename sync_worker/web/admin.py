@@ -27,15 +27,15 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sync_worker import history
+from sync_worker.deadletters.replay_edit import EditError, FieldEdits, build_edit
+from sync_worker.deadletters.triage import triage
 from sync_worker.logging import get_logger
-from sync_worker.replay_edit import EditError, FieldEdits, build_edit
+from sync_worker.ops.status import gather_status
+from sync_worker.ops.timeline import gather
 from sync_worker.replication import acknowledged
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError
-from sync_worker.status import gather_status
-from sync_worker.timeline import gather
-from sync_worker.triage import triage
+from sync_worker.telemetry import history
 from sync_worker.web.auth import AdminError, admin_error_handler, require_bearer
 from sync_worker.web.state import web_state
 

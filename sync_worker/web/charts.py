@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from sync_worker.history import History
+from sync_worker.telemetry.history import History
 
 REFRESH_SECONDS = 10
 """How often /admin reloads itself (a meta refresh)."""

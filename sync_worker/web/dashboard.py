@@ -23,15 +23,15 @@ from urllib.parse import parse_qs, quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sync_worker import history
-from sync_worker.dlq import REASONS, DeadLetter
+from sync_worker.deadletters.dlq import REASONS, DeadLetter
+from sync_worker.deadletters.replay_edit import EditError, build_edit
+from sync_worker.deadletters.triage import triage
 from sync_worker.logging import get_logger
-from sync_worker.replay_edit import EditError, build_edit
+from sync_worker.ops.status import StatusSnapshot, format_age, gather_status
+from sync_worker.ops.timeline import gather
 from sync_worker.replication import acknowledged
 from sync_worker.settings import ConfigError
-from sync_worker.status import StatusSnapshot, format_age, gather_status
-from sync_worker.timeline import gather
-from sync_worker.triage import triage
+from sync_worker.telemetry import history
 from sync_worker.web import auth
 from sync_worker.web.charts import (
     CHART_RANGES,

@@ -13,9 +13,9 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from sync_worker.dlq import DeadLetter
-from sync_worker.replay_edit import EditError, FieldEdits
-from sync_worker.triage import UPSTREAM_REASONS, Triage
+from sync_worker.deadletters.dlq import DeadLetter
+from sync_worker.deadletters.replay_edit import EditError, FieldEdits
+from sync_worker.deadletters.triage import UPSTREAM_REASONS, Triage
 
 
 def _json(value: Any) -> str:

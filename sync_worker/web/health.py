@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from sync_worker import redis_keys as keys
-from sync_worker.status import worker_view
+from sync_worker.ops.status import worker_view
 from sync_worker.web.state import web_state
 
 router = APIRouter()

@@ -15,12 +15,12 @@ import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from sync_worker.events import EventValidationError, parse_event
+from sync_worker.intake.events import EventValidationError, parse_event
+from sync_worker.intake.signatures import SignatureError, verify
 from sync_worker.logging import get_logger
-from sync_worker.pending import AcceptResult
+from sync_worker.pipeline.pending import AcceptResult
 from sync_worker.replication import acknowledged_async, run_script_replicated
-from sync_worker.signatures import SignatureError, verify
-from sync_worker.trace import refused_event
+from sync_worker.telemetry.trace import refused_event
 from sync_worker.web.state import web_state
 
 log = get_logger(__name__)

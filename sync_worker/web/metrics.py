@@ -33,8 +33,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from sync_worker.ops.status import StatusSnapshot, gather_status, last_finished_reconciliation
 from sync_worker.runtime import Runtime
-from sync_worker.status import StatusSnapshot, gather_status, last_finished_reconciliation
 from sync_worker.web.state import web_state
 
 PREFIX = "recur_sync_"

@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 from pydantic.json_schema import models_json_schema
 
-from sync_worker.events import ID_MAX_CHARS, METADATA_MAX_DEPTH
+from sync_worker.intake.events import ID_MAX_CHARS, METADATA_MAX_DEPTH
+from sync_worker.intake.signatures import CODES as SIGNATURE_CHECKS
 from sync_worker.recur.models import EXTERNAL_ID_PATTERN, NAME_MAX_CHARS
 from sync_worker.settings import MAX_BODY_BYTES
-from sync_worker.signatures import CODES as SIGNATURE_CHECKS
 from sync_worker.web.auth import SESSION_COOKIE, require_bearer
 
 PUBLIC_PATH = "/openapi.json"

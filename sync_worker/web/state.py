@@ -9,10 +9,10 @@ import redis.asyncio as aioredis
 from fastapi import Request
 
 from sync_worker.connections import async_redis_client
-from sync_worker.pending import ACCEPT_SCRIPT
+from sync_worker.intake.signatures import secret_bytes
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
-from sync_worker.signatures import secret_bytes
 from sync_worker.web.throttle import LoginThrottle
 
 

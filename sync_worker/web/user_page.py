@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from sync_worker.timeline import FieldRow, UserTrace, describe, pending_summary
+from sync_worker.ops.timeline import FieldRow, UserTrace, describe, pending_summary
 
 VERDICT_CSS = {
     "same": "same",

@@ -3,7 +3,7 @@
 `make chaos` runs every scenario (CHAOS_FULL=1), and CI runs it after `make test`. `make test`
 skips those marked `chaos_full`, to stay under five minutes on two cores: the kill -9 and
 Redis-restart variants, whose plain cases tests/pipeline/test_faults.py runs there, Redis down
-during intake (tests/pipeline/test_intake.py covers its 503s) and the late-applied PATCHes
+during intake (tests/intake/test_intake.py covers its 503s) and the late-applied PATCHes
 (tests/pipeline/test_fencing.py covers the hold and the read-back).
 """
 
@@ -48,7 +48,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def stack_env(stack_env: dict[str, str]) -> dict[str, str]:
     """The stack's environment with a short circuit-breaker cool-down: scenarios that inject
     failures open the breaker, and its default (30 s, doubling) would only make them slow.
-    Holding sends while it is open is tested in tests/breaker."""
+    Holding sends while it is open is tested in tests/pipeline/breaker."""
     return {
         **stack_env,
         "BREAKER_COOL_DOWN_SECONDS": "1",

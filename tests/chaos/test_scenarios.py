@@ -20,7 +20,7 @@ from celery import Celery
 
 from sync_worker import redis_keys as keys
 from sync_worker.celery_app import SYNC_QUEUE
-from sync_worker.reconcile import reports
+from sync_worker.reconcile.reconciler import reports
 from tests.chaos.harness import Chaos, Event, poll
 from tests.fixtures.stack import Proc, Stack
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from sync_worker.intake.signatures import SECRET_PREFIX
 from sync_worker.sandbox import DEFAULT_SECRET_KEY
-from sync_worker.signatures import SECRET_PREFIX
 from tests.fixtures.stack import ADMIN_TOKEN, SPAWNED_LOGS, WEBHOOK_SECRET
 
 OVERLAP = 256  # bytes read again before the last offset, so a secret split by a scan is seen

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker.events import (
+from sync_worker.intake.events import (
     EXTERNAL_ID_CHANGED,
     USER_UPDATED,
     EventValidationError,

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
-from sync_worker.signatures import SignatureError, secret_bytes, sign, verify
+from sync_worker.intake.signatures import SignatureError, secret_bytes, sign, verify
 
 SECRET = "whsec_" + base64.b64encode(b"recur-sync test secret, 32 bytes").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another secret of thirty-two by.").decode()

@@ -14,10 +14,10 @@ import httpx
 import pytest
 import uvicorn
 
-from sync_worker.events import UserEvent
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.sync import SyncOutcome
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
-from sync_worker.sync import SyncOutcome
 from sync_worker.web.app import create_app
 from tests.fixtures.redis_server import free_port
 from tests.fixtures.sandbox import SandboxHandle

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from sync_worker import redis_keys as keys
 from sync_worker.cli import app
 from sync_worker.cli.dlq import parse_duration
+from sync_worker.ops.status import format_age
 from sync_worker.runtime import Runtime
-from sync_worker.status import format_age
 from tests.fixtures.sandbox import SandboxHandle
 from tests.operators.conftest import accept, make_dead_letter, sync_due
 

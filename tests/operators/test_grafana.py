@@ -13,7 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync_worker import redis_keys as keys
-from sync_worker.stats import Stats
+from sync_worker.telemetry.stats import Stats
 from tests.fixtures.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from sync_worker.runtime import Runtime
-from sync_worker.stats import Stats
+from sync_worker.telemetry.stats import Stats
 from tests.fixtures.redis_server import free_port
 from tests.operators.conftest import make_dead_letter, serve
 

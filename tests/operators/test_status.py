@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from sync_worker import redis_keys as keys
 from sync_worker.cli import app
+from sync_worker.ops.status import gather_status
 from sync_worker.runtime import Runtime
-from sync_worker.status import gather_status
 from tests.fixtures.sandbox import SandboxHandle
 from tests.operators.conftest import accept, make_dead_letter, sync_due
 
@@ -93,7 +93,7 @@ def test_help_explains_the_options() -> None:
 
 
 def test_mode_is_what_the_workers_hold_when_the_caller_has_no_key() -> None:
-    from sync_worker.status import sync_mode
+    from sync_worker.ops.status import sync_mode
 
     assert sync_mode("unset", [{"mode": "test"}]) == "test"
     assert sync_mode("live", []) == "live"

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from sync_worker.events import UserEvent
-from sync_worker.pending import PendingStore
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import PendingStore
 from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 
 pytestmark = pytest.mark.slow

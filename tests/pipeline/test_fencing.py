@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.sync import SyncOutcome, is_ambiguous
 from sync_worker.recur.errors import (
     NotFound,
     RateLimited,
@@ -28,7 +29,6 @@ from sync_worker.recur.errors import (
 )
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, load_settings
-from sync_worker.sync import SyncOutcome, is_ambiguous
 from tests.fixtures.sandbox import SandboxHandle
 
 _ids = itertools.count()

@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 import redis
 
-from sync_worker.flow import FlowControl, Throttled
+from sync_worker.pipeline.flow import FlowControl, Throttled
 from tests.fixtures.stack import Stack, user_event, wait_for
 
 

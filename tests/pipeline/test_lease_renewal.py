@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from sync_worker.events import UserEvent
+from sync_worker.intake.events import UserEvent
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from tests.fixtures.sandbox import SandboxHandle

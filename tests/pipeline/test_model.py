@@ -31,12 +31,12 @@ from hypothesis.stateful import (
 )
 
 from sync_worker import redis_keys as keys
-from sync_worker.dlq import DeadLetterQueue
-from sync_worker.events import UserEvent
-from sync_worker.pending import Claim, PendingStore
+from sync_worker.deadletters.dlq import DeadLetterQueue
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import Claim, PendingStore
+from sync_worker.pipeline.sync import Syncer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings, load_settings
-from sync_worker.sync import Syncer
 from tests.fixtures.sandbox import SandboxHandle
 
 USERS = 2

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
-from sync_worker.dlq import DeadLetterQueue
-from sync_worker.events import UserEvent
-from sync_worker.ledger import Ledger
-from sync_worker.pending import PENDING_EVENTS, Claim, FieldState, PendingStore, Snapshot
+from sync_worker.deadletters.dlq import DeadLetterQueue
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import PENDING_EVENTS, Claim, FieldState, PendingStore, Snapshot
 
 
 class Clock:

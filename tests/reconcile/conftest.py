@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from sync_worker.ledger import Ledger
-from sync_worker.reconcile import Reconciler
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.reconcile.reconciler import Reconciler
 from sync_worker.runtime import Runtime
 from sync_worker.sandbox import DEFAULT_SECRET_KEY, SandboxControl, create_app, start_in_thread
 from sync_worker.settings import Settings, load_settings

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sync_worker import redis_keys as keys
 from sync_worker.cli import app
-from sync_worker.ledger import Ledger
+from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.sandbox import SandboxHandle
 from tests.reconcile.conftest import seed_both, seed_ledger
 

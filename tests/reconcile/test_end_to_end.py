@@ -8,8 +8,8 @@ import pytest
 from celery import Celery
 
 from sync_worker import redis_keys as keys
-from sync_worker.ledger import Ledger
-from sync_worker.reconcile import reports
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.reconcile.reconciler import reports
 from tests.fixtures.stack import Stack, user_event, wait_for
 
 LEDGER_TS = 1_700_000_000_000

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sync_worker import redis_keys as keys
-from sync_worker.drift import Counts, bindable, compare_page, fields_compared
-from sync_worker.events import UserEvent
-from sync_worker.ledger import Ledger
-from sync_worker.page_script import MalformedPage, PageScript, Record
-from sync_worker.pending import PendingStore
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.reconcile.drift import Counts, bindable, compare_page, fields_compared
+from sync_worker.reconcile.page_script import MalformedPage, PageScript, Record
 from sync_worker.recur.models import ListedCustomer
 
 SEEN = keys.reconcile_seen("rc_test")

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.events import UserEvent
-from sync_worker.ledger import Ledger
-from sync_worker.reconcile import progress, reports
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.reconcile.reconciler import progress, reports
 from sync_worker.runtime import Runtime
 from sync_worker.sandbox import SandboxControl
 from tests.fixtures.sandbox import SandboxHandle

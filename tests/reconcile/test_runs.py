@@ -13,7 +13,7 @@ import redis
 from pydantic import SecretStr
 
 from sync_worker import redis_keys as keys
-from sync_worker.reconcile import Reconciler, RunResult, progress, reports
+from sync_worker.reconcile.reconciler import Reconciler, RunResult, progress, reports
 from sync_worker.recur.client import RecurClient
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sync_worker.cli import app
-from sync_worker.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
+from sync_worker.deadletters.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
 from sync_worker.runtime import Runtime
 from tests.fixtures.sandbox import SandboxHandle
 from tests.fixtures.stack import ADMIN_TOKEN

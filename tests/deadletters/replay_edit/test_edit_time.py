@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sync_worker.replay_edit import FieldEdits, build_edit
+from sync_worker.deadletters.replay_edit import FieldEdits, build_edit
 from sync_worker.runtime import Runtime
 from tests.fixtures.sandbox import SandboxHandle
 from tests.operators.conftest import accept, sync_due

@@ -9,9 +9,9 @@ import pytest
 import redis
 
 from sync_worker import redis_keys as keys
-from sync_worker.breaker import Breaker
+from sync_worker.pipeline.breaker import Breaker
 from sync_worker.settings import ConfigError, load_settings
-from sync_worker.stats import Stats
+from sync_worker.telemetry.stats import Stats
 
 T0 = 1_800_000_000.0
 

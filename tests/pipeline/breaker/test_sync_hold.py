@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from sync_worker import redis_keys as keys
-from sync_worker.dispatch import Dispatcher
-from sync_worker.pending import Claim
+from sync_worker.pipeline.dispatch import Dispatcher
+from sync_worker.pipeline.pending import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from tests.fixtures.sandbox import SandboxHandle

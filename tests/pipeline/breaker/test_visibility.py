@@ -10,8 +10,8 @@ import httpx
 from typer.testing import CliRunner
 
 from sync_worker.cli import app
+from sync_worker.ops.status import gather_status
 from sync_worker.runtime import Runtime
-from sync_worker.status import gather_status
 from tests.fixtures.stack import ADMIN_TOKEN
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sync_worker.settings import ConfigError, load_settings
-from tests.ops_webhooks.conftest import OPS_SECRET
+from tests.telemetry.ops_webhooks.conftest import OPS_SECRET
 
 
 @pytest.mark.parametrize(

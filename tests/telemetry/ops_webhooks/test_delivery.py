@@ -16,10 +16,10 @@ import redis
 from structlog.testing import capture_logs
 
 from sync_worker import redis_keys as keys
-from sync_worker.ops_webhooks import OpsDeliverer, OpsEmitter
-from sync_worker.stats import Stats
+from sync_worker.telemetry.ops_webhooks import OpsDeliverer, OpsEmitter
+from sync_worker.telemetry.stats import Stats
 from tests.fixtures.redis_server import free_port
-from tests.ops_webhooks.conftest import OPS_SECRET, Receiver
+from tests.telemetry.ops_webhooks.conftest import OPS_SECRET, Receiver
 
 MAX_ATTEMPTS = 3
 BACKOFF_MAX = 60.0

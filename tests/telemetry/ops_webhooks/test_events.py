@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from sync_worker import redis_keys as keys
-from sync_worker.ops_webhooks import OpsDeliverer
-from sync_worker.reconcile import Reconciler
+from sync_worker.reconcile.reconciler import Reconciler
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
+from sync_worker.telemetry.ops_webhooks import OpsDeliverer
 from tests.fixtures.sandbox import SandboxHandle
 from tests.fixtures.stack import Stack, user_event, wait_for
 from tests.operators.conftest import accept, sync_due
-from tests.ops_webhooks.conftest import OPS_SECRET, Receiver
+from tests.telemetry.ops_webhooks.conftest import OPS_SECRET, Receiver
 
 
 def process(redis_url: str, sandbox: SandboxHandle, **overrides: Any) -> Runtime:

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from sync_worker import history, trace
 from sync_worker import redis_keys as keys
-from sync_worker.dispatch import Dispatcher
+from sync_worker.pipeline.dispatch import Dispatcher
 from sync_worker.runtime import Runtime
+from sync_worker.telemetry import history, trace
 from tests.fixtures.sandbox import SandboxHandle
 from tests.fixtures.stack import ADMIN_TOKEN, WEBHOOK_SECRET, user_event, wait_for
 from tests.operators.conftest import sync_due

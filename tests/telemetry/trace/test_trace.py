@@ -10,16 +10,16 @@ import httpx
 from typer.testing import CliRunner
 
 from sync_worker import redis_keys as keys
-from sync_worker import trace
 from sync_worker.cli import app
-from sync_worker.events import UserEvent
-from sync_worker.replay_edit import FieldEdits, build_edit
+from sync_worker.deadletters.replay_edit import FieldEdits, build_edit
+from sync_worker.intake.events import UserEvent
+from sync_worker.ops.timeline import describe
 from sync_worker.runtime import Runtime
-from sync_worker.timeline import describe
+from sync_worker.telemetry import trace
 from tests.fixtures.sandbox import SandboxHandle
 from tests.fixtures.stack import ADMIN_TOKEN, user_event, wait_for
 from tests.operators.conftest import accept, make_dead_letter, sync_due
-from tests.trace.test_history import post
+from tests.telemetry.trace.test_history import post
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 runner = CliRunner()
