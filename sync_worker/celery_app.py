@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ from kombu import Queue
 
 from sync_worker.connections import broker_transport, broker_transport_options
 from sync_worker.logging import configure_logging, get_logger
+from sync_worker.pipeline.pending import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, Settings, load_settings
 from sync_worker.telemetry.ops_webhooks import OpsDeliverer
@@ -36,6 +38,8 @@ log = get_logger(__name__)
 
 SYNC_QUEUE = "sync"
 MAINTENANCE_QUEUE = "maintenance"
+# Task names route messages already queued: they never follow a module's path.
+SYNC_BATCH_TASK = "sync_worker.sync_batch"
 
 
 class SyncCelery(Celery):
@@ -217,14 +221,13 @@ class DispatcherStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         from sync_worker.pipeline.dispatch import Dispatcher
-        from sync_worker.tasks import publish_claims, sync_queue_depth
 
         runtime = worker.app.runtime
         _refuse_a_mixed_mode(runtime)
         dispatcher = Dispatcher(
             runtime,
-            publish=publish_claims,
-            queue_depth=sync_queue_depth,
+            publish=claim_publisher(worker.app),
+            queue_depth=lambda: sync_queue_depth(runtime),
             hostname=worker.hostname,
         )
         self._thread = threading.Thread(
@@ -236,6 +239,28 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def claim_publisher(app: Celery) -> Callable[[list[Claim]], None]:
+    """Publish each batch of claims as one `sync_batch` message.
+
+    The task is looked up by its name in the app's registry (the worker has imported
+    `tasks`, the app's `include`), not imported: `tasks` imports this module for the app.
+    """
+    sync_batch = app.tasks[SYNC_BATCH_TASK]
+
+    def publish(claims: list[Claim]) -> None:
+        sync_batch.apply_async(
+            args=([[claim.user_id, claim.token] for claim in claims],), queue=SYNC_QUEUE
+        )
+
+    return publish
+
+
+def sync_queue_depth(runtime: Runtime) -> int:
+    """Messages waiting in the sync queue (not counting those a worker holds)."""
+    client: Any = runtime.redis
+    return int(client.llen(SYNC_QUEUE))
 
 
 def _refuse_a_mixed_mode(runtime: Runtime) -> None:

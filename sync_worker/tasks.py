@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sync_worker.celery_app import SYNC_QUEUE, SyncRequest, app
+from sync_worker.celery_app import SYNC_BATCH_TASK, SyncRequest, app
 from sync_worker.pipeline.pending import Claim
 from sync_worker.reconcile.reconciler import Reconciler
 
 
-@app.task(name="sync_worker.sync_batch", acks_late=True, Request=SyncRequest)
+@app.task(name=SYNC_BATCH_TASK, acks_late=True, Request=SyncRequest)
 def sync_batch(claims: list[list[str]]) -> dict[str, int]:
     """Sync a batch of claimed users: `[[user_id, token], ...]`. Returns counts by result."""
     runtime = app.runtime
@@ -22,19 +22,6 @@ def sync_batch(claims: list[list[str]]) -> dict[str, int]:
 def sweep() -> dict[str, int]:
     """Offer again lapsed claims and trim old dead letters (beat runs it; workers do too)."""
     return app.runtime.sweep()
-
-
-def publish_claims(claims: list[Claim]) -> None:
-    """Publish one `sync_batch` message for these claims."""
-    sync_batch.apply_async(
-        args=([[claim.user_id, claim.token] for claim in claims],), queue=SYNC_QUEUE
-    )
-
-
-def sync_queue_depth() -> int:
-    """Messages waiting in the sync queue (not counting those a worker holds)."""
-    client: Any = app.runtime.redis
-    return int(client.llen(SYNC_QUEUE))
 
 
 @app.task(name="sync_worker.reconcile", Request=SyncRequest)
