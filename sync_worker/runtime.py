@@ -12,6 +12,7 @@ from sync_worker.connections import redis_client
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.logging import get_logger
 from sync_worker.mode import claim_mode
+from sync_worker.ops.timeline import UserTrace, gather
 from sync_worker.pipeline.breaker import Breaker
 from sync_worker.pipeline.flow import FlowControl
 from sync_worker.pipeline.ledger import Ledger
@@ -19,7 +20,7 @@ from sync_worker.pipeline.pending import PendingStore
 from sync_worker.pipeline.sync import Syncer
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import RecurError
-from sync_worker.settings import Settings
+from sync_worker.settings import ConfigError, Settings
 from sync_worker.telemetry.ops_webhooks import OpsEmitter
 from sync_worker.telemetry.stats import Stats
 from sync_worker.telemetry.trace import TraceLog
@@ -96,6 +97,25 @@ class Runtime:
             self.settings,
             transport=self._transport,
             throttle=lambda: self.flow.acquire(max_wait=self.settings.retry_fast_max_seconds),
+        )
+
+    def user_trace(self, user_id: str, *, with_recur: bool) -> UserTrace:
+        """What is known about one user (`sync-worker trace`, the admin API and page); with
+        `with_recur`, the customer as Recur has it too, or why it could not be fetched."""
+        recur, unavailable = None, ""
+        if with_recur:
+            try:
+                recur = self.recur
+            except ConfigError as error:
+                unavailable = f"not fetched from Recur: {error}"
+        return gather(
+            self.redis,
+            user_id,
+            ledger=self.ledger,
+            dlq=self.dlq,
+            recur=recur,
+            recur_unavailable=unavailable,
+            fetch_recur=with_recur,
         )
 
     @cached_property

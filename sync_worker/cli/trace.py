@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sync_worker.cli.dlq import console, open_runtime
-from sync_worker.ops.timeline import UserTrace, describe, gather, pending_summary
-from sync_worker.settings import ConfigError
+from sync_worker.ops.timeline import UserTrace, describe, pending_summary
 
 VERDICT_STYLE = {"same": "green", "differs": "bold red", "not readable": "dim"}
 
@@ -79,21 +78,7 @@ def trace(
 ) -> None:
     """What happened to one user: events, attempts, dead letters, pending change and ledger."""
     with open_runtime() as runtime:
-        recur, unavailable = None, ""
-        if with_recur:
-            try:
-                recur = runtime.recur
-            except ConfigError as error:
-                unavailable = f"not fetched from Recur: {error}"
-        found = gather(
-            runtime.redis,
-            user_id,
-            ledger=runtime.ledger,
-            dlq=runtime.dlq,
-            recur=recur,
-            recur_unavailable=unavailable,
-            fetch_recur=with_recur,
-        )
+        found = runtime.user_trace(user_id, with_recur=with_recur)
     if as_json:
         typer.echo(json.dumps(found.to_dict(), ensure_ascii=False, indent=2))
     else:

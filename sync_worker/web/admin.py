@@ -31,7 +31,6 @@ from sync_worker.deadletters.replay_edit import EditError, FieldEdits, build_edi
 from sync_worker.deadletters.triage import triage
 from sync_worker.logging import get_logger
 from sync_worker.ops.status import gather_status
-from sync_worker.ops.timeline import gather
 from sync_worker.replication import acknowledged
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError
@@ -233,23 +232,7 @@ def resume(request: Request) -> dict[str, Any]:
 @router.get("/users/{user_id}")
 def user_trace(request: Request, user_id: str, recur: bool = False) -> dict[str, Any]:
     """What happened to one user (the same as `sync-worker trace USER_ID --json [--recur]`)."""
-    runtime = _runtime(request)
-    client, unavailable = None, ""
-    if recur:
-        try:
-            client = runtime.recur
-        except ConfigError as error:
-            unavailable = f"not fetched from Recur: {error}"
-    found = gather(
-        runtime.redis,
-        user_id,
-        ledger=runtime.ledger,
-        dlq=runtime.dlq,
-        recur=client,
-        recur_unavailable=unavailable,
-        fetch_recur=recur,
-    )
-    return found.to_dict()
+    return _runtime(request).user_trace(user_id, with_recur=recur).to_dict()
 
 
 @router.get("/history")

@@ -28,7 +28,6 @@ from sync_worker.deadletters.replay_edit import EditError, build_edit
 from sync_worker.deadletters.triage import triage
 from sync_worker.logging import get_logger
 from sync_worker.ops.status import StatusSnapshot, format_age, gather_status
-from sync_worker.ops.timeline import gather
 from sync_worker.replication import acknowledged
 from sync_worker.settings import ConfigError
 from sync_worker.telemetry import history
@@ -531,18 +530,5 @@ async def user_page(request: Request, user_id: str) -> Response:
     if _session(request) is None:
         return RedirectResponse("/admin/login", status_code=303)
     runtime = web_state(request).runtime
-    try:
-        recur, unavailable = runtime.recur, ""
-    except ConfigError as error:
-        recur, unavailable = None, f"not fetched from Recur: {error}"
-    found = await asyncio.to_thread(
-        gather,
-        runtime.redis,
-        user_id,
-        ledger=runtime.ledger,
-        dlq=runtime.dlq,
-        recur=recur,
-        recur_unavailable=unavailable,
-        fetch_recur=True,
-    )
+    found = await asyncio.to_thread(runtime.user_trace, user_id, with_recur=True)
     return _html(f"User {user_id}", user_html(found))
