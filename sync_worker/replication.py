@@ -12,10 +12,14 @@ many did. Hence:
   so replicas that acknowledged the barrier hold everything the primary had before it.
 
 With `min_replicas` 0 nothing waits and no barrier is written.
+
+`replicas_online` counts, from `INFO replication`, the replicas a `WAIT` can count on, so that
+`/readyz`, `status` and `/metrics` can say why intake refuses everything when too few are there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -23,6 +27,25 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from sync_worker import redis_keys as keys
+
+REPLICA_MAX_LAG_SECONDS = 10
+"""A replica whose last acknowledgement is older is not counted: it is connected but not keeping
+up (frozen, or its link stalled), so a `WAIT` would time out on it. Redis's own
+`min-replicas-max-lag` uses the same default."""
+
+
+def replicas_online(info: Mapping[str, Any]) -> int:
+    """Replicas in a parsed `INFO replication` that are in sync (state `online`) and acknowledged
+    within REPLICA_MAX_LAG_SECONDS: those that can confirm a write now."""
+    return sum(
+        1
+        for name, replica in info.items()
+        if name.startswith("slave")
+        and name[5:].isdigit()
+        and isinstance(replica, dict)
+        and replica.get("state") == "online"
+        and int(replica.get("lag", 0)) <= REPLICA_MAX_LAG_SECONDS
+    )
 
 
 def acknowledged(client: redis.Redis, *, replicas: int, timeout_ms: int) -> bool:

@@ -51,6 +51,17 @@ def _worker_line(worker: dict[str, Any]) -> str:
     return line
 
 
+def _replicas_line(snapshot: StatusSnapshot) -> str:
+    wanted = f"REDIS_MIN_REPLICAS {snapshot.min_replicas}"
+    if not snapshot.replicas_missing:
+        return f"{snapshot.replicas_online} in sync ({wanted})"
+    return (
+        f"[bold red]{snapshot.replicas_online} in sync, {wanted}[/]: intake answers 503 to every "
+        "event and operator actions fail; bring a replica back (INFO replication on the primary) "
+        "or lower REDIS_MIN_REPLICAS"
+    )
+
+
 def _print(out: Console, snapshot: StatusSnapshot) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -67,6 +78,7 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
         )
     grid.add_row("sync", state)
     grid.add_row("mode", snapshot.mode)
+    grid.add_row("redis replicas", _replicas_line(snapshot))
     grid.add_row("circuit breaker", _breaker_line(snapshot.breaker))
     if snapshot.cooldown_seconds > 0:
         grid.add_row("cool-down", f"[yellow]{snapshot.cooldown_seconds:.1f} s left (429)[/]")

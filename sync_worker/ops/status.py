@@ -14,6 +14,7 @@ from typing import Any, cast
 import redis
 
 from sync_worker import redis_keys as keys
+from sync_worker.replication import replicas_online
 from sync_worker.runtime import Runtime
 
 CELERY_QUEUES = ("sync", "maintenance")
@@ -53,6 +54,10 @@ class StatusSnapshot:
     breaker: dict[str, Any] = field(default_factory=dict)
     oldest_due_seconds: float = 0.0
     """How long the most overdue user has been waiting past its due time (0 when none is)."""
+    replicas_online: int = 0
+    """Redis replicas in sync with the primary (`replication.replicas_online`)."""
+    min_replicas: int = 0
+    """REDIS_MIN_REPLICAS as this process resolves it."""
     collected_at: float = field(default_factory=time.time)
 
     @property
@@ -65,12 +70,18 @@ class StatusSnapshot:
         """Live workers whose dispatcher has not finished a round for DISPATCHER_STALL_SECONDS."""
         return [str(w.get("hostname")) for w in self.workers if w.get("stalled")]
 
+    @property
+    def replicas_missing(self) -> bool:
+        """Fewer replicas in sync than REDIS_MIN_REPLICAS: intake answers 503 to every event."""
+        return self.replicas_online < self.min_replicas
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (`status --json`, the admin API)."""
         data = asdict(self)
         data["dead_letters_total"] = self.dead_letters_total
         data["workers_alive"] = len(self.workers)
         data["workers_stalled"] = self.stalled_workers
+        data["replicas_missing"] = self.replicas_missing
         return data
 
 
@@ -204,4 +215,6 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
         last_reconciliation=last_reconciliation(client),
         breaker=runtime.breaker.snapshot(),
         oldest_due_seconds=oldest_due_seconds(client, time.time()),
+        replicas_online=replicas_online(client.info("replication")),
+        min_replicas=runtime.settings.min_replicas,
     )

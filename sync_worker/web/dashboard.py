@@ -191,6 +191,12 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
             f"{escape(', '.join(stalled))}: no round done lately, so that worker sends nothing; "
             "see <code>sync-worker status</code> for its last error.</div>"
         )
+    if snapshot.replicas_missing:
+        state += (
+            "<div class='banner bad' id='replicas'><strong>Too few Redis replicas</strong>: "
+            f"{snapshot.replicas_online} in sync, REDIS_MIN_REPLICAS is {snapshot.min_replicas}, "
+            "so intake answers 503 to every event and operator actions fail.</div>"
+        )
     if snapshot.breaker.get("state", "closed") != "closed":
         state += (
             "<div class='banner bad' id='breaker'><strong>Circuit breaker "

@@ -8,6 +8,9 @@ When workers are alive but every one's dispatcher is stalled (no successful roun
 DISPATCHER_STALL_SECONDS), `/readyz` answers 503 `dispatcher_stalled`: events would be accepted
 and then wait with nobody to send them. No worker at all stays 200 (web itself is fine; the
 `workers alive` gauge and its alert say so), as before.
+
+With fewer Redis replicas in sync than REDIS_MIN_REPLICAS, `/readyz` answers 503
+`replicas_missing`: intake would refuse every event with 503, and this says why.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from fastapi.responses import JSONResponse
 
 from sync_worker import redis_keys as keys
 from sync_worker.ops.status import worker_view
+from sync_worker.replication import replicas_online
 from sync_worker.web.state import web_state
 
 router = APIRouter()
@@ -36,16 +40,31 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: Redis reachable and the sync not paused; 503 with the reason otherwise."""
+    """Ready: Redis reachable with enough replicas, and the sync not paused; 503 with the
+    reason otherwise."""
     state = web_state(request)
+    wanted = state.settings.min_replicas
     try:
         await state.redis.ping()
+        online = replicas_online(await state.redis.info("replication")) if wanted else 0
         paused = await state.redis.get(keys.PAUSED)
         breaker = await state.redis.hget(keys.BREAKER, "state")
         workers = await _workers(state.redis, state.settings.dispatcher_stall_seconds)
     except (redis.RedisError, OSError) as error:
         return JSONResponse(
             {"status": "unavailable", "reason": "redis_unreachable", "error": str(error)},
+            status_code=503,
+        )
+    if online < wanted:
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "reason": "replicas_missing",
+                "replicas_online": online,
+                "min_replicas": wanted,
+                "message": f"{online} Redis replica(s) in sync, REDIS_MIN_REPLICAS is {wanted}: "
+                "intake answers 503 to every event until enough replicas are back",
+            },
             status_code=503,
         )
     if paused is not None:

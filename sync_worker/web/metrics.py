@@ -150,6 +150,16 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
     yield _gauge("workers_alive", "Workers with a recent heartbeat.", len(snapshot.workers))
     yield from dispatcher_families(snapshot)
     yield _gauge(
+        "redis_replicas_connected",
+        "Redis replicas in sync with the primary (online, acknowledged within 10 s).",
+        snapshot.replicas_online,
+    )
+    yield _gauge(
+        "redis_min_replicas",
+        "REDIS_MIN_REPLICAS: replicas a write needs; with fewer connected intake answers 503.",
+        snapshot.min_replicas,
+    )
+    yield _gauge(
         "oldest_due_age_seconds",
         "Seconds the most overdue pending user has waited past its due time.",
         snapshot.oldest_due_seconds,

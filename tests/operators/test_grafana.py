@@ -28,6 +28,7 @@ WANTED = (
     "retrying_users",
     "dead_letters",
     "breaker_state",
+    "redis_replicas_connected",
     "reconciliation_last_drifted",
     "reconciliation_last_duration_seconds",
 )

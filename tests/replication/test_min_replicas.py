@@ -1,9 +1,11 @@
 """REDIS_MIN_REPLICAS with a real replica: a 202 (and an operator's replay or delete) is
 confirmed only once the replica holds the write; with the replica frozen (SIGSTOP) intake
-answers 503 with Retry-After, and a retry of the same event id once it is back is confirmed."""
+answers 503 with Retry-After, and a retry of the same event id once it is back is confirmed.
+With fewer replicas than it asks for, `/readyz`, `status` and `/metrics` say so."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from typer.testing import CliRunner
 from sync_worker import redis_keys as keys
 from sync_worker.cli import app as cli
 from sync_worker.devstack.stack import find_redis_server
+from sync_worker.replication import REPLICA_MAX_LAG_SECONDS, replicas_online
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from sync_worker.web import auth
@@ -132,6 +135,70 @@ def web(
         yield stack
     finally:
         stack.stop_all()
+
+
+@pytest.fixture
+def lone_web(
+    primary: RedisServer, sandbox: SandboxHandle, env: dict[str, str], tmp_path: Path
+) -> Iterator[Stack]:
+    """The web process on a primary that has no replica yet."""
+    stack = Stack(redis_server=primary, sandbox=sandbox, directory=tmp_path, env=env)
+    try:
+        stack.start_web()
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def test_too_few_replicas_is_said_where_operators_look(
+    lone_web: Stack, primary: RedisServer, tmp_path: Path
+) -> None:
+    ready = httpx.get(lone_web.web_url + "/readyz", timeout=10)
+    assert ready.status_code == 503, ready.text
+    body = ready.json()
+    assert body["reason"] == "replicas_missing"
+    assert (body["replicas_online"], body["min_replicas"]) == (0, 1)
+    assert "REDIS_MIN_REPLICAS" in body["message"]
+    text = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "250"}).stdout
+    assert "0 in sync, REDIS_MIN_REPLICAS 1" in text
+    assert "intake answers 503 to every event" in text
+    as_json = json.loads(CliRunner().invoke(cli, ["status", "--json"]).stdout)
+    assert as_json["replicas_missing"] is True
+    metrics = httpx.get(lone_web.web_url + "/metrics", timeout=10).text
+    assert "recur_sync_redis_replicas_connected 0.0" in metrics
+    assert "recur_sync_redis_min_replicas 1.0" in metrics
+    with httpx.Client(base_url=lone_web.web_url, timeout=10) as browser:
+        assert browser.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+        assert "<strong>Too few Redis replicas</strong>: 0 in sync" in browser.get("/admin").text
+
+    (tmp_path / "replica").mkdir()
+    replica = Replica(primary, tmp_path / "replica")
+    try:
+        wait_for(lambda: httpx.get(lone_web.web_url + "/readyz", timeout=10).status_code == 200)
+        metrics = httpx.get(lone_web.web_url + "/metrics", timeout=10).text
+        assert "recur_sync_redis_replicas_connected 1.0" in metrics
+        text = CliRunner().invoke(cli, ["status"], env={"COLUMNS": "250"}).stdout
+        assert "1 in sync (REDIS_MIN_REPLICAS 1)" in text
+        with httpx.Client(base_url=lone_web.web_url, timeout=10) as browser:
+            assert browser.post("/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+            assert "Too few Redis replicas" not in browser.get("/admin").text
+    finally:
+        replica.stop()
+
+
+def test_a_replica_that_stopped_acknowledging_is_not_counted() -> None:
+    """INFO replication lists a frozen replica as online until `repl-timeout` (60 s); its lag
+    says it stopped acknowledging, and a WAIT would time out on it."""
+    info = {
+        "role": "master",
+        "connected_slaves": 3,
+        "slave0": {"ip": "10.0.0.2", "port": 6379, "state": "online", "lag": 0},
+        "slave1": {"ip": "10.0.0.3", "port": 6379, "state": "online", "lag": 11},
+        "slave2": {"ip": "10.0.0.4", "port": 6379, "state": "wait_bgsave", "lag": 0},
+        "slave_expiry_keys": 0,
+    }
+    assert REPLICA_MAX_LAG_SECONDS == 10
+    assert replicas_online(info) == 1
 
 
 def test_intake_answers_202_only_once_a_replica_holds_the_event(
