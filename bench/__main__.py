@@ -9,6 +9,7 @@ BENCHMARKS = [
     "intake",
     "sync_throughput",
     "debounce",
+    "latency",
     "reconcile",
     "memory",
     "redis_memory",
