@@ -78,7 +78,8 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
         )
     grid.add_row("sync", state)
     grid.add_row("mode", snapshot.mode)
-    grid.add_row("redis replicas", _replicas_line(snapshot))
+    if snapshot.min_replicas or snapshot.replicas_online:  # a lone Redis has nothing to say
+        grid.add_row("redis replicas", _replicas_line(snapshot))
     grid.add_row("circuit breaker", _breaker_line(snapshot.breaker))
     if snapshot.cooldown_seconds > 0:
         grid.add_row("cool-down", f"[yellow]{snapshot.cooldown_seconds:.1f} s left (429)[/]")

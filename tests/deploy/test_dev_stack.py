@@ -25,6 +25,7 @@ from standardwebhooks import Webhook
 
 from sync_worker.sandbox import SandboxControl
 from sync_worker.settings import Settings
+from tests.fixtures import readme
 from tests.fixtures.redis_server import free_port
 from tests.fixtures.stack import FAST_SETTINGS, wait_for
 
@@ -84,8 +85,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def start_dev(tmp_path: Path, *, env: dict[str, str]) -> DevRun:
+    """`sync-worker dev` as in a checkout at `tmp_path`, its state in `.dev` there."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "dev", "--state-dir", str(tmp_path / "state")],
+        [sys.executable, "-m", "sync_worker", "dev"],
         cwd=tmp_path,  # no stray .env, and nothing written into the repository
         env=env,
         stdin=subprocess.DEVNULL,
@@ -96,7 +98,7 @@ def start_dev(tmp_path: Path, *, env: dict[str, str]) -> DevRun:
     )
     run = DevRun(
         process=process,
-        state_dir=tmp_path / "state",
+        state_dir=tmp_path / ".dev",
         web_url=f"http://127.0.0.1:{env['WEB_PORT']}",
         sandbox_url=f"http://127.0.0.1:{env['SANDBOX_PORT']}",
         env=env,
@@ -145,7 +147,34 @@ def signed_headers(secret: str, msg_id: str, body: bytes) -> dict[str, str]:
     }
 
 
-def test_a_signed_event_becomes_a_patch_and_sigint_stops_everything(dev: DevRun) -> None:
+def banner(dev: DevRun, checkout: Path) -> list[str]:
+    """What `dev` itself printed as it started, as in a checkout named recur-sync with its
+    .venv, on a machine with the default ports free."""
+    redis_url = next(m[1] for line in dev.lines if (m := re.match(r"dev +\| +Redis +(\S+)", line)))
+    defaults = {
+        f" --url {dev.web_url}/webhooks/user-updated": "",  # only off the default port
+        dev.web_url: "http://127.0.0.1:8000",
+        dev.sandbox_url: "http://127.0.0.1:8100",
+        redis_url: "redis://127.0.0.1:6379/0",
+        str(checkout): "/home/you/recur-sync",
+        str(Path(sys.executable).parent / "sync-worker"): ".venv/bin/sync-worker",
+    }
+    lines = []
+    for line in dev.lines:
+        if not line.startswith("dev ") or "export REDIS_URL=" in line:  # only off 6379
+            continue
+        for actual, default in defaults.items():
+            line = line.replace(actual, default)
+        lines.append(line.rstrip())
+    return lines
+
+
+def test_a_signed_event_becomes_a_patch_and_sigint_stops_everything(
+    dev: DevRun, tmp_path: Path
+) -> None:
+    # What it printed as it started is what README's Quickstart shows.
+    sample = [line for line in readme.section("Quickstart").splitlines() if line.startswith("dev ")]
+    assert readme.mismatches(sample, banner(dev, tmp_path)[: len(sample)]) == []
     pids = dev.pids()
     assert set(pids) == {"redis", "sandbox", "web", "worker", "beat"}
     assert all(running(pid) for pid in pids.values())

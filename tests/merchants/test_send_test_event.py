@@ -17,6 +17,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from sync_worker import redis_keys as keys
+from tests.fixtures import readme
 from tests.fixtures.stack import WEBHOOK_SECRET, Stack
 
 
@@ -199,3 +200,20 @@ def test_bad_input_is_refused_before_sending(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.decode().startswith(message), result.stderr
     assert b"POST" not in result.stdout
+
+
+def test_the_quickstart_sample_is_what_it_prints(web_stack: Stack) -> None:
+    """README's Quickstart shows every line the command prints, as a new user sees them (the
+    default intake URL and debounce window)."""
+    command = '.venv/bin/sync-worker send-test-event --user user_1 --name "王大明"'
+    sample = readme.commented_output(readme.section("Quickstart"), command)
+    intake = web_stack.web_url + "/webhooks/user-updated"
+    result = subprocess.run(
+        [sys.executable, "-m", "sync_worker", "send-test-event",
+         "--user", "user_1", "--name", "王大明", "--url", intake],
+        env={**os.environ, **web_stack.env, "DEBOUNCE_WINDOW_SECONDS": "2"},
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = result.stdout.decode().replace(intake, "http://127.0.0.1:8000/webhooks/user-updated")
+    assert readme.mismatches(sample, printed.splitlines()) == []

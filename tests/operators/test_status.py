@@ -27,6 +27,9 @@ def test_an_idle_system(runtime: Runtime) -> None:
     assert snapshot.paused is None
     assert snapshot.last_reconciliation is None
     assert snapshot.mode == "test"
+    assert (snapshot.replicas_online, snapshot.min_replicas) == (0, 0)
+    # A lone Redis, as most run it: no replica line to puzzle over.
+    assert "redis replicas" not in runner.invoke(app, ["status"]).stdout
 
 
 def test_every_number(runtime: Runtime, sandbox: SandboxHandle) -> None:
