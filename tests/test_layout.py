@@ -64,3 +64,47 @@ def test_no_import_cycle() -> None:
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def test_no_lua_in_python_strings() -> None:
+    """Redis scripts live in `.lua` files, read with highlighting (sync_worker/lua.py)."""
+    holding = [
+        _module_name(p)
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if "redis.call(" in p.read_text("utf-8")
+    ]
+    assert holding == []
+
+
+def _lua_files_asked() -> dict[str, list[str]]:
+    """`.lua` path -> the modules that read it through `lua.script`, which only takes literals."""
+    asked: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and (node.func.value.id, node.func.attr) == ("lua", "script")
+            ):
+                continue
+            for arg in node.args:
+                # Literal paths only, so that this test sees every file a module reads.
+                assert isinstance(arg, ast.Constant), _module_name(path)
+                assert isinstance(arg.value, str), _module_name(path)
+                asked.setdefault(arg.value, []).append(_module_name(path))
+    return asked
+
+
+def test_every_lua_file_is_read_and_every_file_read_exists() -> None:
+    """No orphan script and no dangling name: a renamed `.lua` file fails here, not in Redis."""
+    asked = _lua_files_asked()
+    on_disk = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.lua")}
+    assert sorted(set(asked) - on_disk) == [], "read but missing"
+    assert sorted(on_disk - set(asked)) == [], "never read"
+
+
+def test_a_lua_file_lies_beside_a_module_that_reads_it() -> None:
+    for path, modules in _lua_files_asked().items():
+        package = "sync_worker." + path.rpartition("/")[0].replace("/", ".")
+        assert any(m.rpartition(".")[0] == package for m in modules), (path, modules)

@@ -27,6 +27,7 @@ from typing import Any, Literal, cast
 
 import redis
 
+from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import SYNCED_FIELDS
 from sync_worker.pipeline.pending import FieldState, PendingStore
@@ -36,18 +37,7 @@ Reason = Literal["not_found", "conflict", "rejected", "retries_exhausted"]
 REASONS: tuple[Reason, ...] = ("not_found", "conflict", "rejected", "retries_exhausted")
 REPLAY_GUARD_SECONDS = 60
 
-_EDIT = """
--- KEYS: entry. ARGV: fields_json, change_json. Appends to the history as text (no re-encoding).
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local history = redis.call('HGET', KEYS[1], 'history') or '[]'
-if history == '[]' then
-  history = '[' .. ARGV[2] .. ']'
-else
-  history = string.sub(history, 1, -2) .. ',' .. ARGV[2] .. ']'
-end
-redis.call('HSET', KEYS[1], 'fields', ARGV[1], 'history', history)
-return 1
-"""
+_EDIT = lua.script("deadletters/dlq_edit.lua")
 
 Edit = Callable[["DeadLetter"], tuple[dict[str, dict[str, Any]], dict[str, Any]]]
 """An operator's edit: from the entry, its new `fields` and the history record of the change."""

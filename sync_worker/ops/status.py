@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import redis
 
+from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.replication import replicas_online
 from sync_worker.runtime import Runtime
@@ -23,17 +24,7 @@ importing celery_app builds the Celery app from the environment, which a reader 
 
 _SCAN_BATCH = 1000
 _RETRY_SLICE = 5000
-_COUNT_RETRYING = """
--- KEYS: due. ARGV: start, stop, pending_prefix. Returns {users in the slice, of them retrying}.
-local users = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-local retrying = 0
-for _, user in ipairs(users) do
-  if tonumber(redis.call('HGET', ARGV[3] .. user, 'attempts') or '0') > 0 then
-    retrying = retrying + 1
-  end
-end
-return {#users, retrying}
-"""
+_COUNT_RETRYING = lua.script("ops/status_count_retrying.lua")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 
+from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.logging import get_logger
@@ -63,19 +64,7 @@ SEEN_TTL_SECONDS = 3 * 24 * 3600.0
 SCHEDULED_MARK_TTL_SECONDS = 2 * 24 * 3600
 SCAN_BATCH = 1000
 
-_MISSING = """
--- KEYS: ledger-index, seen. ARGV: cursor, count, ledger prefix. Returns {next cursor, missing...}:
--- ledger users not seen in Recur, except those rebound or unbound to another external id.
-local scan = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local out = {scan[1]}
-for _, user in ipairs(scan[2]) do
-  if redis.call('SISMEMBER', KEYS[2], user) == 0
-     and redis.call('HEXISTS', ARGV[3] .. user, 'v:external_id') == 0 then
-    out[#out + 1] = user
-  end
-end
-return out
-"""
+_MISSING = lua.script("reconcile/reconciler_missing.lua")
 
 Status = Literal["finished", "failed", "dry_run", "already_running", "already_done"]
 PageHook = Callable[[dict[str, Any]], None]

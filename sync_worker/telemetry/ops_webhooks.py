@@ -52,6 +52,7 @@ from typing import Any, cast
 import httpx
 import redis
 
+from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.intake.signatures import sign
 from sync_worker.logging import get_logger
@@ -71,47 +72,9 @@ POLL_SECONDS = 1.0
 ERROR_MESSAGE_CHARS = 300
 DROP_LOG_SECONDS = 60.0
 
-_CLAIM = """
--- KEYS: outbox, due. ARGV: now, lease_until, limit, max_queued, event_prefix, admit_max
--- Admit the oldest outbox entries while fewer than max_queued are being delivered, then lease
--- up to `limit` due events. Returns {id, body, attempts, id, body, attempts, ...}.
-local room = math.min(tonumber(ARGV[4]) - redis.call('ZCARD', KEYS[2]), tonumber(ARGV[6]))
-for _ = 1, room do
-  local body = redis.call('RPOP', KEYS[1])
-  if not body then break end
-  local id = cjson.decode(body)['id']
-  redis.call('HSET', ARGV[5] .. id, 'body', body, 'attempts', 0)
-  redis.call('ZADD', KEYS[2], ARGV[1], id)
-end
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
-  local event = redis.call('HMGET', ARGV[5] .. id, 'body', 'attempts')
-  if event[1] then
-    redis.call('ZADD', KEYS[2], ARGV[2], id)
-    out[#out + 1] = id
-    out[#out + 1] = event[1]
-    out[#out + 1] = event[2]
-  else
-    redis.call('ZREM', KEYS[2], id)
-  end
-end
-return out
-"""
+_CLAIM = lua.script("telemetry/ops_webhooks_claim.lua")
 
-_RETRY = """
--- KEYS: due, event. ARGV: id, at, max_attempts
--- Count a failed attempt: due again at `at`, or dropped once the attempts reach the maximum.
--- Returns the attempts so far, or 0 if the event is gone (another deliverer settled it).
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-if attempts >= tonumber(ARGV[3]) then
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-end
-return attempts
-"""
+_RETRY = lua.script("telemetry/ops_webhooks_retry.lua")
 
 
 def new_event_id(now: float) -> str:

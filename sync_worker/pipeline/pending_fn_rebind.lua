@@ -1,0 +1,108 @@
+-- After Recur moved a customer from one external id to another, move what we know with it.
+local function merge_fields(from, to, floor)
+  -- Copy each field of `from` at least as new as the one in `to` and, given a `floor` (the new
+  -- user's ledger), as the one applied there: an older change would undo a newer applied one.
+  local merged = 0
+  local raw = redis.call('HGETALL', from)
+  for i = 1, #raw, 2 do
+    local k = raw[i]
+    if string.sub(k, 1, 2) == 't:' and k ~= 't:external_id' then
+      local f = string.sub(k, 3)
+      local ts = tonumber(raw[i + 1])
+      local current = tonumber(redis.call('HGET', to, k))
+      local applied = nil
+      if floor then applied = tonumber(redis.call('HGET', floor, k)) end
+      if (current == nil or ts >= current) and (applied == nil or ts >= applied) then
+        redis.call('HSET', to, 'v:' .. f, redis.call('HGET', from, 'v:' .. f), k, raw[i + 1])
+        local e = redis.call('HGET', from, 'e:' .. f)
+        if e then redis.call('HSET', to, 'e:' .. f, e) end
+        merged = merged + 1
+      end
+    end
+  end
+  return merged
+end
+
+-- Drop the fields of a pending change older than the applied ones: after a rebind brought the
+-- old id's ledger, the new id's change may hold a field that was accepted before it and is now
+-- stale. Returns how many fields are left.
+local function prune(pending, ledger)
+  local left = 0
+  local raw = redis.call('HGETALL', pending)
+  for i = 1, #raw, 2 do
+    local k = raw[i]
+    if string.sub(k, 1, 2) == 't:' then
+      local applied = tonumber(redis.call('HGET', ledger, k))
+      if applied ~= nil and tonumber(raw[i + 1]) < applied then
+        local f = string.sub(k, 3)
+        redis.call('HDEL', pending, 'v:' .. f, k, 'e:' .. f)
+      else
+        left = left + 1
+      end
+    end
+  end
+  return left
+end
+
+-- keys: {old_ledger, new_ledger, index, old_pending, new_pending, due, inflight, old_events,
+-- new_events, old_fence, new_fence, old_rebound, new_rebound}. Returns 1 when the old user's
+-- pending change moved.
+local function rebind(k, old_user, new_user, now, events_kept, rebound_ttl)
+  merge_fields(k.old_ledger, k.new_ledger, nil)
+  local applied_at = redis.call('HGET', k.old_ledger, 'applied_at')
+  if applied_at then redis.call('HSET', k.new_ledger, 'applied_at', applied_at) end
+  redis.call('DEL', k.old_ledger)
+  redis.call('SREM', k.index, old_user)
+  redis.call('SADD', k.index, new_user)
+  -- A dead letter written under the old id is replayed to the customer's new one; the new id
+  -- holds a customer now, so it points nowhere (a move back cannot make a loop).
+  redis.call('SET', k.old_rebound, new_user, 'EX', rebound_ttl)
+  redis.call('DEL', k.new_rebound)
+  -- Also under a claim: one that has not read its snapshot yet then finds nothing stale (or
+  -- nothing at all, and is released), and one that has cannot settle a stale field.
+  if redis.call('EXISTS', k.new_pending) == 1 and prune(k.new_pending, k.new_ledger) == 0
+     and redis.call('HEXISTS', k.new_pending, 'verify') == 0 then
+    redis.call('DEL', k.new_pending, k.new_events)
+    redis.call('ZREM', k.due, new_user)
+  end
+  -- A late PATCH to the old id lands on the same customer: its fence moves too.
+  local fence_ms = redis.call('PTTL', k.old_fence)
+  if fence_ms > 0 then
+    local until_new = tonumber(redis.call('HGET', k.new_fence, 'until'))
+    local old = redis.call('HGETALL', k.old_fence)
+    for i = 1, #old, 2 do
+      if old[i] ~= 'until' or until_new == nil or tonumber(old[i + 1]) > until_new then
+        redis.call('HSET', k.new_fence, old[i], old[i + 1])
+      end
+    end
+    if redis.call('PTTL', k.new_fence) < fence_ms then
+      redis.call('PEXPIRE', k.new_fence, fence_ms)
+    end
+  end
+  if redis.call('EXISTS', k.old_pending) == 0 or redis.call('ZSCORE', k.inflight, old_user) then
+    return 0
+  end
+  if merge_fields(k.old_pending, k.new_pending, k.new_ledger) > 0 then
+    local replaying = cjson.decode(redis.call('HGET', k.new_pending, 'replay_of') or '[]')
+    for _, id in ipairs(cjson.decode(redis.call('HGET', k.old_pending, 'replay_of') or '[]')) do
+      replaying[#replaying + 1] = id
+    end
+    if #replaying > 0 then
+      redis.call('HSET', k.new_pending, 'replay_of', cjson.encode(replaying))
+    end
+    local ids = redis.call('LRANGE', k.old_events, 0, -1)
+    if #ids > 0 then
+      redis.call('RPUSH', k.new_events, unpack(ids))
+      redis.call('LTRIM', k.new_events, -events_kept, -1)
+    end
+    redis.call('HINCRBY', k.new_pending, 'version', 1)
+    redis.call('HSETNX', k.new_pending, 'first_seen', now)
+    redis.call('HSETNX', k.new_pending, 'due', now)
+    if not redis.call('ZSCORE', k.inflight, new_user) then
+      redis.call('ZADD', k.due, 'NX', now, new_user)
+    end
+  end
+  redis.call('DEL', k.old_pending, k.old_events)
+  redis.call('ZREM', k.due, old_user)
+  return 1
+end
