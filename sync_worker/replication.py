@@ -5,7 +5,8 @@ failover promotes a replica that had not received it. `WAIT n timeout` blocks un
 have acknowledged every write *of the calling connection*, or the timeout passes, and returns how
 many did. Hence:
 
-- Intake pipelines the accept script and `WAIT` on one connection: one round trip.
+- Intake pipelines the accept scripts of the requests that arrive together and one `WAIT` on one
+  connection: one round trip (web/accept_batch.py).
 - When the caller's writes went through other pooled connections (the operator actions), or
   wrote nothing (a duplicate event id, whose first write may itself be unreplicated), a barrier
   write on the `WAIT`'s own connection stands in for them: replication is one ordered stream,
@@ -24,7 +25,6 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from sync_worker import redis_keys as keys
 
@@ -69,35 +69,3 @@ async def acknowledged_async(client: aioredis.Redis, *, replicas: int, timeout_m
         pipe.wait(replicas, timeout_ms)
         _, count = await pipe.execute()
     return int(count) >= replicas
-
-
-async def run_script_replicated(
-    client: aioredis.Redis,
-    script: Any,
-    *,
-    script_keys: list[str],
-    args: list[Any],
-    replicas: int,
-    timeout_ms: int,
-) -> tuple[Any, bool]:
-    """Run a registered script and `WAIT` for its writes in one round trip.
-
-    Returns the script's reply and whether `replicas` replicas acknowledged what it wrote. A
-    script that wrote nothing leaves `WAIT` nothing of its own to wait for: the caller then asks
-    `acknowledged_async` about what is already there.
-    """
-    if replicas <= 0:
-        return await script(keys=script_keys, args=args), True
-    for _ in range(2):
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-            pipe.wait(replicas, timeout_ms)
-            try:
-                reply, count = await pipe.execute()
-            except NoScriptError:
-                # A restarted or newly promoted primary has no scripts cached: load it, go again
-                # (the script did not run, so running it now is its first run).
-                await client.script_load(script.script)
-                continue
-        return reply, int(count) >= replicas
-    raise NoScriptError("the accept script could not be loaded")

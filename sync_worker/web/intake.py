@@ -19,7 +19,7 @@ from sync_worker.intake.events import EventValidationError, parse_event
 from sync_worker.intake.signatures import SignatureError, verify
 from sync_worker.logging import get_logger
 from sync_worker.pipeline.pending import AcceptResult
-from sync_worker.replication import acknowledged_async, run_script_replicated
+from sync_worker.replication import acknowledged_async
 from sync_worker.telemetry.trace import refused_event
 from sync_worker.web.state import web_state
 
@@ -89,14 +89,7 @@ async def user_updated(request: Request) -> JSONResponse:
     settings = state.settings
     replicas = settings.min_replicas
     try:
-        reply, replicated = await run_script_replicated(
-            state.redis,
-            state.accept_script,
-            script_keys=script_keys,
-            args=args,
-            replicas=replicas,
-            timeout_ms=settings.redis_wait_timeout_ms,
-        )
+        reply, replicated = await state.accept.run(script_keys, args)
         result = AcceptResult.from_reply(reply)
         if result.duplicate and replicas > 0:
             # The script wrote nothing, so its WAIT proved nothing; and the first try may have

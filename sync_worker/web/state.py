@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis.asyncio as aioredis
 from fastapi import Request
@@ -13,6 +13,7 @@ from sync_worker.intake.signatures import secret_bytes
 from sync_worker.pipeline.pending import ACCEPT_SCRIPT
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
+from sync_worker.web.accept_batch import AcceptBatcher
 from sync_worker.web.throttle import LoginThrottle
 
 
@@ -24,7 +25,7 @@ class WebState:
     runtime: Runtime
     redis: aioredis.Redis
     webhook_key: bytes
-    accept_script: Any
+    accept: AcceptBatcher
     throttle: LoginThrottle
 
     @classmethod
@@ -38,7 +39,12 @@ class WebState:
             runtime=runtime,
             redis=client,
             webhook_key=secret_bytes(settings.require_webhook_secret()),
-            accept_script=client.register_script(ACCEPT_SCRIPT),
+            accept=AcceptBatcher(
+                client,
+                client.register_script(ACCEPT_SCRIPT),
+                replicas=settings.min_replicas,
+                timeout_ms=settings.redis_wait_timeout_ms,
+            ),
             throttle=LoginThrottle(client, limit=settings.admin_login_failures_per_minute),
         )
 

@@ -1,0 +1,109 @@
+"""The accept scripts of requests that arrive together go to Redis in one pipeline.
+
+Under load, several intake requests become ready in the same turn of the event loop. Sent one by
+one, each accept script cost a write and a read on a connection of its own (and, with
+REDIS_MIN_REPLICAS, a `WAIT` of its own); the write's system call was the largest single cost of
+a request in the web process. Here a request queues its call, and at the end of the loop's turn
+everything queued goes out as one pipeline on one connection, followed by one `WAIT` when
+replicas are required: `WAIT` counts every earlier write of its connection, so one answer covers
+every script of the pipeline. Nothing waits for a batch to fill: a lone request is sent in the
+turn it arrived, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+MAX_BATCH = 128
+"""Calls per pipeline at most; more queued in one turn go out as several pipelines at once."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[tuple[Any, bool]]
+
+
+class AcceptBatcher:
+    """Runs one registered script for many callers, a pipeline per turn of the event loop."""
+
+    def __init__(
+        self, client: aioredis.Redis, script: Any, *, replicas: int, timeout_ms: int
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._replicas = replicas
+        self._timeout_ms = timeout_ms
+        self._queued: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, script_keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """The script's reply, and whether the required replicas acknowledged its writes
+        (always True when none are required).
+
+        Raises what Redis raised for this call or its pipeline. A script that wrote nothing
+        (a duplicate event id) leaves `WAIT` nothing of its own: see `acknowledged_async`.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, bool]] = loop.create_future()
+        self._queued.append(_Call(script_keys, args, future))
+        if len(self._queued) == 1:
+            # After the callbacks already due this turn: the other requests that arrived with
+            # this one queue their calls first.
+            loop.call_soon(self._send_queued)
+        return await future
+
+    def _send_queued(self) -> None:
+        calls, self._queued = self._queued, []
+        for start in range(0, len(calls), MAX_BATCH):
+            task = asyncio.ensure_future(self._send(calls[start : start + MAX_BATCH]))
+            self._sending.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        try:
+            await self._run(calls)
+        except BaseException as error:
+            for call in calls:
+                if not call.future.done():
+                    call.future.set_exception(error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+
+    async def _run(self, calls: list[_Call]) -> None:
+        pending = calls
+        for attempt in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for call in pending:
+                    pipe.evalsha(self._script.sha, len(call.keys), *call.keys, *call.args)
+                if self._replicas > 0:
+                    pipe.wait(self._replicas, self._timeout_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            replicated = True
+            if self._replicas > 0:
+                count = replies.pop()
+                if isinstance(count, Exception):
+                    raise count
+                replicated = int(count) >= self._replicas
+            unloaded = []
+            for call, reply in zip(pending, replies, strict=True):
+                if call.future.done():
+                    continue  # its request went away
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    unloaded.append(call)
+                elif isinstance(reply, Exception):
+                    call.future.set_exception(reply)
+                else:
+                    call.future.set_result((reply, replicated))
+            if not unloaded:
+                return
+            # A restarted or newly promoted primary has no scripts cached: those calls did not
+            # run, so running them now is their first run.
+            await self._client.script_load(self._script.script)
+            pending = unloaded

@@ -1,0 +1,91 @@
+"""The web's accept batcher, on a real Redis: calls of one event-loop turn share a pipeline and
+one `WAIT`, each caller gets its own reply or error, and a flushed script cache is reloaded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from sync_worker import redis_keys as keys
+from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT, AcceptResult, PendingStore
+from sync_worker.web.accept_batch import AcceptBatcher
+
+
+def calls(redis_url: str, count: int) -> list[tuple[list[str], list[Any]]]:
+    store = PendingStore(
+        redis.Redis.from_url(redis_url),
+        window_seconds=2,
+        max_wait_seconds=30,
+        dedup_ttl_seconds=3600,
+        lease_seconds=120,
+    )
+    return [
+        store.accept_call(UserEvent(f"evt_{i}", "user.updated", f"user_{i}", 1, {"name": "n"}))
+        for i in range(count)
+    ]
+
+
+async def run_together(
+    redis_url: str, batch: list[tuple[list[str], list[Any]]], *, replicas: int
+) -> list[Any]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        batcher = AcceptBatcher(
+            client, client.register_script(ACCEPT_SCRIPT), replicas=replicas, timeout_ms=50
+        )
+        return await asyncio.gather(
+            *(batcher.run(script_keys, args) for script_keys, args in batch),
+            return_exceptions=True,
+        )
+    finally:
+        await client.aclose()
+
+
+def command_calls(client: redis.Redis, command: str) -> int:
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})
+    return int(stats["calls"])
+
+
+def test_calls_of_one_turn_share_one_pipeline_and_one_wait(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    batch = calls(redis_url, 40)
+    redis_client.script_load(ACCEPT_SCRIPT)
+    redis_client.config_resetstat()
+    # No replica is connected: WAIT answers 0 after its timeout, and nobody counts as replicated.
+    results = asyncio.run(run_together(redis_url, batch, replicas=1))
+    assert [AcceptResult.from_reply(reply).version for reply, _ in results] == [1] * 40
+    assert {replicated for _, replicated in results} == {False}
+    assert command_calls(redis_client, "wait") == 1
+    assert command_calls(redis_client, "evalsha") == 40
+    assert redis_client.zcard(keys.DUE) == 40
+
+
+def test_without_replicas_nothing_waits(redis_url: str, redis_client: redis.Redis) -> None:
+    batch = calls(redis_url, 5)
+    redis_client.script_load(ACCEPT_SCRIPT)
+    redis_client.config_resetstat()
+    results = asyncio.run(run_together(redis_url, batch, replicas=0))
+    assert {replicated for _, replicated in results} == {True}
+    assert command_calls(redis_client, "wait") == 0
+
+
+def test_a_failing_call_fails_alone(redis_url: str, redis_client: redis.Redis) -> None:
+    batch = calls(redis_url, 3)
+    redis_client.set(keys.pending("user_1"), "not a hash")  # the script's HGET fails on it
+    results = asyncio.run(run_together(redis_url, batch, replicas=0))
+    assert isinstance(results[1], ResponseError)
+    assert [AcceptResult.from_reply(results[i][0]).version for i in (0, 2)] == [1, 1]
+
+
+def test_a_flushed_script_cache_is_loaded_again(redis_url: str, redis_client: redis.Redis) -> None:
+    redis_client.script_flush()
+    redis_client.config_resetstat()
+    results = asyncio.run(run_together(redis_url, calls(redis_url, 10), replicas=0))
+    assert [AcceptResult.from_reply(reply).version for reply, _ in results] == [1] * 10
+    assert command_calls(redis_client, "script|load") == 1
