@@ -100,13 +100,13 @@ class _Backend(httpcore.NetworkBackend):
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx's transport, its sockets bounded by the calling thread's `attempt_deadline`."""
 
-    def __init__(self, *, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits)
+    def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
+        """`ssl_context`: a verifying one (`httpx.create_ssl_context()`), shareable."""
+        super().__init__(limits=limits, verify=ssl_context)
         # httpx builds its pool without a way to pass a network backend: the same pool again,
-        # with ours (the verifying SSL context httpx would make, no proxy: the caller routes
-        # through proxies with httpx's own transports).
+        # with ours (no proxy: the caller routes through proxies with httpx's own transports).
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -75,3 +75,37 @@ def test_two_workers_share_one_rate_limit(stack: Stack) -> None:
     for start in moments:
         in_window = [m for m in moments if start <= m < start + 1.0]
         assert len(in_window) <= 5
+
+
+def test_workers_starting_together_keep_the_shared_limit_from_the_first_second(
+    web_stack: Stack,
+) -> None:
+    """A deployment starting many workers at once, a backlog waiting: every slot's first call
+    happens together. The limit holds from the first PATCH on, within 5 % in every second
+    (plus the burst), not only once the workers are warm."""
+    rate, burst, users = 20, 1, [f"user_{i}" for i in range(100)]
+    web_stack.sandbox.control.create_customers(
+        [{"email": f"{u}@x.tw", "name": "old", "external_id": u} for u in users]
+    )
+    for user in users:
+        web_stack.post(user_event(f"evt_{user}", user, name="cold"))
+    limits = {
+        "RATE_LIMIT_PER_SECOND": str(rate),
+        "RATE_LIMIT_BURST": str(burst),
+        "WORKER_CONCURRENCY": "16",
+    }
+    workers = [
+        web_stack.spawn(f"cold-{n}", "worker", "--hostname", f"cold-{n}@%h", env=limits)
+        for n in range(4)
+    ]
+    sent = wait_for(
+        lambda: (
+            len(patches := web_stack.sandbox.control.requests(method="PATCH")) >= len(users)
+            and patches
+        ),
+        timeout=90,
+    )
+    assert all(worker.alive() for worker in workers)
+    moments = sorted(datetime.fromisoformat(r["at"]).timestamp() for r in sent)
+    busiest = max(sum(start <= m < start + 1.0 for m in moments) for start in moments)
+    assert busiest <= rate * 1.05 + burst, f"{busiest} PATCHes within one second"

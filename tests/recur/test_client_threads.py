@@ -57,3 +57,23 @@ def test_clients_of_ended_threads_are_closed(sandbox: SandboxHandle) -> None:
     finally:
         client.close()
     assert client.live_clients == 0
+
+
+def test_a_threads_first_call_takes_its_token_once_its_client_is_built(
+    sandbox: SandboxHandle,
+) -> None:
+    """Building a thread's client is the slow part of its first call (a cold start has many at
+    once): the rate-limit token is taken after it, as the request leaves, so that tokens
+    granted apart are not spent together later."""
+    clients_when_throttled: list[int] = []
+    client = RecurClient(
+        base_url=sandbox.url,
+        secret_key=sandbox.secret_key,
+        throttle=lambda: clients_when_throttled.append(client.live_clients),
+    )
+    try:
+        client.list_customers(limit=1)
+        client.list_customers(limit=1)
+    finally:
+        client.close()
+    assert clients_when_throttled == [1, 1]
