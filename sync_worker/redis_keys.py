@@ -94,6 +94,9 @@ BREAKER_PROBE = PREFIX + "breaker-probe"
 BREAKER_OUTAGES = PREFIX + "breaker-outages"
 """zset "start:end" -> end of each finished outage, so the retry budget can leave them out."""
 
+BREAKER_PROBED = PREFIX + "breaker-probed"
+"""hash user id -> probes sent with that user's change this outage; deleted when it closes."""
+
 # Operational webhooks. See ops_webhooks.py for the delivery layout.
 OPS_OUTBOX = PREFIX + "ops:outbox"
 """list of JSON event envelopes, newest first, not yet taken for delivery; capped with LTRIM."""

@@ -24,6 +24,9 @@ Layout (keys in redis_keys.py):
 - `breaker-window` hash: `{second}:c` calls and `{second}:f` failures; seconds older than the
   window are dropped on each write.
 - `breaker-probe`: held by the dispatcher sending the probe; expires so a crashed one frees it.
+- `breaker-probed` hash: user id -> probes sent with that user's change in this outage, so that
+  successive probes rotate over users (a failed probe is held, not counted as an attempt);
+  deleted when the breaker closes.
 - `breaker-outages` zset: `start:end` -> end of each finished outage, the newest kept, so the
   retry budget can leave outage time out (see `open_seconds_since`).
 
@@ -51,6 +54,7 @@ log = get_logger(__name__)
 State = Literal["closed", "open", "half_open"]
 Action = Literal["pass", "hold", "probe"]
 OUTAGES_KEPT = 1000
+PROBED_TTL_SECONDS = 86400
 
 _RECORD = lua.script("pipeline/breaker_record.lua")
 
@@ -132,7 +136,13 @@ class Breaker:
         reply = cast(
             list[Any],
             self._record(
-                keys=[keys.BREAKER, keys.BREAKER_WINDOW, keys.BREAKER_PROBE, keys.BREAKER_OUTAGES],
+                keys=[
+                    keys.BREAKER,
+                    keys.BREAKER_WINDOW,
+                    keys.BREAKER_PROBE,
+                    keys.BREAKER_OUTAGES,
+                    keys.BREAKER_PROBED,
+                ],
                 args=[
                     repr(self._clock()),
                     successes,
@@ -178,6 +188,19 @@ class Breaker:
     def release_probe(self, gate: Gate) -> None:
         """Free the probe lock when nothing was sent (no user due): the next tick probes again."""
         self._release(keys=[keys.BREAKER_PROBE], args=[gate.token])
+
+    def probes_of(self, user_ids: list[str]) -> list[int]:
+        """How many probes of this outage each user's change has been, in order."""
+        counts = cast(list[Any], self._redis.hmget(keys.BREAKER_PROBED, user_ids))
+        return [int(count) if count is not None else 0 for count in counts]
+
+    def count_probe(self, user_id: str) -> None:
+        """Note that `user_id`'s change is sent as a probe (until the breaker closes; a day at
+        most, since a dispatcher that dies mid-outage never closes it)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.BREAKER_PROBED, user_id, 1)
+            pipe.expire(keys.BREAKER_PROBED, PROBED_TTL_SECONDS)
+            pipe.execute()
 
     def view(self) -> BreakerView:
         """The state now (one read)."""

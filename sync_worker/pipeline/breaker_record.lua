@@ -1,4 +1,4 @@
--- KEYS: breaker, window, probe, outages
+-- KEYS: breaker, window, probe, outages, probed
 -- ARGV: now, successes, failures, window_s, min_calls, ratio, base_cool, max_cool, is_probe,
 --       outages_kept
 -- Returns {state, transition, calls, failures, open_until (outage start when it closed)}.
@@ -21,7 +21,7 @@ if ARGV[9] == '1' then
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[10]) - 1)
   redis.call('HSET', KEYS[1], 'state', 'closed', 'cool_down', ARGV[7], 'changed_at', ARGV[1])
   redis.call('HDEL', KEYS[1], 'open_until', 'outage_since')
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[5])
   return {'closed', 'closed', 0, 0, since}
 end
 if state ~= 'closed' then

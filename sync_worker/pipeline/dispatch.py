@@ -141,12 +141,21 @@ class Dispatcher:
             if not candidates:
                 return 0
             # A user whose own change keeps failing says little about Recur's health: probe with
-            # the one that failed least, so a few poison users cannot hold everybody back.
-            attempts = pending.attempts_of([c.user_id for c in candidates])
-            chosen = candidates[attempts.index(min(attempts))]
+            # the one that failed least, so a few poison users cannot hold everybody back. A
+            # failed probe is held, not counted as an attempt: its probes count here instead, so
+            # successive probes rotate rather than send the same user's change again and again.
+            users = [c.user_id for c in candidates]
+            failed = [
+                attempts + probes
+                for attempts, probes in zip(
+                    pending.attempts_of(users), self._runtime.breaker.probes_of(users), strict=True
+                )
+            ]
+            chosen = candidates[failed.index(min(failed))]
             for other in candidates:
                 if other is not chosen:
                     pending.hand_back(other, delay=0, error=None)
+            self._runtime.breaker.count_probe(chosen.user_id)
             self._runtime.syncer.sync_claims([chosen], probe=True)
             return 1
         finally:

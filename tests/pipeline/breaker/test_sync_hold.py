@@ -99,11 +99,11 @@ def test_held_work_is_uncounted_and_outlives_the_retry_budget(
     sandbox.control.set_faults(outage=False)
     sandbox.control.set_faults(scripts={"user_1": [500]})  # one more failure after recovery
     end_cool_down(runtime)
-    assert ticker.tick() == 1  # the probe (user_2) succeeds
+    assert ticker.tick() == 1  # the probe (user_3: user_2's change was the last one) succeeds
     assert runtime.breaker.view().state == "closed"
     assert ticker.tick() == 2
     outcomes = runtime.syncer.sync_claims([claim for batch in published for claim in batch])
-    assert {o.user_id: o.result for o in outcomes} == {"user_1": "retry", "user_3": "applied"}
+    assert {o.user_id: o.result for o in outcomes} == {"user_1": "retry", "user_2": "applied"}
     # user_1 first failed more than the budget ago, but the breaker held it for most of that
     assert runtime.redis.zcard(keys.DEAD_LETTERS) == 0
     assert attempts(runtime, "user_1") == 2
@@ -127,3 +127,19 @@ def test_the_probe_is_a_user_whose_change_has_not_kept_failing(
     # the candidates not chosen wait, due, for the next claim
     assert runtime.redis.zscore(keys.DUE, "user_1") is not None
     assert runtime.redis.zscore(keys.DUE, "user_3") is not None
+
+
+def test_successive_probes_rotate_over_the_users(runtime: Runtime, sandbox: SandboxHandle) -> None:
+    """A failed probe is held, not counted as an attempt; its probes are, so the next probe is
+    another user's change: one user whose PATCH Recur keeps failing cannot keep it open."""
+    changed_at_recur(runtime, sandbox)
+    sandbox.control.set_faults(scripts={"user_2": [500] * 10})
+    runtime.breaker.record(failures=5)
+    ticker = dispatcher(runtime, [])
+    for _ in range(2):
+        end_cool_down(runtime)  # user_2 and user_3 due first, neither failed before
+        assert ticker.tick() == 1
+    probes = [r["external_id"] for r in sandbox.control.requests(method="PATCH")]
+    assert probes == ["user_2", "user_3"]
+    assert runtime.breaker.view().state == "closed"
+    assert not runtime.redis.exists(keys.BREAKER_PROBED)  # a new outage starts afresh
