@@ -18,7 +18,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from sync_worker import __version__
-from sync_worker.recur.deadline import DeadlineTransport, attempt_deadline
+from sync_worker.recur.deadline import attempt_deadline
 from sync_worker.recur.errors import (
     RecurError,
     RecurTimeout,
@@ -32,6 +32,7 @@ from sync_worker.recur.models import (
     ListingPaging,
     RawCustomerPage,
 )
+from sync_worker.recur.transport import LeanTransport
 from sync_worker.settings import RECONCILE_PAGE_SIZE, Settings, api_root
 
 _Shape = TypeVar("_Shape")
@@ -134,7 +135,7 @@ class RecurClient:
         if http is None or http.client.is_closed:
             transport = self._shared_transport
             if self._direct and transport is None:
-                transport = DeadlineTransport(limits=self._limits, ssl_context=self._ssl_context)
+                transport = LeanTransport(ssl_context=self._ssl_context)
             # Given a transport, httpx ignores proxies from the environment: only without one.
             client = httpx.Client(**self._options, limits=self._limits, transport=transport)
             http = _ThreadHttp(client, transport if self._direct else None)
