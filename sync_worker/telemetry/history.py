@@ -3,7 +3,7 @@
 `history:{minute}` hash (minute = unix time // 60), expiring HISTORY_TTL_SECONDS after it was
 last written:
 - the counters of that minute, named as in the `stats` hash (`name` or `name|label=value`),
-  added by `Stats.flush` in the pipeline it sends anyway (no round trip of its own);
+  added by `Stats.flush` in the call it makes anyway (no round trip of its own);
 - gauges `g:{name}` (backlog due now, users retrying, ...), the last value sampled in that
   minute by a worker's dispatcher at each sweep (`sample_gauges`).
 
@@ -48,19 +48,14 @@ def minute_of(moment: float) -> int:
     return int(moment // 60)
 
 
-def add_counts(pipe: Any, counts: Mapping[str, int], *, now: float) -> None:
-    """Queue this flush's increments of the counters kept per minute on `pipe`."""
-    key = keys.history(minute_of(now))
-    kept = {
+def minute_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """The increments of a flush that are kept per minute as well (`Stats.flush` adds them to
+    this minute's hash, which expires HISTORY_TTL_SECONDS after)."""
+    return {
         name: amount
         for name, amount in counts.items()
         if name.partition("|")[0] in COUNTED and amount
     }
-    if not kept:
-        return
-    for name, amount in kept.items():
-        pipe.hincrby(key, name, amount)
-    pipe.expire(key, HISTORY_TTL_SECONDS)
 
 
 def write_gauges(client: redis.Redis, gauges: Mapping[str, float], *, now: float) -> None:

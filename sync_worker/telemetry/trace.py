@@ -9,7 +9,8 @@ with one event would cost ~4.7 KB; a short list costs a few hundred bytes (bench
 Nothing here costs the hot paths a round trip of its own:
 - intake: the accept script (pending.py) adds the `event` entry (merged, duplicate or stale);
 - sync: `TraceLog.add` buffers entries (`attempt`, `held`, `rebound`, ...) that `Stats.flush`
-  sends in the pipeline it sends once per batch anyway;
+  sends in the one script call it makes per batch anyway (stats_flush.lua, the same
+  LPUSH, LTRIM and EXPIRE as `record`);
 - operators' actions (replays, edits) are rare, and call `record` directly;
 - a signed delivery refused as invalid is traced (`refused`) when it names a valid user id:
   the web buffers it like the sync path (`refused_event`), sent by its next stats flush.
@@ -119,11 +120,6 @@ class TraceLog:
             self._buffer[:0] = entries
             if len(self._buffer) > MAX_BUFFERED:
                 del self._buffer[: len(self._buffer) - MAX_BUFFERED]
-
-    def write(self, pipe: Any, entries: list[tuple[str, str]]) -> None:
-        """Queue `entries` on a pipeline (the caller sends it)."""
-        for user_id, data in entries:
-            _add(pipe, user_id, data, self.retention_seconds, self.max_entries)
 
 
 @dataclass(frozen=True)
