@@ -12,13 +12,16 @@ before the auth dependency answered. Here, per route:
     other POST /admin/... (forms)      16 KiB     a valid session cookie (else 303 to login)
     anything else                      16 KiB     -
 
-A body over its cap is refused with 413: at once when `Content-Length` says so, otherwise as soon
-as the streamed bytes pass it (chunked bodies), and the app then sees a disconnect. Every refusal
-closes the connection, so a client that keeps sending is cut off rather than read to the end.
+The intake route is then answered by `intake.serve` directly, not through FastAPI's routing
+(see intake.py). A body over its cap is refused with 413: at once when `Content-Length` says
+so, otherwise as soon as the streamed bytes pass it (chunked bodies), and the app then sees a
+disconnect. Every refusal closes the connection, so a client that keeps sending is cut off
+rather than read to the end.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +31,7 @@ from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from sync_worker.settings import MAX_BODY_BYTES
-from sync_worker.web import auth
+from sync_worker.web import auth, intake
 from sync_worker.web.state import WebState
 from sync_worker.web.throttle import client_address
 
@@ -80,6 +83,7 @@ class RequestGuard:
     def __init__(self, app: ASGIApp, *, state: WebState) -> None:
         self.app = app
         self.state = state
+        self._intake: ASGIApp = functools.partial(intake.serve, state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check size and credentials, then run the app with the body cap enforced."""
@@ -99,7 +103,8 @@ class RequestGuard:
             await refusal(scope, receive, send)
             return
         expects_body = "transfer-encoding" in headers or declared.strip("0") != ""
-        await self._run_capped(scope, receive, send, rule.cap, expects_body=expects_body)
+        app = self._intake if path == INTAKE_PATH and scope["method"] == "POST" else self.app
+        await self._run_capped(app, scope, receive, send, rule.cap, expects_body=expects_body)
 
     def _count_too_large(self, path: str, *, reached_app: bool) -> None:
         if path != INTAKE_PATH:
@@ -148,7 +153,14 @@ class RequestGuard:
         return None
 
     async def _run_capped(
-        self, scope: Scope, receive: Receive, send: Send, cap: int, *, expects_body: bool
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        cap: int,
+        *,
+        expects_body: bool,
     ) -> None:
         received = 0
         body_done = not expects_body
@@ -185,7 +197,7 @@ class RequestGuard:
             await send(message)
 
         try:
-            await self.app(scope, capped_receive, guarded_send)
+            await app(scope, capped_receive, guarded_send)
         except Exception:
             # Reading past the cap ends the app's request with a disconnect (Starlette raises
             # ClientDisconnect); the client has its 413, so that is not an error of ours.
