@@ -61,7 +61,6 @@ def reconcile(
     printed and the exit status is 1. A pass that stopped early resumes from its checkpoint.
     """
     settings = load_settings()
-    configure_logging(settings)
     runtime = Runtime(settings)
     err = Console(stderr=True, highlight=False)
     try:
@@ -73,6 +72,9 @@ def reconcile(
             transient=True,
             disable=as_json,
         ) as display:
+            # Configured here, where stderr on a terminal goes through the live display: a log
+            # line then prints above the counts instead of running on from them.
+            configure_logging(settings)
             task = display.add_task(
                 "Dry run" if dry_run else "Reconciling", total=None, **_fields({})
             )

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +68,49 @@ def test_reconcile_prints_a_summary_and_exits_0(
     assert "finished" in result.stdout
     assert "1 drifted, 1 enqueued" in result.stdout
     assert redis_client.zrange(keys.DUE, 0, -1) == ["user_3"]
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str], *, timeout: float = 60) -> str:
+    """Run `argv` with a pseudo-terminal for stdin, stdout and stderr; all it wrote."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(timeout=10)
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+    return b"".join(chunks).decode()
+
+
+def test_on_a_terminal_log_lines_print_above_the_live_counts(
+    env: dict[str, str], sandbox: SandboxHandle, ledger: Ledger
+) -> None:
+    """The counts are a live line on a terminal: a log line is printed above it, never run on
+    from it (the line is cleared first)."""
+    seed_both(sandbox, ledger, 5)
+    output = on_a_terminal(
+        [sys.executable, "-m", "sync_worker", "reconcile"],
+        {**os.environ, **env, "LOG_LEVEL": "INFO", "COLUMNS": "200"},
+    )
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    assert "reconcile_finished" in text
+    assert "customers scanned" in text
+    for line in re.split(r"[\r\n]", text):
+        assert not ("Reconciling" in line and "reconcile_" in line), line
 
 
 def test_reconcile_says_which_fields_it_compared(
