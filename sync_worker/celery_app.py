@@ -29,7 +29,7 @@ from kombu import Queue
 
 from sync_worker.connections import broker_transport, broker_transport_options
 from sync_worker.logging import configure_logging, get_logger
-from sync_worker.pipeline.pending import Claim
+from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import ConfigError, Settings, load_settings
 from sync_worker.telemetry.ops_webhooks import OpsDeliverer

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from sync_worker.celery_app import SYNC_BATCH_TASK, SyncRequest, app
-from sync_worker.pipeline.pending import Claim
+from sync_worker.pipeline.records import Claim
 from sync_worker.reconcile.reconciler import Reconciler
 
 

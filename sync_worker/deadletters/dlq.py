@@ -30,7 +30,8 @@ import redis
 from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import SYNCED_FIELDS
-from sync_worker.pipeline.pending import FieldState, PendingStore
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.records import FieldState
 from sync_worker.telemetry import trace
 
 Reason = Literal["not_found", "conflict", "rejected", "retries_exhausted"]

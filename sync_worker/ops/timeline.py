@@ -21,7 +21,8 @@ from sync_worker.deadletters.dlq import DeadLetter, DeadLetterQueue
 from sync_worker.intake.events import SYNCED_FIELDS
 from sync_worker.pipeline.flow import Throttled
 from sync_worker.pipeline.ledger import Ledger
-from sync_worker.pipeline.pending import PENDING_EVENTS, _snapshot_from
+from sync_worker.pipeline.pending import PENDING_EVENTS
+from sync_worker.pipeline.records import snapshot_from
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import NotFound, RecurError
 from sync_worker.telemetry import trace
@@ -118,7 +119,7 @@ def _pending(client: redis.Redis, user_id: str) -> dict[str, Any] | None:
         return None
     flat = [_text(item) for pair in cast(dict[Any, Any], raw).items() for item in pair]
     fenced = [_text(item) for pair in cast(dict[Any, Any], fence).items() for item in pair]
-    snapshot = _snapshot_from(user_id, flat, [_text(e) for e in events], fenced)
+    snapshot = snapshot_from(user_id, flat, [_text(e) for e in events], fenced)
     return {
         "fields": {
             name: {"value": state.value, "ts_ms": state.ts_ms, "event_id": state.event_id}

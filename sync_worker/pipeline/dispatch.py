@@ -35,7 +35,7 @@ from sync_worker import redis_keys as keys
 from sync_worker.logging import get_logger
 from sync_worker.ops.status import retrying_users
 from sync_worker.pipeline.breaker import Gate
-from sync_worker.pipeline.pending import Claim
+from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.telemetry import history
 

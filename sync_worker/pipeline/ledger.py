@@ -18,7 +18,7 @@ import redis
 
 from sync_worker import lua
 from sync_worker import redis_keys as keys
-from sync_worker.pipeline.pending import FieldState, _dumps
+from sync_worker.pipeline.records import FieldState, dumps
 
 _SEED = lua.script("pipeline/ledger_seed.lua")
 
@@ -96,5 +96,5 @@ class Ledger:
         for name, value in fields.items():
             # The encoding the pending store writes after a sync: a value reads the same
             # whichever wrote it (the reconciliation decodes both sides anyway).
-            args += [name, _dumps(value), stamp]
+            args += [name, dumps(value), stamp]
         self._seed(keys=[keys.ledger(user_id), keys.LEDGER_INDEX, keys.EMAIL_USERS], args=args)

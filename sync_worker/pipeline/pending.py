@@ -32,7 +32,6 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -40,6 +39,16 @@ import redis
 from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.records import (
+    AcceptResult,
+    Claim,
+    FieldState,
+    Snapshot,
+    Verified,
+    as_text,
+    dumps,
+    snapshot_from,
+)
 from sync_worker.telemetry import trace
 
 EVENTS_KEPT = 100
@@ -72,130 +81,6 @@ _RESTORE = lua.script("pipeline/pending_fn_restore.lua", "pipeline/pending_resto
 _REBIND = lua.script("pipeline/pending_fn_rebind.lua", "pipeline/pending_rebind.lua")
 _FENCE = lua.script("pipeline/pending_fence.lua")
 _VERIFIED = lua.script("pipeline/pending_verified.lua")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The right to send for one user, until its lease lapses."""
-
-    user_id: str
-    token: str
-
-
-@dataclass(frozen=True)
-class FieldState:
-    """A desired field: its value, the event time that set it, and that event."""
-
-    value: Any
-    ts_ms: int
-    event_id: str = ""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What a claim read of a user's pending change, to send and then settle."""
-
-    user_id: str
-    fields: dict[str, FieldState]
-    version: int
-    attempts: int
-    first_seen: float
-    retry_since: float | None
-    event_ids: list[str] = field(default_factory=list)
-    replay_of: list[str] = field(default_factory=list)
-    last_error: dict[str, Any] | None = None
-    verify: int | None = None
-    """Set after an ambiguous outcome: read Recur back once nothing is left to send (the value
-    counts the resends such read-backs already caused)."""
-    fenced_until: float | None = None
-    """Until when an ambiguous PATCH of this user may still land: send nothing newer before."""
-    fenced_marks: dict[str, list[int | str]] = field(default_factory=dict)
-    """The marks of the fields that PATCH carried (see `sent_marks`)."""
-
-    def held_by_fence(self, now: float) -> bool:
-        """True while an ambiguous PATCH may still land and would undo a field of this one: one
-        carrying the same field with another mark. Re-sending what it carried is safe."""
-        if self.fenced_until is None or self.fenced_until <= now:
-            return False
-        if not self.fields:  # a read-back: it waits for anything late to have landed
-            return True
-        marks = self.sent_marks()
-        return any(marks[name] != mark for name, mark in self.fenced_marks.items() if name in marks)
-
-    def sent_marks(self) -> dict[str, list[int | str]]:
-        """Field -> [event time, event id]: what settling compares, so that a newer value that
-        arrived meanwhile (even with the same event time) is never mistaken for the one sent."""
-        return {name: [state.ts_ms, state.event_id] for name, state in self.fields.items()}
-
-
-@dataclass(frozen=True)
-class AcceptResult:
-    """What intake did with an event."""
-
-    duplicate: bool
-    changed: bool
-    version: int
-
-    @classmethod
-    def from_reply(cls, reply: Any) -> AcceptResult:
-        """Decode the accept script's reply `[new, version]`."""
-        new, version = (int(part) for part in reply)
-        return cls(duplicate=not new, changed=version > 0, version=version)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-@dataclass(frozen=True)
-class Verified:
-    """What a read-back after an ambiguous outcome found: 'more' (something to send) or 'done',
-    how many fields Recur held otherwise than the ledger, and whether they were queued again."""
-
-    state: str
-    differ: int
-    resent: bool
-
-
-def _snapshot_from(
-    user_id: str, flat: list[str], event_ids: list[str], fence: list[str] | None = None
-) -> Snapshot:
-    raw = _pairs(flat)
-    fields = {
-        name[2:]: FieldState(
-            value=json.loads(raw["v:" + name[2:]]),
-            ts_ms=int(float(value)),
-            event_id=raw.get("e:" + name[2:], ""),
-        )
-        for name, value in raw.items()
-        if name.startswith("t:")
-    }
-    retry_since = raw.get("retry_since")
-    last_error = raw.get("last_error")
-    verify = raw.get("verify")
-    fenced = _pairs(fence or [])
-    return Snapshot(
-        user_id=user_id,
-        fields=fields,
-        version=int(raw.get("version", "0")),
-        attempts=int(raw.get("attempts", "0")),
-        first_seen=float(raw.get("first_seen", "0")),
-        retry_since=float(retry_since) if retry_since else None,
-        event_ids=event_ids,
-        replay_of=json.loads(raw.get("replay_of", "[]")),
-        last_error=json.loads(last_error) if last_error else None,
-        verify=int(verify) if verify is not None else None,
-        fenced_until=float(fenced["until"]) if "until" in fenced else None,
-        fenced_marks={k[2:]: json.loads(v) for k, v in fenced.items() if k.startswith("m:")},
-    )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 ACCEPT_SCRIPT = _ACCEPT
@@ -257,7 +142,7 @@ class PendingStore:
             event.type,
         ]
         for name, value in event.fields.items():
-            args += [name, _dumps(value)]
+            args += [name, dumps(value)]
         script_keys = [
             keys.event_seen(event.event_id),
             keys.pending(user),
@@ -285,7 +170,7 @@ class PendingStore:
                 args=[repr(now), repr(now + self._lease), limit, secrets.token_hex(8), keys.LEASE],
             ),
         )
-        texts = [_text(item) for item in flat]
+        texts = [as_text(item) for item in flat]
         return [Claim(user_id=u, token=t) for u, t in zip(texts[::2], texts[1::2], strict=True)]
 
     def attempts_of(self, user_ids: list[str]) -> list[int]:
@@ -326,11 +211,11 @@ class PendingStore:
         if not result:
             return Snapshot(claim.user_id, {}, 0, 0, 0.0, None)
         flat, event_ids, fence = cast(list[list[bytes | str]], result)
-        return _snapshot_from(
+        return snapshot_from(
             claim.user_id,
-            [_text(b) for b in flat],
-            [_text(b) for b in event_ids],
-            [_text(b) for b in fence],
+            [as_text(b) for b in flat],
+            [as_text(b) for b in event_ids],
+            [as_text(b) for b in fence],
         )
 
     def renew(self, claim: Claim) -> bool:
@@ -365,11 +250,11 @@ class PendingStore:
         pipe = self._redis.pipeline(transaction=False)
         for claim, snapshot in applied:
             self._mark_applied(claim, snapshot, pipe)
-        return [_text(cast(bytes | str, reply)) for reply in pipe.execute()]
+        return [as_text(cast(bytes | str, reply)) for reply in pipe.execute()]
 
     def _mark_applied(self, claim: Claim, snapshot: Snapshot, pipe: Any) -> None:
         user = claim.user_id
-        values = {name: _dumps(state.value) for name, state in snapshot.fields.items()}
+        values = {name: dumps(state.value) for name, state in snapshot.fields.items()}
         moved_to = snapshot.fields.get("external_id")
         new_user = moved_to.value if moved_to is not None else None
         if not isinstance(new_user, str) or new_user == user:
@@ -458,7 +343,7 @@ class PendingStore:
                 ],
             ),
         )
-        return _text(written), _text(state)
+        return as_text(written), as_text(state)
 
     def hand_back(
         self, claim: Claim, *, delay: float, error: dict[str, Any] | None
@@ -476,7 +361,7 @@ class PendingStore:
                 claim.token,
                 repr(now),
                 repr(now + delay),
-                _dumps(error) if error else "",
+                dumps(error) if error else "",
                 "1" if error else "0",
             ],
         )
@@ -499,7 +384,7 @@ class PendingStore:
         Returns how many fields were at least as new as both the applied and the pending state,
         or -1 when `replay_of` names a dead letter whose replay is already under way.
         """
-        payload = {name: [_dumps(state.value), state.ts_ms] for name, state in fields.items()}
+        payload = {name: [dumps(state.value), state.ts_ms] for name, state in fields.items()}
         merged = self._restore(
             keys=[keys.pending(user_id), keys.ledger(user_id), keys.DUE, keys.INFLIGHT],
             args=[user_id, repr(self._clock()), json.dumps(payload), replay_of],
@@ -546,7 +431,7 @@ class PendingStore:
         """The external id the customer of `user_id` has now, following its rebinds."""
         seen = {user_id}
         while (moved := self._redis.get(keys.rebound(user_id))) is not None:
-            user_id = _text(moved)
+            user_id = as_text(moved)
             if user_id in seen:  # cannot happen (a rebind clears its target); never spin
                 break
             seen.add(user_id)
@@ -586,11 +471,11 @@ class PendingStore:
                 user,
                 claim.token,
                 repr(self._clock()),
-                json.dumps({name: _dumps(value) for name, value in observed.items()}),
+                json.dumps({name: dumps(value) for name, value in observed.items()}),
                 max_resends,
             ],
         )
         if result is None:
             return None
         state, differ, resent = cast(list[Any], result)
-        return Verified(state=_text(state), differ=int(differ), resent=bool(int(resent)))
+        return Verified(state=as_text(state), differ=int(differ), resent=bool(int(resent)))

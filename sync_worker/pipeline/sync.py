@@ -40,7 +40,8 @@ from sync_worker.logging import get_logger
 from sync_worker.pipeline.breaker import Breaker, BreakerOpen, BreakerView
 from sync_worker.pipeline.flow import FlowControl, Throttled
 from sync_worker.pipeline.ledger import Ledger
-from sync_worker.pipeline.pending import Claim, PendingStore, Snapshot
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.records import Claim, Snapshot
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     BadRequest,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sync_worker.pipeline.ledger import LedgerEntry
-from sync_worker.pipeline.pending import FieldState
+from sync_worker.pipeline.records import FieldState
 from sync_worker.recur.models import ListedCustomer
 from sync_worker.redis_keys import email_field
 

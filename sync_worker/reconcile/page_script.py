@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 
 from sync_worker import lua
 from sync_worker import redis_keys as keys
-from sync_worker.pipeline.pending import FieldState
+from sync_worker.pipeline.records import FieldState
 from sync_worker.reconcile.drift import Counts, Drift
 from sync_worker.recur.errors import RecurError
 

@@ -26,7 +26,7 @@ from fastapi.responses import Response
 from sync_worker.intake.events import EventValidationError, parse_event
 from sync_worker.intake.signatures import SignatureError, verify
 from sync_worker.logging import get_logger
-from sync_worker.pipeline.pending import AcceptResult
+from sync_worker.pipeline.records import AcceptResult
 from sync_worker.replication import acknowledged_async
 from sync_worker.telemetry.trace import refused_event
 from sync_worker.web.state import WebState, web_state

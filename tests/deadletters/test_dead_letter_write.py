@@ -8,7 +8,8 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.pending import Claim, PendingStore, Snapshot
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.records import Claim, Snapshot
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from tests.fixtures.sandbox import SandboxHandle

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from sync_worker.cli import app
 from sync_worker.pipeline.dispatch import Dispatcher
 from sync_worker.pipeline.flow import Throttled
-from sync_worker.pipeline.pending import Claim
+from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from tests.fixtures.stack import wait_for

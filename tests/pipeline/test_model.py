@@ -33,7 +33,8 @@ from hypothesis.stateful import (
 from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.pending import Claim, PendingStore
+from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.records import Claim
 from sync_worker.pipeline.sync import Syncer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings, load_settings

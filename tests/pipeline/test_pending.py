@@ -13,7 +13,8 @@ from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.ledger import Ledger
-from sync_worker.pipeline.pending import PENDING_EVENTS, Claim, FieldState, PendingStore, Snapshot
+from sync_worker.pipeline.pending import PENDING_EVENTS, PendingStore
+from sync_worker.pipeline.records import Claim, FieldState, Snapshot
 
 
 class Clock:

@@ -10,7 +10,7 @@ import pytest
 
 from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import creation_record, failure_record
-from sync_worker.pipeline.pending import FieldState
+from sync_worker.pipeline.records import FieldState
 from sync_worker.runtime import Runtime
 from tests.fixtures.stack import ADMIN_TOKEN
 from tests.operators.conftest import make_dead_letter
