@@ -1,4 +1,4 @@
-"""Thin Celery tasks over sync.py (and reconcile.py): they unpack arguments and call in."""
+"""Thin Celery tasks over the sync and the reconciliation: they unpack arguments and call in."""
 
 from __future__ import annotations
 

@@ -25,22 +25,28 @@ it only the hold protects.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
 from tenacity import RetryCallState
 
-from sync_worker.deadletters.dlq import Reason, creation_record, failure_record, new_dead_letter_id
-from sync_worker.intake.events import SYNCED_FIELDS
+from sync_worker.deadletters.dlq import Reason
 from sync_worker.logging import get_logger
-from sync_worker.pipeline.breaker import Breaker, BreakerOpen, BreakerView
+from sync_worker.pipeline.breaker import Breaker, BreakerOpen
 from sync_worker.pipeline.flow import FlowControl, Throttled
 from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.outcomes import (
+    DEFAULT_COOL_DOWN_SECONDS,
+    Outcomes,
+    SyncOutcome,
+    error_info,
+    patch_body,
+)
 from sync_worker.pipeline.pending import PendingStore
+from sync_worker.pipeline.read_back import ReadBack
 from sync_worker.pipeline.records import Claim, Snapshot
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
@@ -58,12 +64,10 @@ from sync_worker.recur.errors import (
     is_transient,
     may_have_applied,
 )
-from sync_worker.recur.models import Customer, CustomerPatch
+from sync_worker.recur.models import CustomerPatch
 from sync_worker.recur.retry import (
     RetryAfterTooLong,
     call_with_quick_retries,
-    handback_delay,
-    retry_after_of,
 )
 from sync_worker.settings import Settings
 from sync_worker.telemetry.ops_webhooks import OpsEmitter
@@ -79,18 +83,6 @@ DEAD_REASONS: dict[type[RecurStatusError], Reason] = {
     BadRequest: "rejected",
     ValidationFailed: "rejected",
 }
-EVENT_IDS_LOGGED = 10
-DEFAULT_COOL_DOWN_SECONDS = 1.0
-HOLD_JITTER_SECONDS = 1.0
-"""Spread of the due times of changes held by the breaker, so they do not all come due at once."""
-HELD_BY = {"held": "breaker", "paused": "pause", "throttled": "rate_limit", "fenced": "fence"}
-"""Outcomes that sent nothing (or stopped sending), traced as `held` with what held them."""
-READ_BACK_FIELDS = ("name",)
-"""What a read-back compares: the fields we send that Recur returns (metadata it never returns;
-`external_id` is what the read looks the customer up by)."""
-READ_BACK_RESENDS = 3
-"""Re-sends in a row that read-backs may cause before they give up (and leave it to the
-reconciliation), so a value Recur stores differently cannot loop forever."""
 
 
 class LeaseLost(Exception):
@@ -104,24 +96,6 @@ class _Lease:
     claim: Claim
     until: float
     lost: bool = False
-
-
-@dataclass(frozen=True)
-class SyncOutcome:
-    """How one claim ended, for logs, metrics and tests."""
-
-    user_id: str
-    result: str
-    status: int | None = None
-    attempts: int = 0
-    event_ids: list[str] = field(default_factory=list)
-    next_retry_in: float | None = None
-    dead_letter_id: str = ""
-
-
-def patch_body(snapshot: Snapshot) -> dict[str, Any]:
-    """The PATCH body of a pending change: synced fields only (never `email`)."""
-    return {name: state.value for name, state in snapshot.fields.items() if name in SYNCED_FIELDS}
 
 
 class Syncer:
@@ -142,15 +116,32 @@ class Syncer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._ledger = ledger
         self._trace = trace
-        self._ops = ops
         self._pending = pending
         self._flow = flow
         self._breaker = breaker
         self._client = client
         self._stats = stats
         self._clock = clock
+        self._outcomes = Outcomes(
+            settings=settings,
+            pending=pending,
+            flow=flow,
+            breaker=breaker,
+            stats=stats,
+            ops=ops,
+            trace=trace,
+            clock=clock,
+        )
+        self._reads = ReadBack(
+            settings=settings,
+            pending=pending,
+            client=client,
+            stats=stats,
+            ledger=ledger,
+            trace=trace,
+            outcomes=self._outcomes,
+        )
 
     def sync_claims(self, claims: list[Claim], *, probe: bool = False) -> list[SyncOutcome]:
         """Sync a batch of claims.
@@ -183,7 +174,7 @@ class Syncer:
                 continue
             started = self._clock()
             if held is not None:
-                outcomes.append(self._hold(claim, snapshot, held, started))
+                outcomes.append(self._outcomes.hold(claim, snapshot, held, started))
                 continue
             # Claims still waiting in the batch, and sent ones waiting for the batch's settle,
             # keep their leases while other users are sent.
@@ -230,13 +221,13 @@ class Syncer:
     ) -> SyncOutcome | None:
         """Send one snapshot; None when it succeeded (or had nothing to send): settle it later."""
         if snapshot is None:
-            return self._report(SyncOutcome(claim.user_id, "lost"), started)
+            return self._outcomes.report(SyncOutcome(claim.user_id, "lost"), started)
         if snapshot.fenced_until is not None and snapshot.held_by_fence(started):
-            return self._fenced(claim, snapshot, snapshot.fenced_until - started, started)
+            return self._outcomes.fenced(claim, snapshot, snapshot.fenced_until - started, started)
         if not snapshot.fields:
             if snapshot.verify is not None:
-                return self._read_back(claim, snapshot, started)
-            return self._report(SyncOutcome(claim.user_id, "empty"), started)
+                return self._reads.read_back(claim, snapshot, started)
+            return self._outcomes.report(SyncOutcome(claim.user_id, "empty"), started)
         body = patch_body(snapshot)
         if not body:
             return None
@@ -249,26 +240,26 @@ class Syncer:
                 attempts=1 if probe else self._settings.retry_fast_attempts,
             )
         except LeaseLost:
-            return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
+            return self._outcomes.report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
         except BreakerOpen as opened:
-            return self._hold(claim, snapshot, opened.view, started, error=opened.error)
+            return self._outcomes.hold(claim, snapshot, opened.view, started, error=opened.error)
         except Throttled as throttled:
             self._pending.hand_back(claim, delay=throttled.wait, error=None)
-            return self._report(
+            return self._outcomes.report(
                 SyncOutcome(claim.user_id, "throttled", next_retry_in=throttled.wait),
                 started,
                 snapshot,
             )
         except RetryAfterTooLong as too_long:
-            return self._failed(
+            return self._outcomes.failed(
                 claim, snapshot, too_long.error, started, wait=too_long.wait, probe=probe
             )
         except (Unauthorized, Forbidden) as error:
-            return self._pause(claim, snapshot, error, started)
+            return self._outcomes.pause(claim, snapshot, error, started)
         except EndpointNotFound as error:
             # Not a verdict on this customer: every call would get it, so stop them all rather
             # than turn each pending change into a `not_found` dead letter.
-            return self._pause(
+            return self._outcomes.pause(
                 claim,
                 snapshot,
                 error,
@@ -282,10 +273,10 @@ class Syncer:
             if reason is None and 400 <= error.status < 500 and not is_transient(error):
                 reason = "rejected"
             if reason is not None:
-                return self._dead(claim, snapshot, body, error, reason, started)
-            return self._failed(claim, snapshot, error, started, probe=probe)
+                return self._outcomes.dead(claim, snapshot, body, error, reason, started)
+            return self._outcomes.failed(claim, snapshot, error, started, probe=probe)
         except RecurError as error:
-            return self._failed(claim, snapshot, error, started, probe=probe)
+            return self._outcomes.failed(claim, snapshot, error, started, probe=probe)
         self._stats.incr("patches_total", status_class="2xx")
         return None
 
@@ -306,7 +297,7 @@ class Syncer:
                 outcome = SyncOutcome(claim.user_id, result, status=200)
             else:
                 outcome = SyncOutcome(claim.user_id, "recorded")
-            outcomes.append(self._report(outcome, started, snapshot))
+            outcomes.append(self._outcomes.report(outcome, started, snapshot))
             if rebound is not None:  # traced after the PATCH that made it
                 self._trace.add(claim.user_id, "rebound", to=rebound)
                 self._trace.add(rebound, "rebound", **{"from": claim.user_id})
@@ -329,120 +320,13 @@ class Syncer:
         try:
             run(lambda: self._client.update_customer_by_external_id(claim.user_id, patch))
         except (NotFound, Conflict) as refused:
-            if self._lost_answer_applied(claim, snapshot, body, refused, failures, run):
+            if self._reads.lost_answer_applied(claim, snapshot, body, refused, failures, run):
                 return
             if not (
                 isinstance(refused, NotFound)
-                and self._bind_by_email(claim, snapshot, body, refused, run)
+                and self._reads.bind_by_email(claim, snapshot, body, refused, run)
             ):
                 raise
-
-    def _lost_answer_applied(
-        self,
-        claim: Claim,
-        snapshot: Snapshot,
-        body: dict[str, Any],
-        refused: RecurStatusError,
-        failures: list[BaseException],
-        run: Callable[[Callable[[], Any]], Any],
-    ) -> bool:
-        """After a 404/409 that follows a call whose answer was lost (in this claim or the last
-        failed round), read Recur: True when it already holds the desired state.
-
-        A rebind that took effect answers the retry against the old id with 404; dead-lettering
-        it would be wrong, and would leave our state on the old id.
-        """
-        last = snapshot.last_error
-        earlier = last is not None and (last.get("status") is None or last["status"] >= 500)
-        if not (earlier or any(may_have_applied(error) for error in failures)):
-            return False
-        applied = self._reads_as_applied(claim, body, refused, run)
-        log.warning(
-            "lost_answer_checked",
-            user_id=claim.user_id,
-            status=refused.status,
-            applied=applied,
-            why="a call before this refusal got no answer and may have taken effect",
-        )
-        if applied:
-            self._stats.incr("lost_answers_confirmed_total")
-        return applied
-
-    def _reads_as_applied(
-        self,
-        claim: Claim,
-        body: dict[str, Any],
-        refused: RecurStatusError,
-        run: Callable[[Callable[[], Any]], Any],
-    ) -> bool:
-        """Does Recur hold `body` for this user? Only fields Recur returns are compared."""
-
-        def read(external_id: str) -> Customer | None:
-            try:
-                customer: Customer = run(
-                    lambda: self._client.get_customer_by_external_id(external_id)
-                )
-            except NotFound:
-                return None
-            return customer
-
-        target = body.get("external_id", claim.user_id)
-        if target != claim.user_id:
-            # A rebind or unbind is done only when nobody holds the old id any more.
-            if not isinstance(refused, NotFound) and read(claim.user_id) is not None:
-                return False
-            if target is None:
-                return set(body) == {"external_id"}
-        customer = read(target)
-        if customer is None or customer.external_id != target:
-            return False
-        if "name" in body and customer.name != body["name"]:
-            return False
-        # Metadata is write-only (no answer carries it): compared only when Recur returns it.
-        return "metadata" not in body or customer.metadata in (None, body["metadata"])
-
-    def _bind_by_email(
-        self,
-        claim: Claim,
-        snapshot: Snapshot,
-        body: dict[str, Any],
-        missing: NotFound,
-        run: Callable[[Callable[[], Any]], Any],
-    ) -> bool:
-        """After a 404 by external id: bind the user's customer found by email, if exactly one
-        customer has that email and it has no external id. True when it was bound and updated.
-
-        A change of external id is not a bind (the old id is what was missing). The email is
-        only looked up with, never sent: Recur does not let it change.
-        """
-        if not self._settings.bind_by_email or "external_id" in body:
-            return False
-        email = self._known_email(claim.user_id, snapshot)
-        if email is None:
-            return False
-        matches: list[Customer] = run(lambda: self._client.find_customers_by_email(email))
-        if len(matches) != 1:
-            log.info("bind_by_email_skipped", user_id=claim.user_id, matches=len(matches))
-            self._trace.add(claim.user_id, "bind_by_email_skipped", matches=len(matches))
-            return False
-        (customer,) = matches
-        if customer.external_id is not None and customer.external_id != claim.user_id:
-            raise BoundElsewhere(missing, customer_id=customer.id, holder=customer.external_id)
-        bind = CustomerPatch.model_construct(**body, external_id=claim.user_id)
-        run(lambda: self._client.update_customer(customer.id, bind))
-        log.info("bound_by_email", user_id=claim.user_id, customer_id=customer.id)
-        self._trace.add(claim.user_id, "bound_by_email", customer_id=customer.id)
-        self._stats.incr("bound_by_email_total")
-        return True
-
-    def _known_email(self, user_id: str, snapshot: Snapshot) -> str | None:
-        """The user's email from its pending change, else from what was last applied."""
-        pending = snapshot.fields.get("email")
-        if pending is not None and isinstance(pending.value, str):
-            return pending.value
-        entry = self._ledger.get(user_id)
-        applied = entry.fields.get("email") if entry is not None else None
-        return applied.value if applied is not None and isinstance(applied.value, str) else None
 
     def _keep_lease(self, lease: _Lease) -> None:
         """Before an attempt: renew the lease unless more than the longest attempt (the longest
@@ -485,13 +369,13 @@ class Syncer:
             if failures is not None and error is not None:
                 failures.append(error)
             self._fence_if_ambiguous(snapshot, error)
-            self._count_failure(error)
+            self._outcomes.count_failure(error)
             self._trace.add(
                 lease.claim.user_id,
                 "attempt",
                 result="quick_retry",
                 worker=worker_name(),
-                **(_error_info(error) if error is not None else {}),
+                **(error_info(error) if error is not None else {}),
             )
             self._stats.incr("sync_retries_total", kind="quick")
             if isinstance(error, RateLimited):
@@ -527,292 +411,6 @@ class Syncer:
         if error is not None and is_ambiguous(error):
             self._pending.fence(snapshot, self._clock() + self._settings.fence_hold)
 
-    def _fenced(self, claim: Claim, snapshot: Snapshot, wait: float, started: float) -> SyncOutcome:
-        """Hand a claim back unsent and uncounted until an ambiguous PATCH can no longer land."""
-        self._pending.hand_back(claim, delay=wait, error=None)
-        self._stats.incr("sync_retries_total", kind="fenced")
-        outcome = SyncOutcome(claim.user_id, "fenced", next_retry_in=wait)
-        return self._report(outcome, started, snapshot)
-
-    def _read_back(self, claim: Claim, snapshot: Snapshot, started: float) -> SyncOutcome:
-        """After an ambiguous outcome and the sends that followed it: does Recur hold what the
-        ledger says was applied? Where it does not, a late PATCH landed: queue the value again."""
-        try:
-            customer = self._client.get_customer_by_external_id(claim.user_id)
-        except NotFound:
-            # Moved away (a late rebind?) or deleted: nothing to compare; reconciliation reports it.
-            log.warning("read_back_not_found", user_id=claim.user_id)
-            self._stats.incr("read_backs_total", outcome="not_found")
-            customer = None
-        except RecurError as error:
-            delay = self._settings.fence_verify_delay_seconds
-            self._pending.hand_back(claim, delay=delay, error=None)
-            self._stats.incr("read_backs_total", outcome="retry")
-            outcome = SyncOutcome(claim.user_id, "read_back_retry", next_retry_in=delay)
-            return self._report(outcome, started, snapshot, error=error)
-        observed: dict[str, Any] = {}
-        if customer is not None:
-            returned = customer.model_fields_set
-            observed = {
-                name: getattr(customer, name) for name in READ_BACK_FIELDS if name in returned
-            }
-        verified = self._pending.verified(claim, observed, max_resends=READ_BACK_RESENDS)
-        if verified is None:
-            return self._report(SyncOutcome(claim.user_id, "lost"), started, snapshot)
-        if verified.differ:
-            log.warning(
-                "read_back_mismatch",
-                user_id=claim.user_id,
-                fields=verified.differ,
-                resent=verified.resent,
-                hint="a PATCH that ended ambiguously landed late; the ledger's value is re-sent"
-                if verified.resent
-                else "gave up re-sending; the nightly reconciliation will report it",
-            )
-        result = "read_back_resend" if verified.resent else "read_back_ok"
-        if customer is not None:
-            gave_up = verified.differ and not verified.resent
-            counted = "gave_up" if gave_up else result.removeprefix("read_back_")
-            self._stats.incr("read_backs_total", outcome=counted)
-        return self._report(SyncOutcome(claim.user_id, result, status=200), started, snapshot)
-
-    def _count_failure(self, error: BaseException | None) -> None:
-        if isinstance(error, RecurStatusError):
-            status_class = "429" if error.status == 429 else f"{error.status // 100}xx"
-            self._stats.incr("patches_total", status_class=status_class)
-        else:
-            self._stats.incr("patches_total", status_class="error")
-
-    def _failed(
-        self,
-        claim: Claim,
-        snapshot: Snapshot,
-        error: BaseException,
-        started: float,
-        *,
-        wait: float | None = None,
-        probe: bool = False,
-    ) -> SyncOutcome:
-        self._count_failure(error)
-        asked = wait if wait is not None else retry_after_of(error)
-        if isinstance(error, RateLimited):
-            self._flow.cool_down(asked or DEFAULT_COOL_DOWN_SECONDS)
-            if probe:  # Recur answered: it is up, and the cool-down holds everybody
-                self._breaker.record(successes=1, probe=True)
-        else:
-            view = self._breaker.record(failures=1, probe=probe)
-            if view.is_open:  # the call that tripped it, or one in flight when it opened
-                return self._hold(claim, snapshot, view, started, error=error)
-        now = self._clock()
-        attempts = snapshot.attempts + 1
-        delay = handback_delay(
-            attempts,
-            base=self._settings.retry_backoff_base_seconds,
-            cap=self._settings.retry_backoff_max_seconds,
-            retry_after=asked,
-        )
-        since = snapshot.retry_since if snapshot.retry_since is not None else now
-        status = error.status if isinstance(error, RecurStatusError) else None
-        # The budget counts only time the breaker was closed: an outage it held does not use it.
-        overdue = now + delay - since - self._settings.retry_budget_seconds
-        if overdue > 0 and self._breaker.open_seconds_since(since) < overdue:
-            return self._dead(
-                claim, snapshot, patch_body(snapshot), error, "retries_exhausted", started
-            )
-        self._pending.hand_back(claim, delay=delay, error=_error_info(error))
-        self._stats.incr("sync_retries_total", kind="scheduled")
-        return self._report(
-            SyncOutcome(
-                claim.user_id, "retry", status=status, attempts=attempts, next_retry_in=delay
-            ),
-            started,
-            snapshot,
-            error=error,
-        )
-
-    def _hold(
-        self,
-        claim: Claim,
-        snapshot: Snapshot | None,
-        view: BreakerView,
-        started: float,
-        *,
-        error: BaseException | None = None,
-    ) -> SyncOutcome:
-        """Hand a claim back unsent and uncounted, due when the breaker's cool-down ends."""
-        wait = max(0.0, view.open_until - self._clock())
-        delay = wait + random.uniform(0, HOLD_JITTER_SECONDS)  # noqa: S311 - jitter
-        self._pending.hand_back(claim, delay=delay, error=None)
-        self._stats.incr("sync_retries_total", kind="held")
-        status = error.status if isinstance(error, RecurStatusError) else None
-        outcome = SyncOutcome(claim.user_id, "held", status=status, next_retry_in=delay)
-        return self._report(outcome, started, snapshot, error=error)
-
-    def _pause(
-        self,
-        claim: Claim,
-        snapshot: Snapshot,
-        error: RecurStatusError,
-        started: float,
-        *,
-        reason: str = "unauthorized",
-        hint: str = "check RECUR_SECRET_KEY; the sync resumes by itself once a call succeeds",
-    ) -> SyncOutcome:
-        self._count_failure(error)
-        message = error.message if reason == "unauthorized" else f"{error.message}; {hint}"
-        if self._flow.pause(reason=reason, status=error.status, message=message):
-            log.error(
-                "sync_paused",
-                reason=reason,
-                status=error.status,
-                error_code=error.code,
-                path=error.path,
-                hint=hint,
-            )
-            self._stats.incr("sync_paused_total")
-        self._pending.hand_back(claim, delay=self._settings.auth_probe_interval_seconds, error=None)
-        return self._report(
-            SyncOutcome(claim.user_id, "paused", status=error.status), started, snapshot
-        )
-
-    def _dead(
-        self,
-        claim: Claim,
-        snapshot: Snapshot,
-        body: dict[str, Any],
-        error: BaseException,
-        reason: Reason,
-        started: float,
-    ) -> SyncOutcome:
-        if reason != "retries_exhausted":
-            self._count_failure(error)
-        now = self._clock()
-        status = error.status if isinstance(error, RecurStatusError) else None
-        code = error.code if isinstance(error, RecurStatusError) else type(error).__name__
-        message = error.message if isinstance(error, RecurStatusError) else str(error)
-        entry_id = new_dead_letter_id(now)
-        written, _ = self._pending.dead_letter(
-            claim,
-            snapshot,
-            new_id=entry_id,
-            common=failure_record(
-                reason=reason,
-                http_status=status,
-                error_code=code,
-                error_message=message,
-                request=body,
-                fields=snapshot.fields,
-                event_ids=snapshot.event_ids,
-                attempts=snapshot.attempts + 1,
-                now=now,
-            ),
-            created=creation_record(
-                entry_id=entry_id,
-                user_id=claim.user_id,
-                first_failure=snapshot.retry_since or now,
-            ),
-        )
-        self._stats.incr("dead_letters_total", reason=reason)
-        # A replayed entry that failed again is updated in place, not written anew.
-        dead_letter_id = written or ",".join(snapshot.replay_of)
-        self._ops.emit(
-            "dead_letter.created",
-            {
-                "id": dead_letter_id,
-                "user_id": claim.user_id,
-                "reason": reason,
-                "http_status": status,
-                "error_code": code,
-                "error_message": message[:300],
-                "attempts": snapshot.attempts + 1,
-                "replayed": not written,
-            },
-        )
-        return self._report(
-            SyncOutcome(
-                claim.user_id,
-                "dead_letter",
-                status=status,
-                attempts=snapshot.attempts + 1,
-                dead_letter_id=dead_letter_id,
-            ),
-            started,
-            snapshot,
-            error=error,
-            reason=reason,
-        )
-
-    def _report(
-        self,
-        outcome: SyncOutcome,
-        started: float,
-        snapshot: Snapshot | None = None,
-        *,
-        error: BaseException | None = None,
-        reason: str | None = None,
-    ) -> SyncOutcome:
-        event_ids = snapshot.event_ids if snapshot is not None else []
-        fields: dict[str, Any] = {
-            "user_id": outcome.user_id,
-            "result": outcome.result,
-            "status": outcome.status,
-            "attempts": outcome.attempts,
-            "event_ids": event_ids[-EVENT_IDS_LOGGED:],
-            "events": len(event_ids),
-            "latency_ms": round((self._clock() - started) * 1000, 1),
-        }
-        if outcome.next_retry_in is not None:
-            fields["next_retry_in_s"] = round(outcome.next_retry_in, 2)
-        if reason is not None:
-            fields["reason"] = reason
-            fields["dead_letter_id"] = outcome.dead_letter_id
-        if error is not None:
-            fields["error"] = str(error)
-        level = "info" if error is None else "warning"
-        if outcome.result not in ("lost", "empty"):
-            getattr(log, level)("sync_outcome", **fields)
-            self._trace_outcome(outcome, fields, snapshot, error)
-        return SyncOutcome(
-            user_id=outcome.user_id,
-            result=outcome.result,
-            status=outcome.status,
-            attempts=outcome.attempts,
-            event_ids=event_ids,
-            next_retry_in=outcome.next_retry_in,
-            dead_letter_id=outcome.dead_letter_id,
-        )
-
-    def _trace_outcome(
-        self,
-        outcome: SyncOutcome,
-        logged: dict[str, Any],
-        snapshot: Snapshot | None,
-        error: BaseException | None,
-    ) -> None:
-        """The user's trace entry of an outcome: what was sent, by whom, and Recur's answer."""
-        details: dict[str, Any] = {
-            "result": outcome.result,
-            "worker": worker_name(),
-            "latency_ms": logged["latency_ms"],
-        }
-        if snapshot is not None:
-            details["fields"] = sorted(patch_body(snapshot))
-        if outcome.attempts:
-            details["attempts"] = outcome.attempts
-        if outcome.status is not None:
-            details["status"] = outcome.status
-        if error is not None:
-            details.update(_error_info(error))
-        if outcome.next_retry_in is not None:
-            details["retry_at"] = round(self._clock() + outcome.next_retry_in, 3)
-        if outcome.dead_letter_id:
-            details["dead_letter_id"] = outcome.dead_letter_id
-            details["reason"] = logged.get("reason")
-        held_by = HELD_BY.get(outcome.result)
-        if held_by is not None:
-            details["by"] = held_by
-        self._trace.add(outcome.user_id, "held" if held_by else "attempt", **details)
-
 
 def _refused(outcome: SyncOutcome) -> bool:
     """Recur answered with a 4xx other than 429: it refused the data, so it is up."""
@@ -840,9 +438,3 @@ def is_ambiguous(error: BaseException) -> bool:
     return not isinstance(
         error.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
     )
-
-
-def _error_info(error: BaseException) -> dict[str, Any]:
-    if isinstance(error, RecurStatusError):
-        return {"status": error.status, "code": error.code, "message": error.message[:300]}
-    return {"status": None, "code": type(error).__name__, "message": str(error)[:300]}

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.sync import SyncOutcome
+from sync_worker.pipeline.outcomes import SyncOutcome
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from sync_worker.web.app import create_app

@@ -19,7 +19,8 @@ import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.sync import SyncOutcome, is_ambiguous
+from sync_worker.pipeline.outcomes import SyncOutcome
+from sync_worker.pipeline.sync import is_ambiguous
 from sync_worker.recur.errors import (
     NotFound,
     RateLimited,
