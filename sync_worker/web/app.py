@@ -14,7 +14,7 @@ from sync_worker import __version__
 from sync_worker.logging import get_logger
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
-from sync_worker.web import admin, dashboard, health, intake, metrics, openapi
+from sync_worker.web import admin, dashboard, dead_letter_actions, health, intake, metrics, openapi
 from sync_worker.web.guard import RequestGuard
 from sync_worker.web.state import WebState
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     admin.install(app)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
+    app.include_router(dead_letter_actions.router)
     openapi.install(app)
     # Outermost of ours: sizes and credentials are checked before any route reads a body.
     app.add_middleware(RequestGuard, state=state)

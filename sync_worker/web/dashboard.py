@@ -2,8 +2,9 @@
 
 It shows the numbers of `sync-worker status` and the dead letters (filtered by reason), with
 replay and delete buttons, and a page per dead letter to edit its change before replaying it
-(dead_letter_page.py). Each button is a plain HTML form POSTing to `/admin/actions/...`,
-which acts and redirects back (post/redirect/get, so a reload never repeats an action).
+(dead_letter_page.py; those routes and actions in dead_letter_actions.py). Each button is a plain
+HTML form POSTing to `/admin/actions/...`, which acts and redirects back (post/redirect/get, so a
+reload never repeats an action).
 
 Access: `/admin/login` takes ADMIN_TOKEN and sets a signed session cookie (HttpOnly,
 SameSite=Strict, Secure over https; see auth.py). Every form carries a CSRF token derived from
@@ -24,12 +25,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sync_worker.deadletters.dlq import REASONS, DeadLetter
-from sync_worker.deadletters.replay_edit import EditError, build_edit
-from sync_worker.deadletters.triage import triage
 from sync_worker.logging import get_logger
 from sync_worker.ops.status import StatusSnapshot, format_age, gather_status
-from sync_worker.replication import acknowledged
-from sync_worker.settings import ConfigError
 from sync_worker.telemetry import history
 from sync_worker.web import auth
 from sync_worker.web.charts import (
@@ -38,7 +35,6 @@ from sync_worker.web.charts import (
     REFRESH_SECONDS,
     history_section,
 )
-from sync_worker.web.dead_letter_page import entry_html, form_edits
 from sync_worker.web.state import web_state
 from sync_worker.web.throttle import client_address
 from sync_worker.web.user_page import search_form, user_html
@@ -71,12 +67,13 @@ NOTICES = {
 }
 
 
-def _html(title: str, content: str, *, status: int = 200, head: str = "") -> HTMLResponse:
+def html_page(title: str, content: str, *, status: int = 200, head: str = "") -> HTMLResponse:
+    """A dashboard page: the template around `content`, with the page's security headers."""
     body = _PAGE.substitute(title=escape(title), content=content, head=head)
     return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
 
-def _session(request: Request) -> tuple[str, str] | None:
+def operator_session(request: Request) -> tuple[str, str] | None:
     """(token, session) of a logged-in operator, or None."""
     token = auth.admin_token(web_state(request).settings)
     session = request.cookies.get(auth.SESSION_COOKIE, "")
@@ -86,7 +83,7 @@ def _session(request: Request) -> tuple[str, str] | None:
 
 
 def _disabled() -> HTMLResponse:
-    return _html(
+    return html_page(
         "Disabled",
         "<div class='login'><h1>Dashboard disabled</h1>"
         "<p>Set <code>ADMIN_TOKEN</code> to turn on the operator dashboard and API.</p></div>",
@@ -96,7 +93,7 @@ def _disabled() -> HTMLResponse:
 
 def _login_page(error: str = "", *, status: int = 200) -> HTMLResponse:
     message = f"<p class='bad'>{escape(error)}</p>" if error else ""
-    return _html(
+    return html_page(
         "Log in",
         "<div class='login'><h1>recur-sync operators</h1>"
         f"{message}<form method='post' action='/admin/login'>"
@@ -113,7 +110,8 @@ async def _form(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
-def _back(reason: str, notice: str = "", n: int = 0) -> RedirectResponse:
+def back_to_list(reason: str, notice: str = "", n: int = 0) -> RedirectResponse:
+    """Back to the dashboard (post/redirect/get), keeping its filter, with a notice."""
     query: dict[str, Any] = {}
     if reason in REASONS:
         query["reason"] = reason
@@ -127,7 +125,7 @@ def login_form(request: Request) -> Response:
     """The login form (or straight to the dashboard when already logged in)."""
     if auth.admin_token(web_state(request).settings) is None:
         return _disabled()
-    if _session(request) is not None:
+    if operator_session(request) is not None:
         return RedirectResponse("/admin", status_code=303)
     return _login_page()
 
@@ -164,7 +162,8 @@ def _card(label: str, value: object, css: str = "") -> str:
     )
 
 
-def _hidden(csrf: str, reason: str) -> str:
+def hidden_inputs(csrf: str, reason: str) -> str:
+    """The hidden inputs every form carries: the CSRF token and the list's filter."""
     return (
         f"<input type='hidden' name='csrf' value='{escape(csrf)}'>"
         f"<input type='hidden' name='reason' value='{escape(reason)}'>"
@@ -179,7 +178,7 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
             f"{escape(str(paused.get('reason')))} (HTTP {escape(str(paused.get('status')))}) "
             f"{escape(str(paused.get('message', '')))}. Fix RECUR_SECRET_KEY; it resumes by itself."
             "<form class='inline' method='post' action='/admin/actions/resume'>"
-            f"{_hidden(csrf, '')} <button type='submit'>Resume now</button></form></div>"
+            f"{hidden_inputs(csrf, '')} <button type='submit'>Resume now</button></form></div>"
         )
     else:
         state = "<div class='banner ok'>Sync running.</div>"
@@ -238,9 +237,9 @@ def _row(entry: DeadLetter, csrf: str, reason: str, now: float) -> str:
         f"<td class='err'>{escape(entry.error_code)}: {escape(entry.error_message)}</td>"
         f"<td>{format_age(now - entry.last_failure)}</td><td>{entry.replay_count}</td><td>"
         f"<form class='inline' method='post' action='/admin/actions/replay/{entry_path}'>"
-        f"{_hidden(csrf, reason)}<button type='submit' name='replay'>Replay</button></form> "
+        f"{hidden_inputs(csrf, reason)}<button type='submit' name='replay'>Replay</button></form> "
         f"<form class='inline' method='post' action='/admin/actions/delete/{entry_path}'>"
-        f"{_hidden(csrf, reason)}<button type='submit' name='delete'>Delete</button></form> "
+        f"{hidden_inputs(csrf, reason)}<button type='submit' name='delete'>Delete</button></form> "
         f"<a href='/admin/dead-letters/{entry_path}'>Edit</a></td></tr>"
     )
 
@@ -260,7 +259,7 @@ def _dead_letters_html(
         links.append(f"<a href='/admin?reason={name}' class='{css}'>{name} ({count})</a>")
     bulk = (
         "<form class='inline' method='post' action='/admin/actions/replay-all'>"
-        f"{_hidden(csrf, reason)}<button type='submit'>Replay all "
+        f"{hidden_inputs(csrf, reason)}<button type='submit'>Replay all "
         f"{escape(reason or 'dead letters')}</button></form>"
         if entries
         else ""
@@ -317,7 +316,7 @@ async def dashboard(
     """
     if auth.admin_token(web_state(request).settings) is None:
         return _disabled()
-    found = _session(request)
+    found = operator_session(request)
     if found is None:
         return RedirectResponse("/admin/login", status_code=303)
     token, session = found
@@ -341,7 +340,7 @@ async def dashboard(
     header = (
         f"<header><h1>recur-sync</h1><span>{search_form()} "
         "<form class='inline' method='post' action='/admin/logout'>"
-        f"{_hidden(csrf, '')}<button type='submit'>Log out</button></form></span></header>"
+        f"{hidden_inputs(csrf, '')}<button type='submit'>Log out</button></form></span></header>"
     )
     live = refresh != "off"
     query: dict[str, Any] = {"minutes": minutes}
@@ -367,26 +366,26 @@ async def dashboard(
         if live
         else ""
     )
-    return _html("Dashboard", content, head=head)
+    return html_page("Dashboard", content, head=head)
 
 
-async def _checked_form(request: Request) -> dict[str, str] | Response:
+async def checked_form(request: Request) -> dict[str, str] | Response:
     """The form of a logged-in operator with a valid CSRF token, or the response refusing it."""
-    found = _session(request)
+    found = operator_session(request)
     if found is None:
         return RedirectResponse("/admin/login", status_code=303)
     token, session = found
     form = await _form(request)
     if not auth.csrf_valid(token, session, form.get("csrf", "")):
         log.warning("admin_csrf_refused", path=request.url.path)
-        return _html("Refused", "<p>This form has expired. Go back and reload.</p>", status=403)
+        return html_page("Refused", "<p>This form has expired. Go back and reload.</p>", status=403)
     return form
 
 
 @router.post("/logout", response_model=None)
 async def logout(request: Request) -> Response:
     """End the session."""
-    form = await _checked_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
     response = RedirectResponse("/admin/login", status_code=303)
@@ -394,136 +393,21 @@ async def logout(request: Request) -> Response:
     return response
 
 
-@router.post("/actions/replay/{entry_id}", response_model=None)
-async def replay_action(request: Request, entry_id: str) -> Response:
-    """Replay one dead letter, then back to the page."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
-    result = await asyncio.to_thread(web_state(request).runtime.dlq.replay, entry_id)
-    log.info("dead_letter_replayed", source="dashboard", id=entry_id, outcome=result.outcome)
-    if result.outcome == "replayed" and not await _replicated(request):
-        return _back(form.get("reason", ""), "not_replicated", 1)
-    return _back(form.get("reason", ""), result.outcome, 1)
-
-
-@router.post("/actions/replay-all", response_model=None)
-async def replay_all_action(request: Request) -> Response:
-    """Replay every dead letter of the current filter."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
-    reason = form.get("reason", "")
-    dlq = web_state(request).runtime.dlq
-
-    def replay_filtered() -> int:
-        entries = dlq.find(reason=reason if reason in REASONS else None)
-        return sum(dlq.replay(entry.id).outcome == "replayed" for entry in entries)
-
-    replayed = await asyncio.to_thread(replay_filtered)
-    log.info("dead_letters_replayed", source="dashboard", reason=reason, replayed=replayed)
-    if replayed and not await _replicated(request):
-        return _back(reason, "not_replicated", replayed)
-    return _back(reason, "replayed", replayed)
-
-
 @router.post("/actions/resume", response_model=None)
 async def resume_action(request: Request) -> Response:
     """Lift the auth pause by hand."""
-    form = await _checked_form(request)
+    form = await checked_form(request)
     if isinstance(form, Response):
         return form
     if await asyncio.to_thread(web_state(request).runtime.flow.resume):
         log.info("sync_resumed", why="an operator resumed it", source="dashboard")
-    return _back(form.get("reason", ""), "resumed")
-
-
-@router.post("/actions/delete/{entry_id}", response_model=None)
-async def delete_action(request: Request, entry_id: str) -> Response:
-    """Delete one dead letter, then back to the page."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
-    deleted = await asyncio.to_thread(web_state(request).runtime.dlq.delete, [entry_id])
-    log.info("dead_letter_deleted", source="dashboard", id=entry_id, deleted=deleted)
-    if deleted and not await _replicated(request):
-        return _back(form.get("reason", ""), "not_replicated", deleted)
-    return _back(form.get("reason", ""), "deleted" if deleted else "missing", max(deleted, 1))
-
-
-async def _replicated(request: Request) -> bool:
-    """True once REDIS_MIN_REPLICAS replicas hold what this action wrote."""
-    state = web_state(request)
-    settings = state.settings
-    return await asyncio.to_thread(
-        acknowledged,
-        state.runtime.redis,
-        replicas=settings.min_replicas,
-        timeout_ms=settings.redis_wait_timeout_ms,
-    )
-
-
-def _session_actor(request: Request) -> dict[str, str]:
-    """Who edits from the dashboard: the admin, and when their session began (not the cookie)."""
-    issued = request.cookies.get(auth.SESSION_COOKIE, "").partition(".")[0]
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(issued or 0)))
-    return {"by": "admin", "via": "dashboard", "session": started}
-
-
-@router.get("/dead-letters/{entry_id}", response_model=None)
-async def dead_letter_page(request: Request, entry_id: str) -> Response:
-    """One dead letter: its triage, edit history and the edit-and-replay form."""
-    found = _session(request)
-    if found is None:
-        return RedirectResponse("/admin/login", status_code=303)
-    runtime = web_state(request).runtime
-    entry = await asyncio.to_thread(runtime.dlq.get, entry_id)
-    if entry is None:
-        return _back("", "missing", 1)
-    try:
-        recur, unavailable = runtime.recur, ""
-    except ConfigError as error:
-        recur, unavailable = None, f"not fetched from Recur: {error}"
-    found_triage = await asyncio.to_thread(
-        triage, entry, ledger=runtime.ledger, recur=recur, recur_unavailable=unavailable
-    )
-    hidden = _hidden(auth.csrf_token(*found), "")
-    return _html(entry.id, entry_html(entry, hidden, found=found_triage))
-
-
-@router.post("/actions/edit-replay/{entry_id}", response_model=None)
-async def edit_replay_action(request: Request, entry_id: str) -> Response:
-    """Edit the queued change as the form says, then replay it; the form again if invalid."""
-    form = await _checked_form(request)
-    if isinstance(form, Response):
-        return form
-    runtime = web_state(request).runtime
-    entry = await asyncio.to_thread(runtime.dlq.get, entry_id)
-    if entry is None:
-        return _back("", "missing", 1)
-    try:
-        edits = form_edits(form, entry)
-        edit = build_edit(edits, actor=_session_actor(request), ledger=runtime.ledger)
-        result = await asyncio.to_thread(runtime.dlq.replay, entry_id, edit=edit)
-    except EditError as error:
-        hidden = _hidden(form.get("csrf", ""), "")
-        return _html(entry.id, entry_html(entry, hidden, str(error)), status=422)
-    log.info(
-        "dead_letter_replayed",
-        source="dashboard",
-        id=entry_id,
-        outcome=result.outcome,
-        edited=sorted(edits.values),
-    )
-    if result.outcome == "replayed" and not await _replicated(request):
-        return _back("", "not_replicated", 1)
-    return _back("", result.outcome, 1)
+    return back_to_list(form.get("reason", ""), "resumed")
 
 
 @router.get("/users", response_model=None)
 async def find_user(request: Request, user_id: str = "") -> Response:
     """The search box's target: to that user's page."""
-    if _session(request) is None:
+    if operator_session(request) is None:
         return RedirectResponse("/admin/login", status_code=303)
     if not user_id.strip():
         return RedirectResponse("/admin", status_code=303)
@@ -533,8 +417,8 @@ async def find_user(request: Request, user_id: str = "") -> Response:
 @router.get("/users/{user_id}", response_model=None)
 async def user_page(request: Request, user_id: str) -> Response:
     """What happened to one user, beside the customer as Recur has it now."""
-    if _session(request) is None:
+    if operator_session(request) is None:
         return RedirectResponse("/admin/login", status_code=303)
     runtime = web_state(request).runtime
     found = await asyncio.to_thread(runtime.user_trace, user_id, with_recur=True)
-    return _html(f"User {user_id}", user_html(found))
+    return html_page(f"User {user_id}", user_html(found))

@@ -1,5 +1,5 @@
 """The dashboard's page of one dead letter: the queued change, its edit history, and a form to
-edit the change and replay it (routes in dashboard.py; the edit itself in replay_edit.py).
+edit the change and replay it (routes in dead_letter_actions.py; the edit itself in replay_edit.py).
 
 The form is filled with the queued values; only the inputs the operator changed become the
 edit, so submitting it untouched is a plain replay and the history records real changes only.
