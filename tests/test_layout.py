@@ -108,3 +108,13 @@ def test_a_lua_file_lies_beside_a_module_that_reads_it() -> None:
     for path, modules in _lua_files_asked().items():
         package = "sync_worker." + path.rpartition("/")[0].replace("/", ".")
         assert any(m.rpartition(".")[0] == package for m in modules), (path, modules)
+
+
+def test_no_module_over_500_lines() -> None:
+    """A module a reader can hold in mind (issue 17): split by responsibility past that."""
+    long = {
+        _module_name(p): n
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(p.read_text("utf-8").splitlines())) > 500
+    }
+    assert long == {}
