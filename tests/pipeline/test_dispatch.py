@@ -13,7 +13,7 @@ import pytest
 
 from sync_worker import redis_keys as keys
 from sync_worker.pipeline.dispatch import MIN_BATCH, Dispatcher
-from sync_worker.pipeline.pending import Claim
+from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
 from tests.operators.conftest import accept
