@@ -49,6 +49,19 @@ def test_a_small_claim_goes_out_in_tasks_of_min_batch(runtime: Runtime) -> None:
     assert [len(batch) for batch in published] == [MIN_BATCH, MIN_BATCH, 10 - 2 * MIN_BATCH]
 
 
+def test_behind_a_backlog_a_claim_goes_out_in_no_more_tasks_than_the_room(
+    runtime: Runtime,
+) -> None:
+    for n in range(200):
+        accept(runtime, f"user_{n}", name="x")
+    published: list[list[Claim]] = []
+    # Room for two more tasks (30 of the 32 queued): two full batches, not 16 tasks of six or
+    # seven users that overfill the queue and cost a task's overhead every few users.
+    dispatcher = Dispatcher(runtime, publish=published.append, queue_depth=lambda: 30, hostname="t")
+    assert dispatcher.tick() == 100
+    assert [len(batch) for batch in published] == [50, 50]
+
+
 def rounds_in(runtime: Runtime, seconds: float, *, queue_depth: int = 0) -> list[float]:
     """Run the dispatcher's loop for `seconds`; the times its rounds started."""
     started: list[float] = []
