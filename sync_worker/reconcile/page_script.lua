@@ -118,9 +118,9 @@ for i, row in ipairs(rows) do
   end
 end
 -- A bindable user's ledger fields go back to the pending store, due now: the sync path's 404
--- by external id then binds the customer by email (sync.py). Only when the ledger's email is
--- the customer's exactly (that lookup is exact), the user was not moved to another external id
--- by us, and there is something to send.
+-- by external id then binds the customer by email (read_back.py). Only when the ledger's email
+-- is the customer's exactly (that lookup is exact), the user was not moved to another external
+-- id by us, and there is something to send.
 local binds = {}
 for _, pair in ipairs(unbound) do
   local user = pair[1]

@@ -7,7 +7,8 @@ after its last entry. Not a stream: Redis gives every new stream a 4 KB node up 
 with one event would cost ~4.7 KB; a short list costs a few hundred bytes (bench/redis_memory.py).
 
 Nothing here costs the hot paths a round trip of its own:
-- intake: the accept script (pending.py) adds the `event` entry (merged, duplicate or stale);
+- intake: the accept script (pending_accept.lua) adds the `event` entry (merged, duplicate or
+  stale);
 - sync: `TraceLog.add` buffers entries (`attempt`, `held`, `rebound`, ...) that `Stats.flush`
   sends in the one script call it makes per batch anyway (stats_flush.lua, the same
   LPUSH, LTRIM and EXPIRE as `record`);
