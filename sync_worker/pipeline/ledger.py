@@ -66,6 +66,21 @@ class Ledger:
             return None
         return entry_from_hash(user_id, {_text(k): _text(v) for k, v in raw.items()})
 
+    def unbound_at(self, user_id: str) -> int | None:
+        """When (event time, ms) an event unbound this user (`new_user_id: null`, applied), or
+        None: the unbind is recorded as the field `external_id` set to null."""
+        raw = cast(
+            list[Any], self._redis.hmget(keys.ledger(user_id), ["v:external_id", "t:external_id"])
+        )
+        value, stamp = raw
+        if value is None or json.loads(value) is not None or stamp is None:
+            return None
+        return int(float(_text(stamp)))
+
+    def forget_unbind(self, user_id: str) -> None:
+        """After the user is bound again (an operator's replay): its unbind no longer holds."""
+        self._redis.hdel(keys.ledger(user_id), "v:external_id", "t:external_id")
+
     def get_many(self, user_ids: list[str]) -> dict[str, LedgerEntry]:
         """Entries of several users in one round trip; users without one are left out."""
         if not user_ids:

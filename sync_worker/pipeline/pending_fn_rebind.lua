@@ -49,6 +49,8 @@ end
 -- pending change moved.
 local function rebind(k, old_user, new_user, now, events_kept, rebound_ttl)
   merge_fields(k.old_ledger, k.new_ledger, nil)
+  -- The customer holds the new id now: an unbind of that id recorded earlier no longer holds.
+  redis.call('HDEL', k.new_ledger, 'v:external_id', 't:external_id')
   local applied_at = redis.call('HGET', k.old_ledger, 'applied_at')
   if applied_at then redis.call('HSET', k.new_ledger, 'applied_at', applied_at) end
   redis.call('DEL', k.old_ledger)

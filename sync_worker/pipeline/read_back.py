@@ -20,6 +20,7 @@ from sync_worker.recur.errors import (
     NotFound,
     RecurError,
     RecurStatusError,
+    UnboundUser,
     may_have_applied,
 )
 from sync_worker.recur.models import Customer, CustomerPatch
@@ -139,6 +140,12 @@ class ReadBack:
         """
         if not self._settings.bind_by_email or "external_id" in body:
             return False
+        unbound_at = self._ledger.unbound_at(claim.user_id)
+        if unbound_at is not None and not snapshot.replay_of:
+            # The merchant detached this user from its customer: binding it again by email would
+            # undo that. Replaying the dead letter is the operator's decision to.
+            self._trace.add(claim.user_id, "bind_by_email_skipped", unbound_at_ms=unbound_at)
+            raise UnboundUser(missing, unbound_at_ms=unbound_at)
         email = self._known_email(claim.user_id, snapshot)
         if email is None:
             return False
@@ -152,6 +159,8 @@ class ReadBack:
             raise BoundElsewhere(missing, customer_id=customer.id, holder=customer.external_id)
         bind = CustomerPatch.model_construct(**body, external_id=claim.user_id)
         run(lambda: self._client.update_customer(customer.id, bind))
+        if unbound_at is not None:
+            self._ledger.forget_unbind(claim.user_id)
         log.info("bound_by_email", user_id=claim.user_id, customer_id=customer.id)
         self._trace.add(claim.user_id, "bound_by_email", customer_id=customer.id)
         self._stats.incr("bound_by_email_total")

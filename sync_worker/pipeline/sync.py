@@ -60,6 +60,7 @@ from sync_worker.recur.errors import (
     RecurError,
     RecurStatusError,
     Unauthorized,
+    UnboundUser,
     ValidationFailed,
     is_transient,
     may_have_applied,
@@ -80,6 +81,7 @@ DEAD_REASONS: dict[type[RecurStatusError], Reason] = {
     NotFound: "not_found",
     Conflict: "conflict",
     BoundElsewhere: "conflict",
+    UnboundUser: "not_found",
     BadRequest: "rejected",
     ValidationFailed: "rejected",
 }

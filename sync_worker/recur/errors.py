@@ -8,6 +8,7 @@
             ├── BadRequest 400 · Unauthorized 401 · Forbidden 403
             ├── NotFound 404 · Conflict 409 · ValidationFailed 422
             ├── BoundElsewhere 404 + the email's customer has another external id
+            ├── UnboundUser 404 for a user an event unbound: not bound again by email
             ├── EndpointNotFound 404 without Recur's envelope (wrong base URL)    transient
             ├── RequestTimeout 408                                               transient
             ├── RateLimited 429 .retry_after                                     transient
@@ -130,6 +131,27 @@ class BoundElsewhere(RecurStatusError):
         )
         self.customer_id = customer_id
         self.holder = holder
+
+
+class UnboundUser(RecurStatusError):
+    """404 by external id for a user that an event unbound (`new_user_id: null`): the customer
+    with its email was detached on purpose, so it is not bound again automatically."""
+
+    def __init__(self, missing: RecurStatusError, *, unbound_at_ms: int) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unbound_at_ms / 1000))
+        super().__init__(
+            method=missing.method,
+            path=missing.path,
+            status=missing.status,
+            code=missing.code,
+            message=(
+                f"no customer has this external id, and an event unbound this user ({when}): "
+                "not bound again by email; replay to bind the customer with the user's email"
+            ),
+            request_id=missing.request_id,
+            body=missing.body,
+        )
+        self.unbound_at_ms = unbound_at_ms
 
 
 class ValidationFailed(RecurStatusError):

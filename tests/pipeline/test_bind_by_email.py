@@ -4,6 +4,7 @@ and bound in one PATCH by Recur id. Real web and worker processes, the sandbox o
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,6 +20,16 @@ def settled(stack: Stack) -> bool:
 
 def calls(stack: Stack) -> list[dict[str, Any]]:
     return stack.sandbox.control.requests()  # type: ignore[return-value]
+
+
+def external_id_changed(event_id: str, user_id: str, new_user_id: str | None) -> dict[str, Any]:
+    """A `user.external_id_changed` envelope (`None`: unbind)."""
+    return {
+        "id": event_id,
+        "type": "user.external_id_changed",
+        "timestamp": datetime.now(tz=UTC).isoformat(),
+        "data": {"user_id": user_id, "new_user_id": new_user_id},
+    }
 
 
 def never_sends_email(stack: Stack) -> None:
@@ -157,3 +168,58 @@ def test_a_replayed_not_found_dead_letter_binds_by_email(stack: Stack) -> None:
     customer = stack.sandbox.control.customer(checkout["id"])
     assert customer is not None
     assert (customer["external_id"], customer["name"]) == ("user_4", "late")
+
+
+def test_a_user_unbound_by_an_event_is_not_bound_again_by_email(stack: Stack) -> None:
+    """The merchant detached user_5 from its customer (`new_user_id: null`). A late update of
+    user_5 must not bind that customer again by email: it is a `not_found` dead letter saying
+    why, and replaying it is the operator's decision to bind."""
+    created = stack.sandbox.control.create_customer("wu@b.tw", name="old", external_id="user_5")
+    stack.post(user_event("evt_1", "user_5", name="first", email="wu@b.tw"))
+    wait_for(lambda: stack.redis.hget(keys.ledger("user_5"), "v:email"), timeout=30)
+    wait_for(lambda: settled(stack))
+    assert stack.post(external_id_changed("evt_2", "user_5", None)).status_code == 202
+    wait_for(lambda: stack.sandbox.control.customer(created["id"])["external_id"] is None)
+    wait_for(lambda: settled(stack))
+
+    stack.sandbox.control.clear_requests()
+    stack.post(user_event("evt_3", "user_5", name="late"))
+    (letter,) = wait_for(lambda: stack.dead_letters(), timeout=30)
+    assert letter["reason"] == "not_found"
+    assert "unbound" in letter["error_message"]
+    assert [(c["method"], c["status"]) for c in calls(stack)] == [("PATCH", 404)]
+    customer = stack.sandbox.control.customer(created["id"])
+    assert (customer["external_id"], customer["name"]) == (None, "first")
+
+    replay = httpx.post(
+        f"{stack.web_url}/admin/api/dead-letters/{letter['id']}/replay",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert replay.status_code == 202, replay.text
+    wait_for(lambda: stack.dead_letters() == [] and settled(stack), timeout=30)
+    customer = stack.sandbox.control.customer(created["id"])
+    assert (customer["external_id"], customer["name"]) == ("user_5", "late")
+    # Bound again: a later loss of the customer may be bound by email as before.
+    assert not stack.redis.hexists(keys.ledger("user_5"), "v:external_id")
+
+
+def test_a_rebind_onto_an_unbound_user_ends_its_unbind(stack: Stack) -> None:
+    """user_6 was unbound; later another user's customer takes the id user_6: that customer is
+    user_6's now, so the unbind no longer holds (a later loss of it may be bound by email)."""
+    stack.sandbox.control.create_customer("u6@b.tw", name="six", external_id="user_6")
+    stack.sandbox.control.create_customer("u7@b.tw", name="seven", external_id="user_7")
+    assert stack.post(external_id_changed("evt_1", "user_6", None)).status_code == 202
+    wait_for(lambda: stack.sandbox.control.customer_by_external_id("user_6") is None)
+    wait_for(lambda: settled(stack))
+    assert json.loads(stack.redis.hget(keys.ledger("user_6"), "v:external_id")) is None
+
+    assert stack.post(external_id_changed("evt_2", "user_7", "user_6")).status_code == 202
+    wait_for(
+        lambda: (
+            (stack.sandbox.control.customer_by_external_id("user_6") or {}).get("email")
+            == "u7@b.tw"
+        )
+    )
+    wait_for(lambda: settled(stack))
+    assert not stack.redis.hexists(keys.ledger("user_6"), "v:external_id")
