@@ -1,0 +1,59 @@
+"""README claims that no other test held: each name the README tells an operator to look for
+is one the code really produces."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+
+from sync_worker import redis_keys as keys
+from sync_worker.telemetry.stats import Stats
+from tests.fixtures.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+SERIES = re.compile(r"\brecur_sync_[a-z0-9_]+\b")
+# A counter is produced where the code adds to it: `incr("name", ...)` or a `COUNTER = "name"`.
+COUNTED = re.compile(r"""(?:\bincr\(\s*|\bCOUNTER\s*=\s*)"([a-z0-9_]+_total)\"""")
+
+
+def readme_series() -> set[str]:
+    """Every `recur_sync_...` name in the README, with a family's `_total` or `_` prefix form
+    expanded (`recur_sync_events_received_total`, `_accepted_total` -> both full names)."""
+    text = (ROOT / "README.md").read_text("utf-8")
+    names = set(SERIES.findall(text))
+    for row in re.findall(r"`(recur_sync_events)_received_total`((?:, `_[a-z_]+`)+)", text):
+        family, rest = row
+        names |= {family + suffix for suffix in re.findall(r"`(_[a-z_]+)`", rest)}
+    return names
+
+
+def counters_in_code() -> set[str]:
+    """The counters some module of sync_worker adds to."""
+    found: set[str] = set()
+    for source in (ROOT / "sync_worker").rglob("*.py"):
+        found |= set(COUNTED.findall(source.read_text("utf-8")))
+    return {"recur_sync_" + name for name in found}
+
+
+def test_every_metric_the_readme_names_is_exported_or_counted(web_stack: Stack) -> None:
+    # What a running deployment has after its first sync and its first night: an applied
+    # change (the collapse ratio is events per applied change) and a reconciliation report.
+    stats = Stats(web_stack.redis)
+    stats.incr("syncs_applied_total")
+    stats.flush()
+    report = {"status": "finished", "finished_at": "2026-11-24T03:01:00.000+00:00", "scanned": 3}
+    web_stack.redis.lpush(keys.RECONCILE_REPORTS, json.dumps(report))
+    text = httpx.get(web_stack.web_url + "/metrics", timeout=10).text
+    # A family is declared (`# TYPE`) even before its first labelled sample.
+    exported = set(re.findall(r"^# TYPE (recur_sync_[a-z0-9_]+) ", text, re.M))
+    exported |= {name + "_total" for name in exported}
+    counted = counters_in_code()
+    unknown = sorted(
+        name
+        for name in readme_series()
+        if name not in exported and not (name.endswith("_total") and name in counted)
+    )
+    assert not unknown, f"README names series that /metrics never exports: {unknown}"
