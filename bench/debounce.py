@@ -28,6 +28,7 @@ from bench.harness import (
 from bench.load import build_request, run_load
 from sync_worker import redis_keys as keys
 from sync_worker.intake.signatures import sign
+from sync_worker.pipeline.ledger import Ledger
 
 GROUP = 50
 
@@ -96,7 +97,7 @@ def main() -> None:
         load = run_load("127.0.0.1", port, requests, connections=32)
         wait_until(
             lambda: (
-                client.scard(keys.LEDGER_INDEX) >= args.users
+                Ledger(client).count() >= args.users
                 and not client.zcard(keys.DUE)
                 and not client.zcard(keys.INFLIGHT)
             ),

@@ -97,6 +97,8 @@ def environment(*, appendfsync: str = "everysec") -> Iterator[tuple[Processes, s
                 "--save", "",
                 "--appendonly", "yes",
                 "--appendfsync", appendfsync,
+                # As docker-compose.yml: ledger buckets stay listpacks (README, Sizing Redis).
+                "--hash-max-listpack-value", "1024",
             ],
         )  # fmt: skip
         url = f"redis://127.0.0.1:{port}/0"

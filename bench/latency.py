@@ -37,6 +37,7 @@ from bench.harness import (
 from bench.load import build_request, run_load
 from sync_worker import redis_keys as keys
 from sync_worker.intake.signatures import sign
+from sync_worker.pipeline.ledger import Ledger
 
 TARGET_P99_MS = 250.0
 WARM_USERS = 200
@@ -139,7 +140,7 @@ def main() -> None:
 
         def settled(count: int) -> bool:
             return bool(
-                client.scard(keys.LEDGER_INDEX) >= count
+                Ledger(client).count() >= count
                 and not client.zcard(keys.DUE)
                 and not client.zcard(keys.INFLIGHT)
             )

@@ -6,8 +6,12 @@ Every key is written by the real scripts (`PendingStore.accept`, `mark_applied_m
 production writes; no worker or HTTP is needed to measure bytes. Each kind is measured twice:
 the `INFO memory` delta (`used_memory`) of the step that creates it, divided by how many were
 created (this counts the key's entry in Redis's main dictionary and its members in shared
-indexes: `ledger-index`, `due`, `dlq-index`), and the mean `MEMORY USAGE` of a sample of the
-keys (the key and its value only). Target: ledger <= 150 bytes per customer. A user's trace
+indexes: `due`, `dlq-index`), and the mean `MEMORY USAGE` of a sample of the keys (the key and
+its value only; for the ledger, every bucket's over the customers). Target: ledger <= 150 bytes
+per customer, with Redis configured as README's Sizing section says (the harness's
+redis-server is). The email index (`rs:email-users`, one entry per customer whose email intake
+saw) is measured apart, and so is the ledger's layout before the buckets, then moved by
+`Ledger.migrate` as an upgrade does (how long that takes is printed). A user's trace
 (`rs:trace:{user}`, trace.py) is measured apart: with the one entry an event leaves, and with
 10, 50 and 100 entries (the cap), half events written by the accept script and half attempts
 as the sync path writes them.
@@ -22,11 +26,9 @@ The events are typical: a name of a few CJK characters and a small metadata obje
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import secrets
 import time
-import zlib
 from collections.abc import Callable, Iterable
 
 import redis
@@ -35,14 +37,14 @@ from bench.harness import environment, table
 from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import creation_record, failure_record, new_dead_letter_id
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
+from sync_worker.pipeline.ledger import Ledger
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore, _dumps
 from sync_worker.telemetry import trace
 from sync_worker.telemetry.stats import Stats
 from sync_worker.telemetry.trace import TraceLog
 
 BATCH = 500
 LEDGER_TARGET = 150
-DENSE_PREFIX = "rs:bench:ledger-bucket:"
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -144,46 +146,63 @@ def dead_letter_all(store: PendingStore, count: int) -> None:
         done += len(claims)
 
 
-def dense_ledger(client: redis.Redis, n: int) -> list[object]:
-    """The same ledger in a layout that is not the one in use, measured for comparison: users
-    bucketed ~100 to a hash (field = user id, value = the entry's fields packed in one JSON
-    array), which Redis keeps as a listpack, so a customer costs its bytes and no key of its own;
-    buckets are walked with SCAN + HSCAN, so no index set either. Written beside the real
-    ledger under another prefix, then deleted."""
-    client.config_set("hash-max-listpack-entries", 128)
-    client.config_set("hash-max-listpack-value", 128)
-    buckets = max(1, n // 100)
+def old_layout(client: redis.Redis, n: int) -> list[list[object]]:
+    """The layout before the buckets, measured for comparison, then moved by `Ledger.migrate`
+    as an upgrade does: a hash per user (`rs:ledger:{user}`, the fields as the old scripts wrote
+    them) and a member of `rs:ledger-index` each. Users `old_{n}`, deleted afterwards."""
+    ledger = Ledger(client)
     before = used_memory(client)
 
-    def pack(batch: list[int]) -> None:
-        read = client.pipeline(transaction=False)
+    def write(batch: list[int]) -> None:
+        pipe = client.pipeline(transaction=False)
         for user in batch:
-            read.hgetall(keys.ledger(f"user_{user}"))
-        write = client.pipeline(transaction=False)
-        for user, raw in zip(batch, read.execute(), strict=True):
-            entry = {k.decode(): v.decode() for k, v in raw.items()}
-            packed = json.dumps(
-                [
-                    [entry["v:name"], int(entry["t:name"])],
-                    [entry["v:metadata"], int(entry["t:metadata"])],
-                    entry["applied_at"],
-                ],
-                ensure_ascii=False,
-                separators=(",", ":"),
+            fields = event(user, 1).fields
+            pipe.hset(
+                keys.LEDGER + f"old_{user}",
+                mapping={
+                    "v:name": _dumps(fields["name"]),
+                    "t:name": "1764150000000",
+                    "v:metadata": _dumps(fields["metadata"]),
+                    "t:metadata": "1764150000000",
+                    "applied_at": repr(time.time()),
+                },
             )
-            bucket = zlib.crc32(f"user_{user}".encode()) % buckets
-            write.hset(f"{DENSE_PREFIX}{bucket}", f"user_{user}", packed)
-        write.execute()
+            pipe.sadd(keys.LEDGER_INDEX, f"old_{user}")
+        pipe.execute()
 
-    in_batches(range(1, n + 1), pack)
-    per_customer = (used_memory(client) - before) / n
-    encodings = {client.object("encoding", f"{DENSE_PREFIX}{b}") for b in range(min(buckets, 50))}
-    usage = sum(
-        int(client.memory_usage(f"{DENSE_PREFIX}{b}", samples=0) or 0) for b in range(buckets)
-    )
-    delete_matching(client, DENSE_PREFIX + "*")
-    encoding = ",".join(sorted(e.decode() for e in encodings if e))
-    return [f"(not in use) ledger bucketed ~100 a hash, {encoding}", n, per_customer, usage / n, ""]
+    in_batches(range(1, n + 1), write)
+    old_delta = (used_memory(client) - before) / n
+    started = time.perf_counter()
+    moved = ledger.migrate()
+    seconds = time.perf_counter() - started
+    if moved != n or client.exists(keys.LEDGER_INDEX):
+        raise SystemExit(f"the migration moved {moved:,} of {n:,} users")
+    migrated_delta = (used_memory(client) - before) / n
+    for user in range(1, n + 1, BATCH):
+        pipe = client.pipeline(transaction=False)
+        for one in range(user, min(user + BATCH, n + 1)):
+            pipe.hdel(keys.ledger(f"old_{one}"), f"old_{one}")
+        pipe.execute()
+    return [
+        ["(before) ledger as a hash per user + index member", n, old_delta, "-", "-"],
+        [f"  moved by Ledger.migrate() in {seconds:.1f} s", moved, migrated_delta, "-", "-"],
+    ]
+
+
+def email_index(client: redis.Redis, n: int) -> list[object]:
+    """One `rs:email-users` entry per customer, as intake writes it (then deleted)."""
+    before = used_memory(client)
+
+    def write(batch: list[int]) -> None:
+        client.hset(
+            keys.EMAIL_USERS, mapping={f"user{user}@example.com": f"user_{user}" for user in batch}
+        )
+
+    in_batches(range(1, n + 1), write)
+    delta = (used_memory(client) - before) / n
+    usage = int(client.memory_usage(keys.EMAIL_USERS, samples=0) or 0) / n
+    client.unlink(keys.EMAIL_USERS)
+    return ["email index entry (`rs:email-users`)", n, delta, usage, "-"]
 
 
 def long_traces(client: redis.Redis, store: PendingStore, users: int = 100) -> list[list[object]]:
@@ -270,14 +289,21 @@ def main() -> None:
         remembered = delete_matching(client, keys.EVENT_SEEN + "*")
         event_id_delta = (before_ids - used_memory(client)) / remembered
         ledger_delta = (used_memory(client) - start) / n
-        ledger_usage = sample_usage(client, [keys.ledger(f"user_{u}") for u in sample])
+        buckets = [keys.LEDGER_BUCKET + str(b) for b in range(keys.LEDGER_BUCKETS)]
+        ledger_usage = sample_usage(client, buckets) * len(buckets) / n
+        encodings = {client.object("encoding", b) for b in buckets[:: keys.LEDGER_BUCKETS // 64]}
         rows.append(
-            ["ledger entry (per customer)", n, ledger_delta, ledger_usage, f"<= {LEDGER_TARGET}"]
+            [
+                f"ledger entry (per customer; buckets: {b','.join(sorted(encodings)).decode()})",
+                n,
+                ledger_delta,
+                ledger_usage,
+                f"<= {LEDGER_TARGET}",
+            ]
         )
-        index_usage = int(client.memory_usage(keys.LEDGER_INDEX, samples=0) or 0) / n
-        rows.append(["  of which ledger-index member", n, "-", index_usage, "-"])
         rows.append(["remembered event id", remembered, event_id_delta, event_id_usage, "-"])
-        rows.append(dense_ledger(client, n))
+        rows.append(email_index(client, n))
+        rows += old_layout(client, n)
         rows.append(["trace with 1 entry (per user)", traced, trace_delta, trace_usage, "-"])
         rows += long_traces(client, store)
 

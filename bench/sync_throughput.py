@@ -30,6 +30,7 @@ from bench.harness import (
 )
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
+from sync_worker.pipeline.ledger import Ledger
 from sync_worker.pipeline.pending import PendingStore
 
 
@@ -103,7 +104,7 @@ def ours(
             UserEvent(f"evt_{i}", "user.updated", user, now_ms, {"name": f"{user} ours"})
         )
     accepted = time.perf_counter() - started
-    wait_until(lambda: client.scard(keys.LEDGER_INDEX) >= users, timeout=600, what="every PATCH")
+    wait_until(lambda: Ledger(client).count() >= users, timeout=600, what="every PATCH")
     elapsed = time.perf_counter() - started
     worker_cpu = cpu_seconds(worker) - cpu[0]
     redis_cpu = cpu_seconds(processes.pids["redis"]) - cpu[1]

@@ -42,12 +42,22 @@ REBOUND = PREFIX + "rebound:"
 """rebound:{user_id} -> the external id its customer was moved to by a rebind, so that replaying a
 dead letter written under the old id reaches the customer; expires with the dead letters."""
 
-# Applied state (the ledger).
+# Applied state (the ledger). See ledger.py for the layout.
+LEDGER_BUCKET = PREFIX + "ledger-bucket:"
+"""ledger-bucket:{n} -> hash user id -> that user's applied values and event times, packed; a
+user's bucket is `ledger(user_id)`, one of LEDGER_BUCKETS (ledger_fn.lua computes the same)."""
+
+LEDGER_BUCKETS = 16384
+"""About 61 customers a bucket at a million: each stays under Redis's default
+`hash-max-listpack-entries` (512) up to several million (README, Sizing Redis)."""
+
 LEDGER = PREFIX + "ledger:"
-"""ledger:{user_id} -> hash: per-field applied values and their event timestamps."""
+"""The layout before the buckets: ledger:{user_id} -> hash of one user's `v:{field}`,
+`t:{field}` and `applied_at`; read until `Ledger.migrate` moved it into its bucket."""
 
 LEDGER_INDEX = PREFIX + "ledger-index"
-"""set of user ids that have a ledger entry (reconciliation walks it for missing customers)."""
+"""The layout before the buckets: the set of user ids with a `ledger:{user_id}` hash; gone once
+they are all moved."""
 
 EMAIL_USERS = PREFIX + "email-users"
 """hash email (ASCII-lowercased, `email_field`) -> user id, written by intake and ledger import:
@@ -171,8 +181,12 @@ def rebound(user_id: str) -> str:
 
 
 def ledger(user_id: str) -> str:
-    """The applied-state hash of one user."""
-    return LEDGER + user_id
+    """The bucket hash that holds one user's applied state: a 31-polynomial of its UTF-8 bytes
+    mod 2**32, its high half added in, mod LEDGER_BUCKETS (as ledger_fn.lua's `ledger_bucket`)."""
+    h = 0
+    for byte in user_id.encode():
+        h = (h * 31 + byte) % 4294967296
+    return LEDGER_BUCKET + str((h + (h >> 16)) % LEDGER_BUCKETS)
 
 
 def dead_letter(entry_id: str) -> str:

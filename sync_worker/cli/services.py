@@ -24,6 +24,22 @@ def _claim_mode(settings: Settings) -> None:
         client.close()
 
 
+def _migrate_ledger(settings: Settings) -> None:
+    """Move ledger entries an older version wrote (a hash per user) into the buckets (ledger.py).
+
+    Until then every script reads them merged in, so nothing waits on this but memory."""
+    from sync_worker.connections import redis_client
+    from sync_worker.pipeline.ledger import Ledger
+
+    client = redis_client(settings)
+    try:
+        moved = Ledger(client).migrate()
+    finally:
+        client.close()
+    if moved:
+        log.info("ledger_migrated", users=moved)
+
+
 def web(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default WEB_HOST, 127.0.0.1).")
@@ -65,6 +81,7 @@ def worker(
     settings = load_settings()
     settings.require_secret_key()
     _claim_mode(settings)
+    _migrate_ledger(settings)
     from sync_worker.celery_app import app
 
     argv = ["worker", "--loglevel", settings.log_level, "-Q", "sync,maintenance"]

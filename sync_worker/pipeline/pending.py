@@ -15,7 +15,8 @@ Layout (keys in redis_keys.py):
 - `fence:{user}` hash: `until` when a PATCH whose outcome was ambiguous may still land, and
   `m:{field}` the mark ([event time, event id]) of each field it carried (see `fence`); the
   pending hash's `verify` (resends so far) asks for a read-back once it has passed.
-- `ledger:{user}` hash: `v:{field}`, `t:{field}` of what Recur has applied (see ledger.py).
+- the user's ledger entry, a field of `ledger-bucket:{n}`: what Recur has applied, read and
+  written through `pipeline/ledger_fn.lua` (see ledger.py).
 - `trace:{user}` list: the accept script adds each event's outcome to it (see trace.py).
 
 Every transition is one Lua script (the `pending_*.lua` files beside this module), so that a
@@ -56,7 +57,8 @@ REBOUND_TTL_SECONDS = 30 * 24 * 3600
 """How long a rebind's forward pointer is kept by default: as long as dead letters are."""
 PENDING_EVENTS = keys.PREFIX + "pending-events:"
 
-_ACCEPT = lua.script("pipeline/pending_accept.lua")
+# ledger_fn.lua comes first in every script that reads or writes the ledger (ledger.py).
+_ACCEPT = lua.script("pipeline/ledger_fn.lua", "pipeline/pending_accept.lua")
 _CLAIM = lua.script("pipeline/pending_claim.lua")
 _SNAPSHOT = lua.script("pipeline/pending_snapshot.lua")
 _RENEW = lua.script("pipeline/pending_renew.lua")
@@ -68,6 +70,7 @@ _RENEW = lua.script("pipeline/pending_renew.lua")
 # its dead letter. With `verify_delay`, a change whose sends had an ambiguous outcome is kept for
 # a read-back once the fence (see `fence`) has passed, even when no field is left.
 _APPLIED = lua.script(
+    "pipeline/ledger_fn.lua",
     "pipeline/pending_fn_settle.lua",
     "pipeline/pending_fn_rebind.lua",
     "pipeline/pending_applied.lua",
@@ -77,10 +80,14 @@ _HAND_BACK = lua.script("pipeline/pending_hand_back.lua")
 _REQUEUE_EXPIRED = lua.script("pipeline/pending_requeue_expired.lua")
 # pending_fn_restore.lua is shared by `PendingStore.restore` and the reconciliation's page script
 # (reconcile/page_script.py).
-_RESTORE = lua.script("pipeline/pending_fn_restore.lua", "pipeline/pending_restore.lua")
-_REBIND = lua.script("pipeline/pending_fn_rebind.lua", "pipeline/pending_rebind.lua")
+_RESTORE = lua.script(
+    "pipeline/ledger_fn.lua", "pipeline/pending_fn_restore.lua", "pipeline/pending_restore.lua"
+)
+_REBIND = lua.script(
+    "pipeline/ledger_fn.lua", "pipeline/pending_fn_rebind.lua", "pipeline/pending_rebind.lua"
+)
 _FENCE = lua.script("pipeline/pending_fence.lua")
-_VERIFIED = lua.script("pipeline/pending_verified.lua")
+_VERIFIED = lua.script("pipeline/ledger_fn.lua", "pipeline/pending_verified.lua")
 
 
 ACCEPT_SCRIPT = _ACCEPT
@@ -267,7 +274,6 @@ class PendingStore:
                 keys.DUE,
                 PENDING_EVENTS + user,
                 keys.ledger(user),
-                keys.LEDGER_INDEX,
                 keys.DEAD_LETTERS,
                 keys.fence(user),
                 *self._rebind_keys(user, new_user),
@@ -411,7 +417,6 @@ class PendingStore:
             keys=[
                 keys.ledger(old_user),
                 keys.ledger(new_user),
-                keys.LEDGER_INDEX,
                 keys.pending(old_user),
                 keys.pending(new_user),
                 keys.DUE,

@@ -1,4 +1,4 @@
--- KEYS: event_seen, pending, ledger, due, inflight, events, trace, email-users
+-- KEYS: event_seen, pending, ledger bucket, due, inflight, events, trace, email-users
 -- ARGV: event_id, user, now, window, max_wait, dedup_ttl, ts, events_kept,
 --       trace_max, trace_ttl, event_type, (field, value)...
 local names, merged = {}, {}
@@ -21,9 +21,10 @@ if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[6]) then
 end
 local ts = tonumber(ARGV[7])
 local changed = 0
+local ledger = ledger_load(KEYS[3], ARGV[2])
 for i = 12, #ARGV, 2 do
   local f = ARGV[i]
-  local applied = tonumber(redis.call('HGET', KEYS[3], 't:' .. f))
+  local applied = ledger_time(ledger, f)
   local pending = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
   if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
     redis.call('HSET', KEYS[2], 'v:' .. f, ARGV[i + 1], 't:' .. f, ARGV[7], 'e:' .. f, ARGV[1])

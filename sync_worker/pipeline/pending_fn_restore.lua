@@ -1,7 +1,7 @@
--- restore(pending key, ledger key, due, inflight, user, now, {field = {value JSON, ts}},
--- replay id or '', write): merge each field at least as new as both the applied (ledger) and
--- the pending one, due now. Returns how many merged (with write false: would merge), or -1
--- when that dead letter is already being replayed.
+-- restore(pending key, the user's ledger entry or nil (ledger_fn.lua), due, inflight, user, now,
+-- {field = {value JSON, ts}}, replay id or '', write): merge each field at least as new as both
+-- the applied (ledger) and the pending one, due now. Returns how many merged (with write false:
+-- would merge), or -1 when that dead letter is already being replayed.
 local function restore(pending, ledger, due, inflight, user, now, fields, replay_id, write)
   local replaying = cjson.decode(redis.call('HGET', pending, 'replay_of') or '[]')
   for _, id in ipairs(replaying) do
@@ -10,7 +10,7 @@ local function restore(pending, ledger, due, inflight, user, now, fields, replay
   local merged = 0
   for f, pair in pairs(fields) do
     local ts = pair[2]
-    local applied = tonumber(redis.call('HGET', ledger, 't:' .. f))
+    local applied = ledger_time(ledger, f)
     local current = tonumber(redis.call('HGET', pending, 't:' .. f))
     if (applied == nil or ts >= applied) and (current == nil or ts >= current) then
       if write then

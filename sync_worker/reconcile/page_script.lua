@@ -1,15 +1,15 @@
 -- KEYS: seen, checkpoint, progress, due, inflight, email-users. ARGV: the page's body as Recur
--- sent it ({"data": [customer, ...], ...}), ledger prefix, seen TTL, pending prefix, now, '1' to
--- repair or '0' (a dry run: count what would merge), '1' to bind by email or '0', progress JSON
--- ('' for none), checkpoint items (none in a dry run). Returns {customers, customers with an
+-- sent it ({"data": [customer, ...], ...}), seen TTL, pending prefix, now, '1' to repair or '0'
+-- (a dry run: count what would merge), '1' to bind by email or '0', progress JSON ('' for
+-- none), checkpoint items (none in a dry run). Returns {customers, customers with an
 -- external id, unknown ids, email-mismatch ids, drifted users, customers whose name was
 -- compared, same for metadata, bindable users}; a drifted user is {id, fields merged, (field,
--- ledger v:, ledger t:)...} for name then metadata, the fields as in drift.compare_page; a
--- bindable user (drift.bindable) is {id, fields merged}. A field absent from the answer is not
+-- ledger value, ledger event time)...} for name then metadata, the fields as in
+-- drift.compare_page; a bindable user (drift.bindable) is {id, fields merged}. A field absent from the answer is not
 -- compared. A page whose compared fields are not the documented types is refused (an error
 -- reply starting MALFORMED) before anything is written.
 local null, decode = cjson.null, cjson.decode
-local repair, bind = ARGV[6] == '1', ARGV[7] == '1'
+local repair, bind = ARGV[5] == '1', ARGV[6] == '1'
 
 local function malformed(why)
   return redis.error_reply('MALFORMED ' .. why)
@@ -41,9 +41,9 @@ for i, c in ipairs(page.data) do
   end
 end
 
-if ARGV[8] ~= '' then
-  if #ARGV > 8 then redis.call('HSET', KEYS[2], unpack(ARGV, 9)) end
-  redis.call('SET', KEYS[3], ARGV[8])
+if ARGV[7] ~= '' then
+  if #ARGV > 7 then redis.call('HSET', KEYS[2], unpack(ARGV, 8)) end
+  redis.call('SET', KEYS[3], ARGV[7])
 end
 
 -- Deep equality of decoded JSON (tables compared key by key, both ways).
@@ -70,34 +70,33 @@ local compared_name, compared_metadata = 0, 0
 for i, row in ipairs(rows) do
   local user = row[1]
   ids[i] = user
-  local key = ARGV[2] .. user
-  -- A field counts only with both its value and its time, as in ledger.entry_from_hash.
-  local h = redis.call('HMGET', key,
-    'v:name', 't:name', 'v:metadata', 't:metadata', 'v:email', 't:email')
-  if not (h[1] or h[2] or h[3] or h[4] or h[5] or h[6])
-     and redis.call('EXISTS', key) == 0 then
+  local packed = ledger_get(ledger_bucket(user), user)
+  if not packed then
     unknown[#unknown + 1] = user
   else
-    if h[5] and h[6] then
+    local email = ledger_field(packed, 'email')
+    if email then
       -- string.lower is ASCII-only: a mismatch in non-ASCII case is reported (never repaired).
-      local want = decode(h[5])
+      local want = decode(email)
       if type(want) ~= 'string' or string.lower(want) ~= string.lower(row[4]) then
         emails[#emails + 1] = user
       end
     end
     local out, fields = {user, 0}, {}
-    if h[1] and h[2] and row[2] ~= nil then
+    local name, name_ts = ledger_field(packed, 'name')
+    if name and row[2] ~= nil then
       compared_name = compared_name + 1
-      if not same(decode(h[1]), row[2]) then
+      if not same(decode(name), row[2]) then
         out[#out + 1] = 'name'
-        out[#out + 1] = h[1]
-        out[#out + 1] = h[2]
-        fields.name = {h[1], tonumber(h[2])}
+        out[#out + 1] = name
+        out[#out + 1] = name_ts
+        fields.name = {name, tonumber(name_ts)}
       end
     end
-    if h[3] and h[4] and row[3] ~= nil then
+    local metadata, metadata_ts = ledger_field(packed, 'metadata')
+    if metadata and row[3] ~= nil then
       compared_metadata = compared_metadata + 1
-      local want, have = decode(h[3]), row[3]
+      local want, have = decode(metadata), row[3]
       local differs
       if blank(want) or blank(have) then
         differs = blank(want) ~= blank(have)
@@ -106,13 +105,14 @@ for i, row in ipairs(rows) do
       end
       if differs then
         out[#out + 1] = 'metadata'
-        out[#out + 1] = h[3]
-        out[#out + 1] = h[4]
-        fields.metadata = {h[3], tonumber(h[4])}
+        out[#out + 1] = metadata
+        out[#out + 1] = metadata_ts
+        fields.metadata = {metadata, tonumber(metadata_ts)}
       end
     end
     if #out > 2 then
-      out[2] = restore(ARGV[4] .. user, key, KEYS[4], KEYS[5], user, ARGV[5], fields, '', repair)
+      out[2] = restore(ARGV[3] .. user, ledger_unpack(packed), KEYS[4], KEYS[5], user, ARGV[4],
+                       fields, '', repair)
       drifted[#drifted + 1] = out
     end
   end
@@ -124,17 +124,15 @@ end
 local binds = {}
 for _, pair in ipairs(unbound) do
   local user = pair[1]
-  local key = ARGV[2] .. user
-  local h = redis.call('HMGET', key,
-    'v:name', 't:name', 'v:metadata', 't:metadata', 'v:email', 't:email', 'v:external_id')
-  local email = h[5] and h[6] and decode(h[5])
-  local moved = h[7] and decode(h[7]) ~= user
-  if type(email) == 'string' and email == pair[2] and not moved
-     and ((h[1] and h[2]) or (h[3] and h[4])) then
-    local fields = {email = {h[5], tonumber(h[6])}}
-    if h[1] and h[2] then fields.name = {h[1], tonumber(h[2])} end
-    if h[3] and h[4] then fields.metadata = {h[3], tonumber(h[4])} end
-    local merged = restore(ARGV[4] .. user, key, KEYS[4], KEYS[5], user, ARGV[5], fields, '',
+  local entry = ledger_load(ledger_bucket(user), user) or {f = {}}
+  local f = entry.f
+  local email = f.email and decode(f.email[1])
+  local moved = f.external_id and decode(f.external_id[1]) ~= user
+  if type(email) == 'string' and email == pair[2] and not moved and (f.name or f.metadata) then
+    local fields = {email = {f.email[1], tonumber(f.email[2])}}
+    if f.name then fields.name = {f.name[1], tonumber(f.name[2])} end
+    if f.metadata then fields.metadata = {f.metadata[1], tonumber(f.metadata[2])} end
+    local merged = restore(ARGV[3] .. user, entry, KEYS[4], KEYS[5], user, ARGV[4], fields, '',
                            repair)
     binds[#binds + 1] = {user, merged}
     ids[#ids + 1] = user  -- in Recur, unbound: not missing
@@ -142,6 +140,6 @@ for _, pair in ipairs(unbound) do
 end
 if #ids > 0 then
   redis.call('SADD', KEYS[1], unpack(ids))
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return {#page.data, #rows, unknown, emails, drifted, compared_name, compared_metadata, binds}

@@ -39,7 +39,9 @@ from sync_worker.pipeline.records import FieldState
 from sync_worker.reconcile.drift import Counts, Drift
 from sync_worker.recur.errors import RecurError
 
-_PAGE = lua.script("pipeline/pending_fn_restore.lua", "reconcile/page_script.lua")
+_PAGE = lua.script(
+    "pipeline/ledger_fn.lua", "pipeline/pending_fn_restore.lua", "reconcile/page_script.lua"
+)
 
 _Reply = tuple[
     int,
@@ -75,7 +77,7 @@ class Record:
     progress: dict[str, Any]
 
     def args(self) -> list[str]:
-        """The script's arguments from the eighth on."""
+        """The script's arguments from the seventh on."""
         return [json.dumps(self.progress), *(self.checkpoint or [])]
 
 
@@ -174,7 +176,6 @@ class PageScript:
         tail = record.args() if record is not None else [""]
         return [
             body,
-            keys.LEDGER,
             self._seen_ttl,
             keys.PENDING,
             repr(self._clock()),

@@ -13,7 +13,7 @@ One pass, under a lock so that only one runs at a time:
    answers carry no metadata, so the report names the fields actually compared. Then the cursor
    and counts go into the checkpoint. The next pages are fetched meanwhile
    (page_stream.py), with retries;
-3. ledger users absent from `seen` are missing in Recur (a script scans the ledger index in
+3. ledger users absent from `seen` are missing in Recur (a script scans the ledger's buckets in
    batches, in Redis);
    `not_found` dead letters whose customer is now in `seen` are replayed;
 4. the report is stored, the checkpoint and the `seen` set dropped, the lock released.
@@ -43,6 +43,7 @@ from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.logging import get_logger
 from sync_worker.pipeline.flow import FlowControl, Throttled
+from sync_worker.pipeline.ledger import Ledger
 from sync_worker.reconcile.drift import COMPARED_FIELDS, Counts, fields_compared
 from sync_worker.reconcile.page_script import PageScript, Record
 from sync_worker.reconcile.page_stream import PageStream
@@ -62,9 +63,10 @@ PAGE_ATTEMPTS = 8
 SEEN_TTL_SECONDS = 3 * 24 * 3600.0
 """A crashed run's seen set outlives a few nights, until the next run resumes and drops it."""
 SCHEDULED_MARK_TTL_SECONDS = 2 * 24 * 3600
-SCAN_BATCH = 1000
+SCAN_BATCH = 16
+"""Ledger buckets scanned per call of the missing-users script: about 1,000 users at a million."""
 
-_MISSING = lua.script("reconcile/reconciler_missing.lua")
+_MISSING = lua.script("pipeline/ledger_fn.lua", "reconcile/reconciler_missing.lua")
 
 Status = Literal["finished", "failed", "dry_run", "already_running", "already_done"]
 PageHook = Callable[[dict[str, Any]], None]
@@ -253,7 +255,7 @@ class Reconciler:
                 if isinstance(page, BadRequest) and resuming:
                     # Recur no longer knows the checkpoint's cursor: start over, from nothing.
                     log.warning("reconcile_checkpoint_invalid", cursor=run.cursor, error=str(page))
-                    self._redis.delete(run.seen)
+                    self._redis.unlink(run.seen)
                     counts = run.counts = Counts()
                     run.cursor, run.resumed_at_page = None, 0
                     pages.close()
@@ -312,7 +314,8 @@ class Reconciler:
         pipe.lpush(keys.RECONCILE_REPORTS, json.dumps(report, ensure_ascii=False))
         pipe.ltrim(keys.RECONCILE_REPORTS, 0, self._reports_kept - 1)
         if not error:
-            pipe.delete(run.seen)
+            # UNLINK: a million ids are freed by Redis's background thread, not while it waits.
+            pipe.unlink(run.seen)
             if not run.dry_run:
                 pipe.delete(keys.RECONCILE_CHECKPOINT)
         pipe.execute()
@@ -330,17 +333,18 @@ class Reconciler:
             hook(unsaved.progress)
 
     def _count_missing(self, seen: str, counts: Counts) -> None:
-        """Ledger users Recur did not list, found by Redis one SSCAN batch at a time."""
-        cursor = "0"
+        """Ledger users Recur did not list, found by Redis a few buckets at a time."""
+        # The script walks the buckets only: entries of the layout before them move there first.
+        Ledger(self._redis).migrate()
+        bucket = 0
         while True:
-            reply = self._missing(
-                keys=[keys.LEDGER_INDEX, seen], args=[cursor, SCAN_BATCH, keys.LEDGER]
-            )
-            cursor, *missing = (_text(item) for item in cast(list[bytes | str], reply))
+            reply = cast(list[Any], self._missing(keys=[seen], args=[bucket, SCAN_BATCH]))
+            bucket = int(reply[0])
+            missing = [_text(item) for item in reply[1:]]
             counts.missing_in_recur += len(missing)
             for user_id in missing:
                 counts.sample("missing_in_recur", user_id)
-            if cursor == "0":
+            if bucket == 0:
                 return
 
     def _replay_found(self, seen: str, counts: Counts, *, dry_run: bool) -> None:

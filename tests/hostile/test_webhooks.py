@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from sync_worker import redis_keys as keys
+from sync_worker.pipeline.ledger import Ledger
 from sync_worker.settings import MAX_BODY_BYTES
 from tests.fixtures.stack import WEBHOOK_SECRET, Stack, user_event, wait_for
 from tests.hostile.conftest import nothing_reached_recur
@@ -166,7 +167,8 @@ def test_replayed_delivery_is_a_duplicate_but_its_signature_fits_no_other_body(
     def settled() -> bool:
         # Applied (in the ledger) and nothing left to send: no further PATCH can go out.
         return (
-            client.hget(keys.ledger("user_1"), "v:name") == '"genuine"'
+            (applied := Ledger(client).get("user_1")) is not None
+            and applied.fields["name"].value == "genuine"
             and not client.exists(keys.pending("user_1"))
             and client.zscore(keys.DUE, "user_1") is None
             and client.zscore(keys.INFLIGHT, "user_1") is None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sync_worker import redis_keys as keys
+from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.stack import Stack, wait_for
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -35,10 +36,11 @@ def calls(stack: Stack) -> list[tuple[str, str, int]]:
 
 def assert_rebound_without_dead_letter(stack: Stack) -> None:
     wait_for(lambda: stack.sandbox.control.customer_by_external_id("new_1"), timeout=30)
-    wait_for(lambda: settled(stack) and stack.redis.sismember(keys.LEDGER_INDEX, "new_1"))
+    ledger = Ledger(stack.redis)
+    wait_for(lambda: settled(stack) and ledger.get("new_1") is not None)
     assert stack.dead_letters() == []
     assert stack.sandbox.control.customer_by_external_id("old_1") is None
-    assert not stack.redis.sismember(keys.LEDGER_INDEX, "old_1")
+    assert ledger.get("old_1") is None
     assert calls(stack) == [
         ("PATCH", "/v1/customers/external/old_1", 200),  # applied; its answer never arrived
         ("PATCH", "/v1/customers/external/old_1", 404),
@@ -87,4 +89,4 @@ def test_a_real_conflict_after_a_5xx_is_still_a_conflict(stack: Stack) -> None:
     assert letter["reason"] == "conflict"
     # The read showed the old id still bound: the rebind did not happen.
     assert ("GET", "/v1/customers/external/old_1", 200) in calls(stack)
-    assert not stack.redis.sismember(keys.LEDGER_INDEX, "new_1")
+    assert Ledger(stack.redis).get("new_1") is None

@@ -309,7 +309,7 @@ def test_rebind_moves_ledger_and_pending_change(redis_url: str) -> None:
     pending.accept(event("old", 2000, name="typed during the move"))
     assert pending.mark_applied(claim, snapshot) == "more"
     assert pending.rebind("old", "new") is True
-    assert not client.exists(keys.ledger("old"))
+    assert Ledger(client).get("old") is None
     ledger = Ledger(client).get("new")
     assert ledger is not None
     assert ledger.fields["metadata"].value == {"a": 1}
@@ -356,14 +356,15 @@ def test_a_rebinding_send_settles_and_moves_in_one_step(redis_url: str) -> None:
     assert pending.mark_applied(claim, snapshot) == "done"
     # no moment exists where a claim could send the old id's change (it would get a 404)
     assert client.zscore(keys.DUE, "old") is None
-    assert not client.exists(keys.pending("old"), keys.ledger("old"))
+    assert not client.exists(keys.pending("old"))
+    assert Ledger(client).get("old") is None
     assert not client.exists(PENDING_EVENTS + "old")
     moved = pending.snapshot(claim_one(pending))
     assert moved is not None
     assert moved.user_id == "new"
     assert {k: v.value for k, v in moved.fields.items()} == {"name": "typed during the move"}
     assert moved.event_ids == [typed.event_id]
-    assert client.sismember(keys.LEDGER_INDEX, "new")
+    assert Ledger(client).get("new") is not None
 
 
 def test_rebind_keeps_a_field_the_new_user_applied_later(redis_url: str) -> None:

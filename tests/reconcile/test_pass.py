@@ -284,3 +284,28 @@ def _not_found_dead_letter(runtime: Runtime, sandbox: SandboxHandle, user_id: st
 def test_seeded_names_match_the_sandbox(sandbox: SandboxHandle) -> None:
     sandbox.control.seed(1)
     assert sandbox.control.customer_by_external_id("user_1")["name"] == seeded_name(1)  # type: ignore[index]
+
+
+def test_a_ledger_of_the_layout_before_the_buckets_is_reconciled_and_moved(
+    runtime: Runtime, sandbox: SandboxHandle
+) -> None:
+    sandbox.control.create_customer("a@x.tw", name="changed in Recur", external_id="old_a")
+    client = runtime.redis
+    # As the version before wrote them: a hash per user, listed in the index.
+    for user, name in (("old_a", "ours"), ("old_gone", "gone")):
+        client.hset(
+            keys.LEDGER + user,
+            mapping={"v:name": json.dumps(name), "t:name": "1000", "applied_at": "1.5"},
+        )
+        client.sadd(keys.LEDGER_INDEX, user)
+
+    report = reconciler(runtime).run().report
+
+    assert (report["drifted"], report["enqueued"]) == (1, 1)
+    assert report["samples"]["missing_in_recur"] == ["old_gone"]
+    assert not client.exists(keys.LEDGER_INDEX, keys.LEDGER + "old_a", keys.LEDGER + "old_gone")
+    moved = Ledger(client).get_many(["old_a", "old_gone"])
+    assert {user: entry.fields["name"].value for user, entry in moved.items()} == {
+        "old_a": "ours",
+        "old_gone": "gone",
+    }

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
-from sync_worker import redis_keys as keys
+from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.stack import Stack, user_event, wait_for
 
 
@@ -36,6 +35,6 @@ def test_a_refused_name_is_edited_replayed_and_applied(stack: Stack) -> None:
     [first, replayed] = control.requests(method="PATCH", external_id="user_1")
     assert (first["body"], first["status"]) == ({"name": "Refused"}, 422)
     assert (replayed["body"], replayed["status"]) == ({"name": "Accepted"}, 200)
-    ledger = stack.redis.hget(keys.ledger("user_1"), "v:name")
-    assert ledger is not None
-    assert json.loads(ledger) == "Accepted"
+    applied = Ledger(stack.redis).get("user_1")
+    assert applied is not None
+    assert applied.fields["name"].value == "Accepted"
