@@ -52,6 +52,46 @@ def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+def settled_memory(client: redis.Redis) -> int:
+    """`used_memory` once Redis has shrunk its key tables after a mass deletion: its cron does
+    that a step at a time, and not while an AOF rewrite runs; until then the deleted keys' table
+    slots count against what stays. Waits for no rewrite and their size to hold still a second."""
+    readings: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        persistence = client.info("persistence")
+        if persistence["aof_rewrite_in_progress"] or persistence["rdb_bgsave_in_progress"]:
+            # Redis does not resize its tables while a child process shares its memory.
+            readings.clear()
+            time.sleep(0.2)
+            continue
+        db = client.memory_stats().get("db.0", {})
+        readings.append(
+            (
+                int(db.get("overhead.hashtable.main", 0)),
+                int(db.get("overhead.hashtable.expires", 0)),
+            )
+        )
+        if len(readings) >= 6 and len(set(readings[-6:])) == 1:
+            break
+        time.sleep(0.2)
+    return used_memory(client)
+
+
+def encodings_of(client: redis.Redis, buckets: list[str]) -> str:
+    """The encodings of a spread of the ledger's buckets (listpack, hashtable)."""
+    found = {client.object("encoding", b) for b in buckets[:: max(1, len(buckets) // 64)]}
+    return ",".join(sorted(e.decode() for e in found if e))
+
+
+def total_usage(client: redis.Redis, names: list[str]) -> int:
+    """Sum of `MEMORY USAGE` (SAMPLES 0) of the named keys; missing ones count 0."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.memory_usage(name, samples=0)
+    return sum(int(size) for size in pipe.execute() if size is not None)
+
+
 def sample_usage(client: redis.Redis, names: list[str]) -> float:
     """Mean `MEMORY USAGE` (SAMPLES 0: every element counted) of the named keys."""
     pipe = client.pipeline(transaction=False)
@@ -151,7 +191,7 @@ def old_layout(client: redis.Redis, n: int) -> list[list[object]]:
     as an upgrade does: a hash per user (`rs:ledger:{user}`, the fields as the old scripts wrote
     them) and a member of `rs:ledger-index` each. Users `old_{n}`, deleted afterwards."""
     ledger = Ledger(client)
-    before = used_memory(client)
+    before = settled_memory(client)
 
     def write(batch: list[int]) -> None:
         pipe = client.pipeline(transaction=False)
@@ -171,13 +211,13 @@ def old_layout(client: redis.Redis, n: int) -> list[list[object]]:
         pipe.execute()
 
     in_batches(range(1, n + 1), write)
-    old_delta = (used_memory(client) - before) / n
+    old_delta = (settled_memory(client) - before) / n
     started = time.perf_counter()
     moved = ledger.migrate()
     seconds = time.perf_counter() - started
     if moved != n or client.exists(keys.LEDGER_INDEX):
         raise SystemExit(f"the migration moved {moved:,} of {n:,} users")
-    migrated_delta = (used_memory(client) - before) / n
+    migrated_delta = (settled_memory(client) - before) / n
     for user in range(1, n + 1, BATCH):
         pipe = client.pipeline(transaction=False)
         for one in range(user, min(user + BATCH, n + 1)):
@@ -186,6 +226,33 @@ def old_layout(client: redis.Redis, n: int) -> list[list[object]]:
     return [
         ["(before) ledger as a hash per user + index member", n, old_delta, "-", "-"],
         [f"  moved by Ledger.migrate() in {seconds:.1f} s", moved, migrated_delta, "-", "-"],
+    ]
+
+
+def default_config_ledger(client: redis.Redis, n: int, listpack_delta: float) -> list[object]:
+    """The ledger once its buckets are hash tables, as with Redis's default
+    `hash-max-listpack-value` (64): each bucket rewritten under it, what that adds to the
+    listpack figure `listpack_delta`. Last: a hash table never turns back into a listpack."""
+    buckets = [keys.LEDGER_BUCKET + str(b) for b in range(keys.LEDGER_BUCKETS)]
+    before = settled_memory(client)
+    client.config_set("hash-max-listpack-value", 64)
+    for start in range(0, len(buckets), BATCH):
+        pipe = client.pipeline(transaction=False)
+        for bucket in buckets[start : start + BATCH]:
+            pipe.hgetall(bucket)
+        rewrite = client.pipeline(transaction=False)
+        for bucket, entries in zip(buckets[start : start + BATCH], pipe.execute(), strict=True):
+            if entries:
+                rewrite.hset(bucket, mapping=entries)
+        rewrite.execute()
+    delta = (settled_memory(client) - before) / n
+    after = total_usage(client, buckets)
+    return [
+        f"ledger with hash-max-listpack-value 64 ({encodings_of(client, buckets)})",
+        n,
+        listpack_delta + delta,
+        after / n,
+        "-",
     ]
 
 
@@ -288,13 +355,12 @@ def main() -> None:
         before_ids = used_memory(client)
         remembered = delete_matching(client, keys.EVENT_SEEN + "*")
         event_id_delta = (before_ids - used_memory(client)) / remembered
-        ledger_delta = (used_memory(client) - start) / n
+        ledger_delta = (settled_memory(client) - start) / n
         buckets = [keys.LEDGER_BUCKET + str(b) for b in range(keys.LEDGER_BUCKETS)]
-        ledger_usage = sample_usage(client, buckets) * len(buckets) / n
-        encodings = {client.object("encoding", b) for b in buckets[:: keys.LEDGER_BUCKETS // 64]}
+        ledger_usage = total_usage(client, buckets) / n
         rows.append(
             [
-                f"ledger entry (per customer; buckets: {b','.join(sorted(encodings)).decode()})",
+                f"ledger entry (per customer; buckets: {encodings_of(client, buckets)})",
                 n,
                 ledger_delta,
                 ledger_usage,
@@ -327,6 +393,7 @@ def main() -> None:
         entries = [k.decode() for k, _ in client.zscan_iter(keys.DEAD_LETTERS, count=1000)]
         dead_usage = sample_usage(client, [keys.dead_letter(e) for e in entries[: args.sample]])
         rows.append(["dead letter", dead, dead_delta, dead_usage, "-"])
+        rows.append(default_config_ledger(client, n, ledger_delta))
         client.close()
 
     print(

@@ -112,7 +112,7 @@ class Ledger:
     def seed(self, user_id: str, fields: dict[str, Any], *, ts_ms: int | None = None) -> None:
         """Record desired values (from an import); a field newer in the ledger is kept."""
         stamp = ts_ms if ts_ms is not None else int(time.time() * 1000)
-        args: list[Any] = [user_id, repr(time.time())]
+        args: list[Any] = [user_id, f"{time.time():.3f}"]
         for name, value in fields.items():
             # The encoding the pending store writes after a sync: a value reads the same
             # whichever wrote it (the reconciliation decodes both sides anyway).

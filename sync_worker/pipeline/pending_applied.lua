@@ -12,7 +12,7 @@ for f, mark in pairs(sent) do
   local lt = ledger_time(ledger, f)
   if lt == nil or ts >= lt then ledger.f[f] = {values[f], string.format('%d', ts)} end
 end
-ledger.at = ARGV[3]
+ledger.at = string.format('%.3f', tonumber(ARGV[3]))  -- a millisecond is precise enough
 ledger_save(KEYS[6], ARGV[1], ledger)
 local resolved = cjson.decode(ARGV[7])
 for _, id in ipairs(resolved) do
