@@ -63,8 +63,8 @@ PAGE_ATTEMPTS = 8
 SEEN_TTL_SECONDS = 3 * 24 * 3600.0
 """A crashed run's seen set outlives a few nights, until the next run resumes and drops it."""
 SCHEDULED_MARK_TTL_SECONDS = 2 * 24 * 3600
-SCAN_BATCH = 16
-"""Ledger buckets scanned per call of the missing-users script: about 1,000 users at a million."""
+SCAN_BATCH = 1000
+"""Ledger users looked at per call of the missing-users script (whole buckets)."""
 
 _MISSING = lua.script("pipeline/ledger_fn.lua", "reconcile/reconciler_missing.lua")
 
@@ -333,7 +333,7 @@ class Reconciler:
             hook(unsaved.progress)
 
     def _count_missing(self, seen: str, counts: Counts) -> None:
-        """Ledger users Recur did not list, found by Redis a few buckets at a time."""
+        """Ledger users Recur did not list, found by Redis about SCAN_BATCH users at a time."""
         # The script walks the buckets only: entries of the layout before them move there first.
         Ledger(self._redis).migrate()
         bucket = 0
