@@ -1,6 +1,6 @@
 """Connections to Redis from the settings: a plain URL, or Redis Sentinel.
 
-`REDIS_URL` is either one server (`redis://`, `rediss://`, `unix://`) or a list of sentinels in
+`REDIS_URL` is either one server (`redis://`, `rediss://`) or a list of sentinels in
 kombu's form, `sentinel://[:password@]host:26379[/db];sentinel://host2:26379`, with the master's
 name in `REDIS_SENTINEL_MASTER`. Our own clients and Celery's broker then follow the master
 through a failover.

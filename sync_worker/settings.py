@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -193,9 +195,25 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
-        schemes = ("redis://", "rediss://", "unix://", "sentinel://")
+        # A unix socket is not offered: neither Celery's Redis transport nor our clients'
+        # TCP options take `unix://`.
+        schemes = ("redis://", "rediss://", "sentinel://")
         if not value.startswith(schemes):
-            raise ValueError("must start with redis://, rediss://, unix:// or sentinel://")
+            raise ValueError("must start with redis://, rediss:// or sentinel://")
+        # redis-py would otherwise raise a bare ValueError on the first call (a port out of
+        # range), or quietly use database 0 (a path that is not a number).
+        for part in value.split(";"):
+            parsed = urlsplit(part.strip())
+            try:
+                port = parsed.port
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise ValueError("has a port that is not a number from 1 to 65535")
+            if not re.fullmatch(r"/?\d*", parsed.path):
+                raise ValueError(
+                    "the database after the port must be a number, e.g. redis://localhost:6379/0"
+                )
         return value
 
     @field_validator("reconcile_timezone")

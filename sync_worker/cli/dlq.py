@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from sync_worker.cli.errors import redis_error_line
 from sync_worker.deadletters.dlq import REASONS, Edit
 from sync_worker.deadletters.replay_edit import EditError, FieldEdits, build_edit, parse_assignments
 from sync_worker.deadletters.triage import Triage, triage
@@ -71,7 +72,7 @@ def open_runtime() -> Iterator[Runtime]:
     try:
         yield runtime
     except (redis.RedisError, OSError) as error:
-        typer.secho(f"error: Redis: {error}", fg=typer.colors.RED, err=True)
+        typer.secho(redis_error_line(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     finally:
         runtime.close()

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from sync_worker.cli.errors import redis_error_line
 from sync_worker.connections import redis_client
 from sync_worker.intake.events import EventValidationError, validate_user_fields
 from sync_worker.pipeline.ledger import Ledger
@@ -168,7 +169,7 @@ def import_(
                 summary.imported += 1
             display.update(task, completed=display.tasks[0].total, rejected=summary.rejected)
     except redis.RedisError as error:
-        typer.secho(f"error: Redis: {error}", fg=typer.colors.RED, err=True)
+        typer.secho(redis_error_line(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     finally:
         client.close()

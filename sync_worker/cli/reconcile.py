@@ -7,6 +7,7 @@ summary at the end. Exit status 1 when the pass failed or another one is running
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from sync_worker.cli.errors import redis_error_line
 from sync_worker.logging import configure_logging
 from sync_worker.reconcile.reconciler import Reconciler, RunResult
 from sync_worker.runtime import Runtime
@@ -82,7 +84,7 @@ def reconcile(
                 dry_run=dry_run, on_page=lambda p: display.update(task, **_fields(p))
             )
     except redis.RedisError as error:
-        typer.secho(f"error: Redis: {error}", fg=typer.colors.RED, err=True)
+        typer.secho(redis_error_line(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     finally:
         runtime.close()
@@ -129,7 +131,12 @@ def _print(result: RunResult) -> None:
     for kind, users in report.get("samples", {}).items():
         out.print(f"  {kind}: {', '.join(users)}")
     if report.get("error"):
-        out.print(f"[red]error:[/] {report['error']} (the next run resumes from the checkpoint)")
+        # A Recur error reads `GET /v1/customers -> 401 ...`: a refused key is the operator's
+        # to fix, so the line names the setting.
+        fix = "fix RECUR_SECRET_KEY; " if re.search(r" -> 40[13] ", report["error"]) else ""
+        out.print(
+            f"[red]error:[/] {report['error']} ({fix}the next run resumes from the checkpoint)"
+        )
 
 
 def _fields_line(report: dict[str, Any]) -> str:

@@ -164,8 +164,10 @@ def send_test_event(
     settings = load_settings()
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
+        signed_with = "WEBHOOK_SECRET (from the environment or .env)"
     else:
         secret = _kept_webhook_secret(state_dir)
+        signed_with = f"the WEBHOOK_SECRET kept in {state_dir / SECRETS_FILE}"
     target = url or local_url(settings.web_host, settings.web_port) + INTAKE_PATH
     if body_file is not None:
         given = {
@@ -207,10 +209,22 @@ def send_test_event(
     try:
         response = httpx.post(target, content=body, headers=headers, timeout=10)
     except httpx.HTTPError as error:
-        typer.secho(f"error: POST {target} failed: {error}", fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"error: POST {target} failed: {error} (is `sync-worker web` running there? "
+            "--url or WEB_PORT say where)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(1) from None
     typer.echo(f"POST {target} -> {response.status_code}")
     typer.echo(response.text)
+    if response.status_code == 401 and _error_code(response) == "bad_signature":
+        typer.secho(
+            f"error: signed with {signed_with}, which is not the secret this intake verifies "
+            "with: give both the same WEBHOOK_SECRET",
+            fg=typer.colors.RED,
+            err=True,
+        )
     if response.is_error:
         raise typer.Exit(1)
     if response.status_code == 202:
@@ -218,6 +232,15 @@ def send_test_event(
             f"The worker PATCHes customer {response.json().get('user_id')} in Recur once the "
             f"debounce window ({settings.debounce_window_seconds:g} s) has passed."
         )
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The `error.code` of an intake refusal, or None when the answer is not one."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _kept_webhook_secret(state_dir: Path) -> str:
