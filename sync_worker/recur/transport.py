@@ -75,18 +75,47 @@ class _Connection:
         return not poller.poll(0)
 
 
+Origin = tuple[str, str, int]
+"""Scheme, host and port: what a kept connection is for."""
+
+
 class LeanTransport(httpx.BaseTransport):
-    """HTTP/1.1 requests through `http.client`, for one thread at a time."""
+    """HTTP/1.1 requests through `http.client`, for one thread at a time.
+
+    `send` takes the request as bytes (RecurClient's hot path builds them itself: httpx's
+    request building parses the URL twice, a third of a call's CPU); `handle_request` is the
+    same for an `httpx.Request`."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext) -> None:
         self._ssl_context = ssl_context
-        self._connections: dict[tuple[str, str, int], _Connection] = {}
+        self._connections: dict[Origin, _Connection] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` and read its whole answer (RecurClient reads every body anyway)."""
-        timeouts = request.extensions.get("timeout", {})
         url = request.url
         origin = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in request.headers.raw)
+        answer = self.send(
+            request.method,
+            origin,
+            url.raw_path,
+            head,
+            request.read(),
+            request.extensions.get("timeout", {}),
+        )
+        return answer.response(request)
+
+    def send(
+        self,
+        method: str,
+        origin: Origin,
+        target: bytes,
+        head: bytes,
+        body: bytes,
+        timeouts: dict[str, float | None],
+    ) -> Answer:
+        """Send one request (`head`: its header lines, each ending in CRLF, Host among them)
+        to `target` (path and query) at `origin`, and read the whole answer."""
         connection = self._connections.pop(origin, None)
         if connection is not None and not connection.reusable():
             connection.sock.close()
@@ -94,7 +123,9 @@ class LeanTransport(httpx.BaseTransport):
         if connection is None:
             connection = _Connection(self._connect(origin, timeouts.get("connect")))
         try:
-            answer = self._exchange(connection.sock, request, timeouts)
+            answer = self._exchange(
+                connection.sock, method, target, head + b"\r\n" + body, timeouts
+            )
         except BaseException:
             connection.sock.close()
             raise
@@ -103,15 +134,9 @@ class LeanTransport(httpx.BaseTransport):
         else:
             connection.idle_since = time.monotonic()
             self._connections[origin] = connection
-        return httpx.Response(
-            answer.status,
-            headers=answer.getheaders(),
-            content=answer.body,
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason.encode()},
-        )
+        return answer
 
-    def _connect(self, origin: tuple[str, str, int], timeout: float | None) -> socket.socket:
+    def _connect(self, origin: Origin, timeout: float | None) -> socket.socket:
         scheme, host, port = origin
         try:
             sock = socket.create_connection(
@@ -138,22 +163,23 @@ class LeanTransport(httpx.BaseTransport):
         return sock
 
     def _exchange(
-        self, sock: socket.socket, request: httpx.Request, timeouts: dict[str, float | None]
-    ) -> _Answer:
-        head = [request.method.encode(), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
+        self,
+        sock: socket.socket,
+        method: str,
+        target: bytes,
+        rest: bytes,
+        timeouts: dict[str, float | None],
+    ) -> Answer:
         try:
             sock.settimeout(remaining(timeouts.get("write"), httpx.WriteTimeout))
-            sock.sendall(b"".join(head) + request.read())
+            sock.sendall(method.encode() + b" " + target + b" HTTP/1.1\r\n" + rest)
         except TimeoutError as error:
             raise httpx.WriteTimeout(str(error) or "write timed out") from error
         except OSError as error:
             raise httpx.WriteError(str(error)) from error
         answer = http.client.HTTPResponse(
             _SocketFile(sock, timeouts.get("read")),  # type: ignore[arg-type]
-            method=request.method,
+            method=method,
         )
         try:
             answer.begin()
@@ -166,7 +192,7 @@ class LeanTransport(httpx.BaseTransport):
             raise httpx.ReadError(str(error)) from error
         finally:
             answer.close()
-        return _Answer(answer, body)
+        return Answer(answer, body)
 
     def close(self) -> None:
         """Close every kept connection."""
@@ -175,17 +201,32 @@ class LeanTransport(httpx.BaseTransport):
             connection.sock.close()
 
 
-class _Answer:
+class Answer:
     """What was read of one response."""
 
-    __slots__ = ("_headers", "body", "reason", "status", "will_close")
+    __slots__ = ("body", "headers", "reason", "status", "will_close")
 
     def __init__(self, response: http.client.HTTPResponse, body: bytes) -> None:
         self.status = response.status
         self.reason = response.reason
         self.will_close = bool(response.will_close)
-        self._headers = response.getheaders()
+        self.headers = response.getheaders()
         self.body = body
 
-    def getheaders(self) -> list[tuple[str, str]]:
-        return self._headers
+    @property
+    def plain(self) -> bool:
+        """True when `body` is the content as sent, with no content coding to undo."""
+        return all(
+            name.lower() != "content-encoding" or value.strip().lower() in ("", "identity")
+            for name, value in self.headers
+        )
+
+    def response(self, request: httpx.Request) -> httpx.Response:
+        """The answer as an httpx response to `request` (its content decoded)."""
+        return httpx.Response(
+            self.status,
+            headers=self.headers,
+            content=self.body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": self.reason.encode()},
+        )
