@@ -62,6 +62,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     ]
     structlog.configure(
         processors=[
+            # First: an event below the level is dropped before the time stamp, the redaction
+            # and the rest are worked out for it (the worker logs an info line per user).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

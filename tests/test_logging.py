@@ -63,3 +63,33 @@ def test_a_stdlib_exc_info_record_carries_its_traceback_too(json_log: io.StringI
     assert "Traceback (most recent call last)" in line["exception"]
     assert "RuntimeError: upstream said [redacted]" in line["exception"]
     assert "sk_test_abc123" not in json_log.getvalue()
+
+
+def test_events_below_the_level_are_dropped_before_any_processing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sync_worker.logging as logging_module
+
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    redacted: list[str] = []
+    real = logging_module._redact_event
+
+    def counted(logger: Any, method: str, event: Any) -> Any:
+        redacted.append(method)
+        return real(logger, method, event)
+
+    monkeypatch.setattr(logging_module, "_redact_event", counted)
+    stream = io.StringIO()
+    try:
+        configure_logging(Settings(log_format="json", log_level="WARNING"), stream=stream)
+        log = get_logger("tests.level")
+        for _ in range(3):
+            log.info("sync_outcome", user_id="u1")
+        log.warning("kept", user_id="u1")
+    finally:
+        structlog.configure(**saved_config)
+        root.handlers, root.level = saved_handlers, saved_level
+    assert redacted == ["warning"]
+    assert [line["event"] for line in _lines(stream)] == ["kept"]
