@@ -108,3 +108,11 @@ def test_send_test_event_with_nothing_listening_says_where_it_looked() -> None:
     line = one_line(done.stderr)
     assert line.startswith(f"error: POST {url} failed:")
     assert "--url or WEB_PORT" in line
+
+
+@pytest.mark.parametrize("command", ["worker", "beat"])
+def test_a_worker_or_beat_without_redis_at_start_says_so_in_one_line(command: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    done = run(command, REDIS_URL=url, RECUR_SECRET_KEY="sk_test_sandbox")
+    assert done.returncode == 1
+    assert one_line(done.stderr).endswith("(check REDIS_URL)")

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
+import redis
 import typer
 
+from sync_worker.cli.errors import redis_error_line
 from sync_worker.logging import configure_logging, get_logger
 from sync_worker.settings import Settings, load_settings
 
 log = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _redis_or_exit() -> Iterator[None]:
+    """Redis failing before the process is up: one line naming REDIS_URL, exit status 1.
+
+    Once running, worker and beat ride out Redis going away; at start there is nothing to ride
+    out yet, and a traceback would hide which setting to check."""
+    try:
+        yield
+    except redis.RedisError as error:
+        typer.secho(redis_error_line(error), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
 
 
 def _claim_mode(settings: Settings) -> None:
@@ -80,8 +97,9 @@ def worker(
     """Run the Celery worker that syncs users to Recur (and its dispatcher thread)."""
     settings = load_settings()
     settings.require_secret_key()
-    _claim_mode(settings)
-    _migrate_ledger(settings)
+    with _redis_or_exit():
+        _claim_mode(settings)
+        _migrate_ledger(settings)
     from sync_worker.celery_app import app
 
     argv = ["worker", "--loglevel", settings.log_level, "-Q", "sync,maintenance"]
@@ -98,7 +116,8 @@ def beat(
 ) -> None:
     """Run Celery beat: the sweep every SWEEP_INTERVAL_SECONDS and the nightly reconciliation."""
     settings = load_settings()
-    _claim_mode(settings)
+    with _redis_or_exit():
+        _claim_mode(settings)
     from sync_worker.celery_app import app
 
     app.start(["beat", "--loglevel", settings.log_level, "--schedule", schedule])
