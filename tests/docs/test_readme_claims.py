@@ -4,14 +4,19 @@ is one the code really produces."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
 from sync_worker import redis_keys as keys
+from sync_worker.settings import Settings
 from sync_worker.telemetry.stats import Stats
-from tests.fixtures.stack import Stack
+from tests.fixtures.redis_server import free_port
+from tests.fixtures.stack import WEBHOOK_SECRET, Stack, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES = re.compile(r"\brecur_sync_[a-z0-9_]+\b")
@@ -57,3 +62,36 @@ def test_every_metric_the_readme_names_is_exported_or_counted(web_stack: Stack) 
         if name not in exported and not (name.endswith("_total") and name in counted)
     )
     assert not unknown, f"README names series that /metrics never exports: {unknown}"
+
+
+def test_healthz_is_liveness_and_readyz_says_redis_is_unreachable(tmp_path: Path) -> None:
+    # Deploying: /healthz answers 200 while the process runs; /readyz 503 naming the reason.
+    env = {
+        key: value for key, value in os.environ.items() if key.lower() not in Settings.model_fields
+    }
+    env |= {
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "PYTHONPATH": str(ROOT),
+    }
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "web", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthz() -> int | None:
+            try:
+                return httpx.get(base + "/healthz", timeout=5).status_code
+            except httpx.TransportError:
+                return None
+
+        assert wait_for(healthz, timeout=30) == 200
+        ready = httpx.get(base + "/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == "redis_unreachable"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
