@@ -41,6 +41,7 @@ from bench.harness import (
     SANDBOX_KEY,
     WEBHOOK_SECRET,
     Processes,
+    all_applied,
     cpu_seconds,
     environment,
     free_port,
@@ -52,7 +53,6 @@ from bench.sync_throughput import seed
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
 from sync_worker.intake.signatures import sign
-from sync_worker.pipeline.ledger import Ledger
 from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PendingStore
 
 WORKER_COUNTS = (1, 2, 4)
@@ -154,7 +154,7 @@ def throughput(
         load = os.getloadavg()[0]
         started = time.perf_counter()
         accept(client, range(1, args.users + 1), 1)
-        wait_until(lambda: Ledger(client).count() >= args.users, timeout=900, what="every PATCH")
+        wait_until(lambda: all_applied(client, args.users), timeout=900, what="every PATCH")
         elapsed = time.perf_counter() - started
         used = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu, strict=True)]
         stop_workers(processes, workers)
@@ -193,7 +193,7 @@ def rate_limited(
     # the first seconds, where a token taken before that slow work would be spent late.
     workers = start_workers(processes, client, 4, env)
     accept(client, range(1, users + 1), 1)
-    wait_until(lambda: Ledger(client).count() >= users, timeout=600, what="every PATCH")
+    wait_until(lambda: all_applied(client, users), timeout=600, what="every PATCH")
     stop_workers(processes, workers)
     times = sorted(at_ms(entry) for entry in patches(sandbox))
     # Calls per whole second of the sandbox's clock, from the first PATCH; the last second is
@@ -313,7 +313,7 @@ def two_webs(
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post_both, range(1, users + 1)))
-    wait_until(lambda: Ledger(client).count() >= users, timeout=300, what="every PATCH")
+    wait_until(lambda: all_applied(client, users), timeout=300, what="every PATCH")
     wait_until(lambda: drained(client), timeout=300, what="the worker")
     stop_workers(processes, workers)
     one_each = sum(1 for a in answers if a == [200, 202])

@@ -23,6 +23,7 @@ import redis
 from bench.harness import (
     SANDBOX_KEY,
     Processes,
+    all_applied,
     cpu_seconds,
     environment,
     start_sandbox,
@@ -31,7 +32,6 @@ from bench.harness import (
 )
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
-from sync_worker.pipeline.ledger import Ledger
 from sync_worker.pipeline.pending import PendingStore
 
 HEADER = ["run", "concurrency", "seconds", "PATCH/s", "ratio", "CPU s: ours / Redis / sandbox",
@@ -108,7 +108,7 @@ def ours(
             UserEvent(f"evt_{i}", "user.updated", user, now_ms, {"name": f"{user} ours"})
         )
     accepted = time.perf_counter() - started
-    wait_until(lambda: Ledger(client).count() >= users, timeout=600, what="every PATCH")
+    wait_until(lambda: all_applied(client, users), timeout=600, what="every PATCH")
     elapsed = time.perf_counter() - started
     worker_cpu = cpu_seconds(worker) - cpu[0]
     redis_cpu = cpu_seconds(processes.pids["redis"]) - cpu[1]
