@@ -176,7 +176,11 @@ def _show_text(out: Console, found: Triage) -> None:
             cells = [
                 _cell(queued, name in entry.fields, "(not in this change)"),
                 _cell(applied, name in found.applied, "(never applied)"),
-                _cell(now, found.recur is not None, "(no customer)"),
+                _cell(
+                    now,
+                    found.recur is not None,
+                    "(no customer)" if found.recur_missing else "(not fetched)",
+                ),
             ]
             table.add_row(name, *(cells if upstream else cells[:2]))
         out.print(table)

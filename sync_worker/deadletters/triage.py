@@ -32,6 +32,8 @@ class Triage:
     recur: dict[str, Any] | None = None
     recur_error: str | None = None
     holder: dict[str, Any] | None = None
+    recur_missing: bool = False
+    """Recur answered that it has no such customer (as opposed to not being asked, or failing)."""
 
     def rows(self) -> list[tuple[str, Any, Any, Any]]:
         """(field, queued change, last applied, Recur now) for every synced field in play."""
@@ -59,11 +61,15 @@ class Triage:
         }
 
 
+def _missing(external_id: str) -> str:
+    return f"Recur has no customer with external_id {external_id!r}"
+
+
 def _fetch(recur: RecurClient, external_id: str) -> tuple[dict[str, Any] | None, str | None]:
     try:
         customer = recur.get_customer_by_external_id(external_id)
     except NotFound:
-        return None, f"Recur has no customer with external_id {external_id!r}"
+        return None, _missing(external_id)
     except (RecurError, Throttled) as error:
         return None, f"could not fetch the customer from Recur: {error}"
     return customer.model_dump(mode="json"), None
@@ -87,6 +93,7 @@ def triage(
             entry=entry, applied=applied, applied_at=applied_at, recur_error=recur_unavailable
         )
     current, error = _fetch(recur, entry.user_id)
+    missing = current is None and error == _missing(entry.user_id)
     holder = None
     wanted = entry.request.get("external_id")
     if entry.reason == "conflict" and isinstance(wanted, str) and wanted != entry.user_id:
@@ -98,4 +105,5 @@ def triage(
         recur=current,
         recur_error=error,
         holder=holder,
+        recur_missing=missing,
     )

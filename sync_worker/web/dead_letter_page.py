@@ -64,7 +64,13 @@ def triage_html(found: Triage) -> str:
             _cell(applied, name in found.applied, "(never applied)"),
         ]
         if upstream:
-            cells.append(_cell(now, found.recur is not None, "(no customer)"))
+            cells.append(
+                _cell(
+                    now,
+                    found.recur is not None,
+                    "(no customer)" if found.recur_missing else "(not fetched)",
+                )
+            )
         rows.append(
             f"<tr data-field='{escape(name)}'><td>{escape(name)}</td>"
             + "".join(f"<td>{cell}</td>" for cell in cells)
