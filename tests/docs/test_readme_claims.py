@@ -3,6 +3,7 @@ is one the code really produces."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -95,3 +96,25 @@ def test_healthz_is_liveness_and_readyz_says_redis_is_unreachable(tmp_path: Path
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_the_first_sender_steps_install_what_the_python_example_imports() -> None:
+    # "From nothing to a 202" runs examples/python/send_event.py in the venv `make run` made,
+    # which holds only the package and its `run` extra.
+    text = (ROOT / "README.md").read_text("utf-8")
+    steps = text.split("\n### From nothing to a 202\n", 1)[1].split("\n### ", 1)[0]
+    tree = ast.parse((ROOT / "examples" / "python" / "send_event.py").read_text("utf-8"))
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+        )
+    }
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party, "the example imports its signing library"
+    for module in sorted(third_party):
+        assert f"pip install {module}" in steps, f"the steps never install {module}"
