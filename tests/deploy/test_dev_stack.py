@@ -214,6 +214,19 @@ def test_a_signed_event_becomes_a_patch_and_sigint_stops_everything(
         wait_for(lambda: len(patched()) == 2)
         assert patched() == {"user_1": {"name": "王大明"}, "user_2": {"name": "Ada"}}
 
+    # README's Quickstart: a worker line `sync_outcome` with `result=applied status=200` for
+    # each (here in the JSON form the tests log in; a terminal gets the same keys as key=value).
+    def outcomes() -> list[dict[str, object]]:
+        logged = [line.split("|", 1)[1] for line in dev.lines if line.startswith("worker ")]
+        found = [json.loads(text) for text in logged if '"sync_outcome"' in text]
+        return [entry for entry in found if entry.get("event") == "sync_outcome"]
+
+    wait_for(lambda: len(outcomes()) == 2)
+    assert sorted((str(o["user_id"]), o["result"], o["status"]) for o in outcomes()) == [
+        ("user_1", "applied", 200),
+        ("user_2", "applied", 200),
+    ]
+
     # The banner says what to export for the commands that call Recur; a reconciliation run
     # with just that finds the 20 demo customers.
     exports = next(line for line in dev.lines if "export RECUR_API_URL=" in line)
