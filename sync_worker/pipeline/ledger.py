@@ -2,9 +2,11 @@
 
 Users are spread over LEDGER_BUCKETS hashes, `ledger-bucket:{n}` (`redis_keys.ledger` names a
 user's): a user's entry is one field, the user id, whose value is packed text, fields sorted
-by name:
+by code:
 
-    applied_at LF field TAB event time (ms) TAB value (JSON) LF field TAB ...
+    applied_at LF code TAB event time (ms) TAB value (JSON) LF code TAB ...
+
+A field's code is one letter for the fields events carry (CODES), else its name.
 
 A hash whose values are all at most `hash-max-listpack-value` bytes is a listpack in Redis, one
 block of memory, so a customer costs its bytes and no key of its own (README, Sizing Redis).
@@ -34,6 +36,10 @@ _COUNT = lua.script("pipeline/ledger_fn.lua", "pipeline/ledger_count.lua")
 _MIGRATE = lua.script("pipeline/ledger_fn.lua", "pipeline/ledger_migrate.lua")
 _FORGET = lua.script("pipeline/ledger_fn.lua", "pipeline/ledger_forget.lua")
 
+CODES = {"email": "e", "external_id": "x", "metadata": "m", "name": "n"}
+"""Field name -> its code in a packed entry (ledger_fn.lua's LEDGER_CODES)."""
+_NAMES = {code: name for name, code in CODES.items()}
+
 MIGRATE_BATCH = 500
 """Users moved per script call: each call holds Redis for about a millisecond."""
 
@@ -56,8 +62,10 @@ def unpack(user_id: str, packed: str) -> LedgerEntry:
     applied_at, *lines = packed.split("\n")
     fields: dict[str, FieldState] = {}
     for line in lines:
-        name, stamp, value = line.split("\t", 2)
-        fields[name] = FieldState(value=json.loads(value), ts_ms=int(float(stamp)))
+        code, stamp, value = line.split("\t", 2)
+        fields[_NAMES.get(code, code)] = FieldState(
+            value=json.loads(value), ts_ms=int(float(stamp))
+        )
     return LedgerEntry(
         user_id=user_id, fields=fields, applied_at=float(applied_at) if applied_at else None
     )

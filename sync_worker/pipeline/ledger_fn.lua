@@ -2,10 +2,11 @@
 -- and tests/pipeline/test_ledger_layout.py holds the two to the same buckets and encoding).
 -- A user's entry is one field of a bucket hash, `rs:ledger-bucket:{n}` with n from
 -- `ledger_bucket`: small hashes, which Redis keeps as listpacks, so a customer costs its bytes
--- and no key of its own. The value is text, fields sorted by name:
---   applied_at LF field TAB event time (ms) TAB value (JSON) LF field TAB ...
--- JSON text holds no raw LF, and field names no TAB or LF. In Lua an entry is
--- {at = applied_at, f = {field = {value, event time}}}, all as stored (text).
+-- and no key of its own. The value is text, fields sorted by code:
+--   applied_at LF code TAB event time (ms) TAB value (JSON) LF code TAB ...
+-- a field's code is one letter for the fields events carry (LEDGER_CODES), else its name. JSON
+-- text holds no raw LF, and field names no TAB or LF. In Lua an entry is
+-- {at = applied_at, f = {field name = {value, event time}}}, all as stored (text).
 --
 -- Entries written before this layout, `rs:ledger:{user}` hashes (`v:{field}`, `t:{field}`,
 -- `applied_at`) whose users are in the `rs:ledger-index` set, are read merged in (the newer
@@ -15,6 +16,8 @@ local LEDGER_BUCKET_PREFIX = 'rs:ledger-bucket:'
 local LEDGER_BUCKETS = 16384
 local LEDGER_LEGACY_PREFIX = 'rs:ledger:'
 local LEDGER_LEGACY_INDEX = 'rs:ledger-index'
+local LEDGER_CODES = {email = 'e', external_id = 'x', metadata = 'm', name = 'n'}
+local LEDGER_NAMES = {e = 'email', x = 'external_id', m = 'metadata', n = 'name'}
 
 -- The key of a user's bucket: a 31-polynomial of its bytes mod 2^32 (four bytes a step, exact
 -- in doubles: h * 31^4 < 2^53), its high half added in.
@@ -50,7 +53,8 @@ local function ledger_unpack(packed)
     local tab1 = string.find(packed, '\t', pos, true)
     local tab2 = string.find(packed, '\t', tab1 + 1, true)
     stop = string.find(packed, '\n', tab2 + 1, true) or #packed + 1
-    entry.f[string.sub(packed, pos, tab1 - 1)] =
+    local code = string.sub(packed, pos, tab1 - 1)
+    entry.f[LEDGER_NAMES[code] or code] =
       {string.sub(packed, tab2 + 1, stop - 1), string.sub(packed, tab1 + 1, tab2 - 1)}
     pos = stop + 1
   end
@@ -58,12 +62,17 @@ local function ledger_unpack(packed)
 end
 
 local function ledger_pack(entry)
-  local names = {}
-  for f in pairs(entry.f) do names[#names + 1] = f end
-  table.sort(names)
+  local codes, names = {}, {}
+  for f in pairs(entry.f) do
+    local code = LEDGER_CODES[f] or f
+    codes[#codes + 1] = code
+    names[code] = f
+  end
+  table.sort(codes)
   local parts = {entry.at or ''}
-  for i, f in ipairs(names) do
-    parts[i + 1] = f .. '\t' .. entry.f[f][2] .. '\t' .. entry.f[f][1]
+  for i, code in ipairs(codes) do
+    local pair = entry.f[names[code]]
+    parts[i + 1] = code .. '\t' .. pair[2] .. '\t' .. pair[1]
   end
   return table.concat(parts, '\n')
 end
@@ -113,11 +122,12 @@ end
 -- A field of a packed entry: its value and event time (text), or nil. A value holds no LF, so
 -- LF field TAB starts that field's line and nothing else.
 local function ledger_field(packed, f)
-  local start = string.find(packed, '\n' .. f .. '\t', 1, true)
+  local code = LEDGER_CODES[f] or f
+  local start = string.find(packed, '\n' .. code .. '\t', 1, true)
   if start == nil then return nil end
-  local tab = string.find(packed, '\t', start + #f + 2, true)
+  local tab = string.find(packed, '\t', start + #code + 2, true)
   local stop = string.find(packed, '\n', tab + 1, true) or #packed + 1
-  return string.sub(packed, tab + 1, stop - 1), string.sub(packed, start + #f + 2, tab - 1)
+  return string.sub(packed, tab + 1, stop - 1), string.sub(packed, start + #code + 2, tab - 1)
 end
 
 -- Move a user out of the old layout, if it was in it.

@@ -77,6 +77,14 @@ def test_an_entry_reads_back_as_written_and_its_bucket_is_a_listpack(redis_url: 
     assert entry.applied_at is not None
     assert ledger.count() == 1
     assert client.hlen(keys.ledger("user_1")) == 1
+    packed = client.hget(keys.ledger("user_1"), "user_1")
+    assert packed is not None
+    lines = packed.decode().split("\n")[1:]
+    assert [line.split("\t")[:2] for line in lines] == [
+        ["e", "1700000000000"],
+        ["m", "1700000000000"],
+        ["n", "1700000000000"],
+    ]
     assert not client.exists(keys.LEDGER + "user_1", keys.LEDGER_INDEX)
     # with Redis configured as README's Sizing section says, a bucket stays one listpack
     previous = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
