@@ -38,7 +38,8 @@ from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import creation_record, failure_record, new_dead_letter_id
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.ledger import Ledger
-from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore, _dumps
+from sync_worker.pipeline.pending import ACCEPT_SCRIPT, PENDING_EVENTS, PendingStore
+from sync_worker.pipeline.records import dumps
 from sync_worker.telemetry import trace
 from sync_worker.telemetry.stats import Stats
 from sync_worker.telemetry.trace import TraceLog
@@ -200,9 +201,9 @@ def old_layout(client: redis.Redis, n: int) -> list[list[object]]:
             pipe.hset(
                 keys.LEDGER + f"old_{user}",
                 mapping={
-                    "v:name": _dumps(fields["name"]),
+                    "v:name": dumps(fields["name"]),
                     "t:name": "1764150000000",
-                    "v:metadata": _dumps(fields["metadata"]),
+                    "v:metadata": dumps(fields["metadata"]),
                     "t:metadata": "1764150000000",
                     "applied_at": repr(time.time()),
                 },
