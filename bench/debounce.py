@@ -19,6 +19,7 @@ import redis
 from bench.harness import (
     SANDBOX_KEY,
     WEBHOOK_SECRET,
+    all_applied,
     environment,
     free_port,
     start_sandbox,
@@ -28,7 +29,6 @@ from bench.harness import (
 from bench.load import build_request, run_load
 from sync_worker import redis_keys as keys
 from sync_worker.intake.signatures import sign
-from sync_worker.pipeline.ledger import Ledger
 
 GROUP = 50
 
@@ -97,7 +97,7 @@ def main() -> None:
         load = run_load("127.0.0.1", port, requests, connections=32)
         wait_until(
             lambda: (
-                Ledger(client).count() >= args.users
+                all_applied(client, args.users)
                 and not client.zcard(keys.DUE)
                 and not client.zcard(keys.INFLIGHT)
             ),

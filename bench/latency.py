@@ -27,6 +27,7 @@ import redis
 from bench.harness import (
     SANDBOX_KEY,
     WEBHOOK_SECRET,
+    all_applied,
     cpu_seconds,
     environment,
     free_port,
@@ -37,7 +38,6 @@ from bench.harness import (
 from bench.load import build_request, run_load
 from sync_worker import redis_keys as keys
 from sync_worker.intake.signatures import sign
-from sync_worker.pipeline.ledger import Ledger
 
 TARGET_P99_MS = 250.0
 WARM_USERS = 200
@@ -140,7 +140,7 @@ def main() -> None:
 
         def settled(count: int) -> bool:
             return bool(
-                Ledger(client).count() >= count
+                all_applied(client, count)
                 and not client.zcard(keys.DUE)
                 and not client.zcard(keys.INFLIGHT)
             )
