@@ -7,28 +7,25 @@ intake and worker. Targets: at most 1.05 PATCHes per user, and no stale final va
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import redis
 
 from bench.harness import (
     SANDBOX_KEY,
     WEBHOOK_SECRET,
     all_applied,
     environment,
-    free_port,
+    signed_event,
     start_sandbox,
+    start_web_and_worker,
     table,
     wait_until,
 )
-from bench.load import build_request, run_load
+from bench.load import run_load
 from sync_worker import redis_keys as keys
-from sync_worker.intake.signatures import sign
 
 GROUP = 50
 
@@ -43,24 +40,16 @@ def burst_requests(port: int, users: int, burst: int) -> list[bytes]:
         group = range(first, min(first + GROUP, users + 1))
         for version in range(burst):
             for user in group:
-                event_id = f"evt_{user}_{version}"
-                body = json.dumps(
-                    {
-                        "id": event_id,
-                        "type": "user.updated",
-                        "timestamp": (t0 + timedelta(milliseconds=version)).isoformat(),
-                        "data": {"user_id": f"user_{user}", "name": f"user_{user} v{version}"},
-                    }
-                ).encode()
-                signature = sign(WEBHOOK_SECRET, msg_id=event_id, timestamp=now, body=body)
-                headers = {
-                    "content-type": "application/json",
-                    "webhook-id": event_id,
-                    "webhook-timestamp": str(now),
-                    "webhook-signature": signature,
-                }
+                stamp = (t0 + timedelta(milliseconds=version)).isoformat()
                 requests.append(
-                    build_request("127.0.0.1", port, "/webhooks/user-updated", body, headers)
+                    signed_event(
+                        port,
+                        f"evt_{user}_{version}",
+                        f"user_{user}",
+                        f"user_{user} v{version}",
+                        stamp=stamp,
+                        now=now,
+                    )
                 )
     return requests
 
@@ -81,18 +70,7 @@ def main() -> None:
             "RATE_LIMIT_PER_SECOND": "100000",
             "RATE_LIMIT_BURST": "100000",
         }
-        port = free_port()
-        processes.start(
-            "web", [sys.executable, "-m", "sync_worker", "web", "--port", str(port)], env
-        )
-        processes.start("worker", [sys.executable, "-m", "sync_worker", "worker"], env)
-        client = redis.Redis.from_url(redis_url)
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
-            timeout=30,
-            what="web",
-        )
-        wait_until(lambda: client.keys(keys.WORKER_HEARTBEAT + "*"), timeout=60, what="worker")
+        port, client = start_web_and_worker(processes, env)
         requests = burst_requests(port, args.users, args.burst)
         load = run_load("127.0.0.1", port, requests, connections=32)
         wait_until(

@@ -4,6 +4,7 @@ ports, and a table printer. Everything binds to 127.0.0.1 and is stopped on exit
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -19,7 +20,9 @@ from typing import cast
 import httpx
 import redis
 
+from bench.load import build_request
 from sync_worker import redis_keys as keys
+from sync_worker.intake.signatures import sign
 from sync_worker.pipeline.ledger import Ledger
 
 SANDBOX_KEY = "sk_test_sandbox"
@@ -165,6 +168,42 @@ def start_sandbox(
         what="sandbox",
     )
     return url
+
+
+def signed_event(
+    port: int, event_id: str, user_id: str, name: str, *, stamp: str, now: int
+) -> bytes:
+    """The raw HTTP request of one signed `user.updated` event for the intake on `port`."""
+    body = json.dumps(
+        {
+            "id": event_id,
+            "type": "user.updated",
+            "timestamp": stamp,
+            "data": {"user_id": user_id, "name": name},
+        }
+    ).encode()
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(WEBHOOK_SECRET, msg_id=event_id, timestamp=now, body=body),
+    }
+    return build_request("127.0.0.1", port, "/webhooks/user-updated", body, headers)
+
+
+def start_web_and_worker(processes: Processes, env: dict[str, str]) -> tuple[int, redis.Redis]:
+    """`sync-worker web` on a free port and one worker, both live; the port and a Redis client."""
+    port = free_port()
+    processes.start("web", [sys.executable, "-m", "sync_worker", "web", "--port", str(port)], env)
+    processes.start("worker", [sys.executable, "-m", "sync_worker", "worker"], env)
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
+        timeout=30,
+        what="web",
+    )
+    wait_until(lambda: client.keys(keys.WORKER_HEARTBEAT + "*"), timeout=60, what="worker")
+    return port, client
 
 
 def all_applied(client: redis.Redis, users: int) -> bool:

@@ -17,7 +17,6 @@ Then the same two runs with one local replica and `REDIS_MIN_REPLICAS=1`: the co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -33,13 +32,13 @@ from bench.harness import (
     cpu_seconds,
     environment,
     free_port,
+    signed_event,
     start_replica,
     start_sandbox,
     table,
     wait_until,
 )
-from bench.load import LoadResult, build_request, run_load
-from sync_worker.intake.signatures import sign
+from bench.load import LoadResult, run_load
 
 
 def baseline_app() -> FastAPI:
@@ -65,22 +64,11 @@ def signed_requests(port: int, count: int, prefix: str) -> list[bytes]:
     stamp = datetime.now(tz=UTC).isoformat()
     requests = []
     for i in range(count):
-        event_id = f"{prefix}_{i}"
-        body = json.dumps(
-            {
-                "id": event_id,
-                "type": "user.updated",
-                "timestamp": stamp,
-                "data": {"user_id": f"user_{i % 5000}", "name": f"name {i}"},
-            }
-        ).encode()
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": event_id,
-            "webhook-timestamp": str(now),
-            "webhook-signature": sign(WEBHOOK_SECRET, msg_id=event_id, timestamp=now, body=body),
-        }
-        requests.append(build_request("127.0.0.1", port, "/webhooks/user-updated", body, headers))
+        requests.append(
+            signed_event(
+                port, f"{prefix}_{i}", f"user_{i % 5000}", f"name {i}", stamp=stamp, now=now
+            )
+        )
     return requests
 
 

@@ -30,14 +30,14 @@ from bench.harness import (
     all_applied,
     cpu_seconds,
     environment,
-    free_port,
+    signed_event,
     start_sandbox,
+    start_web_and_worker,
     table,
     wait_until,
 )
-from bench.load import build_request, run_load
+from bench.load import run_load
 from sync_worker import redis_keys as keys
-from sync_worker.intake.signatures import sign
 
 TARGET_P99_MS = 250.0
 WARM_USERS = 200
@@ -50,22 +50,9 @@ def user_requests(port: int, users: range) -> list[bytes]:
     stamp = datetime.now(tz=UTC).isoformat()
     requests = []
     for n in users:
-        event_id = f"lat_{n}"
-        body = json.dumps(
-            {
-                "id": event_id,
-                "type": "user.updated",
-                "timestamp": stamp,
-                "data": {"user_id": f"user_{n}", "name": f"user_{n} latency"},
-            }
-        ).encode()
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": event_id,
-            "webhook-timestamp": str(now),
-            "webhook-signature": sign(WEBHOOK_SECRET, msg_id=event_id, timestamp=now, body=body),
-        }
-        requests.append(build_request("127.0.0.1", port, "/webhooks/user-updated", body, headers))
+        requests.append(
+            signed_event(port, f"lat_{n}", f"user_{n}", f"user_{n} latency", stamp=stamp, now=now)
+        )
     return requests
 
 
@@ -125,18 +112,7 @@ def main() -> None:
             "RATE_LIMIT_BURST": "100000",
             "LOG_LEVEL": "WARNING",
         }
-        port = free_port()
-        processes.start(
-            "web", [sys.executable, "-m", "sync_worker", "web", "--port", str(port)], env
-        )
-        processes.start("worker", [sys.executable, "-m", "sync_worker", "worker"], env)
-        client = redis.Redis.from_url(redis_url)
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200,
-            timeout=30,
-            what="web",
-        )
-        wait_until(lambda: client.keys(keys.WORKER_HEARTBEAT + "*"), timeout=60, what="worker")
+        port, client = start_web_and_worker(processes, env)
 
         def settled(count: int) -> bool:
             return bool(
