@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_concurrency: int = Field(default=16, ge=1, le=512)
-    sync_batch_size: int = Field(default=50, ge=1, le=1000)
+    sync_batch_size: int = Field(default=20, ge=1, le=1000)
     dispatch_interval_seconds: float = Field(default=0.1, gt=0)
     lease_seconds: float = Field(default=120.0, gt=0)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
