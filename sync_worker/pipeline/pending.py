@@ -268,11 +268,7 @@ class PendingStore:
             new_user = ""
         self._applied(
             keys=[
-                keys.pending(user),
-                keys.lease(user),
-                keys.INFLIGHT,
-                keys.DUE,
-                PENDING_EVENTS + user,
+                *_claim_keys(user),
                 keys.ledger(user),
                 keys.DEAD_LETTERS,
                 keys.fence(user),
@@ -328,11 +324,7 @@ class PendingStore:
             list[bytes | str],
             self._dead(
                 keys=[
-                    keys.pending(user),
-                    keys.lease(user),
-                    keys.INFLIGHT,
-                    keys.DUE,
-                    PENDING_EVENTS + user,
+                    *_claim_keys(user),
                     keys.DEAD_LETTERS,
                 ],
                 args=[
@@ -465,11 +457,7 @@ class PendingStore:
         user = claim.user_id
         result = self._verified(
             keys=[
-                keys.pending(user),
-                keys.lease(user),
-                keys.INFLIGHT,
-                keys.DUE,
-                PENDING_EVENTS + user,
+                *_claim_keys(user),
                 keys.ledger(user),
             ],
             args=[
@@ -484,3 +472,8 @@ class PendingStore:
             return None
         state, differ, resent = cast(list[Any], result)
         return Verified(state=as_text(state), differ=int(differ), resent=bool(int(resent)))
+
+
+def _claim_keys(user: str) -> list[str]:
+    """The keys every script settling a claimed user starts with, in the order they expect."""
+    return [keys.pending(user), keys.lease(user), keys.INFLIGHT, keys.DUE, PENDING_EVENTS + user]
