@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "pytester",
+    "tests.fixtures.logs",
     "tests.fixtures.redis_server",
     "tests.fixtures.sandbox",
     "tests.fixtures.stack",

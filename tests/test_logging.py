@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,23 +11,7 @@ import structlog
 
 from sync_worker.logging import configure_logging, get_logger
 from sync_worker.settings import Settings
-
-
-@pytest.fixture
-def json_log() -> Iterator[io.StringIO]:
-    """Logging configured to JSON on a buffer; the previous configuration is put back after."""
-    saved_config = structlog.get_config()
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    stream = io.StringIO()
-    configure_logging(Settings(log_format="json", log_level="INFO"), stream=stream)
-    yield stream
-    structlog.configure(**saved_config)
-    root.handlers, root.level = saved_handlers, saved_level
-
-
-def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+from tests.fixtures.logs import log_lines
 
 
 def _fail() -> None:
@@ -42,7 +24,7 @@ def test_log_exception_puts_the_traceback_in_the_json_line(json_log: io.StringIO
     except RuntimeError:
         get_logger("tests.logging").exception("sync_failed", user_id="user_1")
 
-    [line] = _lines(json_log)
+    [line] = log_lines(json_log)
     assert line["event"] == "sync_failed"
     assert line["user_id"] == "user_1"
     assert "Traceback (most recent call last)" in line["exception"]
@@ -58,7 +40,7 @@ def test_a_stdlib_exc_info_record_carries_its_traceback_too(json_log: io.StringI
     except RuntimeError:
         logging.getLogger("celery.worker").error("Task failed", exc_info=True)
 
-    [line] = _lines(json_log)
+    [line] = log_lines(json_log)
     assert line["event"] == "Task failed"
     assert "Traceback (most recent call last)" in line["exception"]
     assert "RuntimeError: upstream said [redacted]" in line["exception"]
@@ -92,4 +74,4 @@ def test_events_below_the_level_are_dropped_before_any_processing(
         structlog.configure(**saved_config)
         root.handlers, root.level = saved_handlers, saved_level
     assert redacted == ["warning"]
-    assert [line["event"] for line in _lines(stream)] == ["kept"]
+    assert [line["event"] for line in log_lines(stream)] == ["kept"]
