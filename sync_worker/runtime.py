@@ -167,7 +167,9 @@ class Runtime:
         return True
 
     def close(self) -> None:
-        """Close the Recur client and the Redis pool."""
+        """Close the senders, the Recur client and the Redis pool."""
+        if "syncer" in self.__dict__:
+            self.syncer.close()
         if "recur" in self.__dict__:
             self.recur.close()
         self.redis.close()

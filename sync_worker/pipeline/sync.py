@@ -25,10 +25,10 @@ it only the hold protects.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
@@ -36,6 +36,7 @@ from tenacity import RetryCallState
 
 from sync_worker.deadletters.dlq import Reason
 from sync_worker.logging import get_logger
+from sync_worker.pipeline.batch import Batch, Lease
 from sync_worker.pipeline.breaker import Breaker, BreakerOpen
 from sync_worker.pipeline.flow import FlowControl, Throttled
 from sync_worker.pipeline.ledger import Ledger
@@ -49,6 +50,7 @@ from sync_worker.pipeline.outcomes import (
 from sync_worker.pipeline.pending import PendingStore
 from sync_worker.pipeline.read_back import ReadBack
 from sync_worker.pipeline.records import Claim, Snapshot
+from sync_worker.pipeline.senders import Senders
 from sync_worker.recur.client import RecurClient
 from sync_worker.recur.errors import (
     BadRequest,
@@ -92,17 +94,8 @@ class LeaseLost(Exception):
     """Our claim on the user lapsed; another worker may own it now, so we must not send."""
 
 
-@dataclass
-class _Lease:
-    """A claim and when its lease lapses, as far as this worker renewed it."""
-
-    claim: Claim
-    until: float
-    lost: bool = False
-
-
 class Syncer:
-    """Syncs claimed users, one at a time per calling thread."""
+    """Syncs batches of claimed users; safe to call from many threads at once."""
 
     def __init__(
         self,
@@ -126,6 +119,7 @@ class Syncer:
         self._client = client
         self._stats = stats
         self._clock = clock
+        self._senders = Senders(settings.worker_concurrency)
         self._outcomes = Outcomes(
             settings=settings,
             pending=pending,
@@ -150,78 +144,118 @@ class Syncer:
         """Sync a batch of claims.
 
         The batch's Redis work is done in bulk (one round trip to read every snapshot, one to
-        settle every success); the PATCHes go one at a time. A paused sync hands every claim
-        straight back, and so does a batch from the moment one of its calls gets a 401/403.
-        An open circuit breaker does the same (uncounted, until its cool-down ends). `probe`
-        marks the breaker's half-open probe, whose answer closes or re-opens it.
+        settle every success). The PATCHes go out together, up to WORKER_CONCURRENCY at once
+        over the worker's senders, so a user does not wait for the users ahead of it in its
+        batch; they go one at a time for the breaker's probe and for a batch that rebinds a
+        customer (a later user's snapshot may depend on the rebind). A paused sync hands every
+        claim straight back, and so does a batch from the moment one of its calls gets a
+        401/403 (calls already sent finish). An open circuit breaker does the same (uncounted,
+        until its cool-down ends). `probe` marks the breaker's half-open probe, whose answer
+        closes or re-opens it.
         """
-        outcomes: list[SyncOutcome] = []
-        succeeded: list[tuple[Claim, Snapshot, float]] = []
         paused = self._flow.paused() is not None
         view = None if probe or paused else self._breaker.view()
         held = view if view is not None and view.is_open else None
-        unread = paused or held is not None
         read_at = self._clock()  # reading the snapshots renews every claim's lease
-        snapshots = [None] * len(claims) if unread else self._pending.snapshot_many(claims)
-        answered = 0
-        leases = [_Lease(claim, read_at + self._settings.lease_seconds) for claim in claims]
-        check_at = read_at + self._settings.lease_seconds - self._longest_attempt()
-        unsettled: list[_Lease] = []
-        rebound: set[str] = set()
-        for index, (claim, snapshot) in enumerate(zip(claims, snapshots, strict=True)):
-            if paused:
-                self._pending.hand_back(
-                    claim, delay=self._settings.auth_probe_interval_seconds, error=None
-                )
-                outcomes.append(SyncOutcome(claim.user_id, "paused"))
-                self._trace.add(claim.user_id, "held", by="pause")
-                continue
-            started = self._clock()
-            if held is not None:
-                outcomes.append(self._outcomes.hold(claim, snapshot, held, started))
-                continue
-            # Claims still waiting in the batch, and sent ones waiting for the batch's settle,
-            # keep their leases while other users are sent. None is due before `check_at`: the
-            # list is not even built until then (a scan per user cost 4 % of the worker's CPU).
-            if self._clock() >= check_at:
-                check_at = self._keep_leases(unsettled + leases[index:])
-            if claim.user_id in rebound:
-                # Read before a rebind of this batch brought the old id's ledger to this user:
-                # read again, without the fields that became stale (which renews the lease).
-                leases[index].until = self._clock() + self._settings.lease_seconds
-                snapshot = self._pending.snapshot(claim)
-            outcome = self._deliver(claim, snapshot, started, leases[index], probe=probe)
-            if outcome is None:
-                done = (claim, cast(Snapshot, snapshot), started)
-                answered += bool(snapshot is not None and patch_body(snapshot))
-                new_id = rebind_target(claim.user_id, snapshot)
-                if new_id is None:
-                    unsettled.append(leases[index])
-                    succeeded.append(done)
-                else:  # settled at once, before anything else of the batch is sent
-                    outcomes += self._settle([done])
-                    rebound.add(new_id)
-                continue
-            outcomes.append(outcome)
-            answered += _refused(outcome)
-            paused = outcome.result == "paused"
-            if outcome.result == "held":
-                held = self._breaker.view()
-        if answered:
+        unread = paused or held is not None
+        snapshots: list[Snapshot | None] = (
+            [None] * len(claims) if unread else self._pending.snapshot_many(claims)
+        )
+        until = read_at + self._settings.lease_seconds
+        batch = Batch(claims, snapshots, [Lease(c, until) for c in claims], paused, held)
+        # Until `check_at` no lease is due for renewal: the list is not even built (a scan per
+        # user cost 4 % of the worker's CPU).
+        check_at = until - self._longest_attempt()
+        if probe or unread or len(claims) < 2 or self._settings.worker_concurrency < 2:
+            self._deliver_in_turn(batch, check_at, probe=probe)
+        elif any(rebind_target(c.user_id, s) for c, s in zip(claims, snapshots, strict=True)):
+            self._deliver_in_turn(batch, check_at, probe=False)
+        else:
+            self._deliver_together(batch, check_at)
+        if batch.answered:
             # Recur answered these calls: it is up (a probe's answer closes the breaker).
-            self._breaker.record(successes=answered, probe=probe)
+            self._breaker.record(successes=batch.answered, probe=probe)
+        outcomes = [outcome for outcome in batch.results if outcome is not None]
+        succeeded = [done for done in batch.succeeded if done is not None]
         if succeeded:
-            self._keep_leases(unsettled)
+            self._keep_leases(batch.unsettled)
             outcomes += self._settle(succeeded)
         self._stats.flush()
         return outcomes
+
+    def _deliver_in_turn(self, batch: Batch, check_at: float, *, probe: bool) -> None:
+        """Each claim in order, in this thread. Claims still waiting, and sent ones waiting
+        for the batch's settle, keep their leases while other users are sent."""
+        for index in range(len(batch.claims)):
+            if self._clock() >= check_at:
+                check_at = self._keep_leases(batch.unsettled + batch.leases[index:])
+            self._step(batch, index, probe=probe)
+
+    def _deliver_together(self, batch: Batch, check_at: float) -> None:
+        """Every claim on the worker's senders at once (senders.py); the claims still queued
+        or sending, and the sent ones waiting for the settle, keep their leases meanwhile."""
+
+        def keep(unfinished: list[int]) -> float:
+            with batch.lock:
+                unsettled = list(batch.unsettled)
+            return self._keep_leases(unsettled + [batch.leases[i] for i in unfinished])
+
+        steps = [
+            functools.partial(self._step, batch, index, probe=False)
+            for index in range(len(batch.claims))
+        ]
+        self._senders.run_all(steps, check_at=check_at, clock=self._clock, keep=keep)
+
+    def close(self) -> None:
+        """Let the senders' threads end once their calls are done."""
+        self._senders.close()
+
+    def _step(self, batch: Batch, index: int, *, probe: bool) -> None:
+        """One claim of `batch`: hand it back, hold it, or send it, and record the result."""
+        claim, snapshot, lease = batch.claims[index], batch.snapshots[index], batch.leases[index]
+        if batch.paused:
+            self._pending.hand_back(
+                claim, delay=self._settings.auth_probe_interval_seconds, error=None
+            )
+            batch.results[index] = SyncOutcome(claim.user_id, "paused")
+            self._trace.add(claim.user_id, "held", by="pause")
+            return
+        started = self._clock()
+        if batch.held is not None:
+            batch.results[index] = self._outcomes.hold(claim, snapshot, batch.held, started)
+            return
+        if claim.user_id in batch.rebound:
+            # Read before a rebind of this batch brought the old id's ledger to this user:
+            # read again, without the fields that became stale (which renews the lease).
+            lease.until = self._clock() + self._settings.lease_seconds
+            snapshot = self._pending.snapshot(claim)
+        outcome = self._deliver(claim, snapshot, started, lease, probe=probe)
+        if outcome is None:
+            done = (claim, cast(Snapshot, snapshot), started)
+            new_id = rebind_target(claim.user_id, snapshot)
+            with batch.lock:
+                batch.answered += bool(snapshot is not None and patch_body(snapshot))
+                if new_id is None:
+                    batch.unsettled.append(lease)
+                    batch.succeeded[index] = done
+            if new_id is not None:  # settled at once, before anything else of the batch is sent
+                batch.results[index] = self._settle([done])[0]
+                batch.rebound.add(new_id)
+            return
+        batch.results[index] = outcome
+        with batch.lock:
+            batch.answered += _refused(outcome)
+        if outcome.result == "paused":
+            batch.paused = True
+        elif outcome.result == "held":
+            batch.held = self._breaker.view()
 
     def _deliver(
         self,
         claim: Claim,
         snapshot: Snapshot | None,
         started: float,
-        lease: _Lease,
+        lease: Lease,
         *,
         probe: bool,
     ) -> SyncOutcome | None:
@@ -314,7 +348,7 @@ class Syncer:
         claim: Claim,
         snapshot: Snapshot,
         body: dict[str, Any],
-        lease: _Lease,
+        lease: Lease,
         *,
         attempts: int,
     ) -> None:
@@ -334,7 +368,7 @@ class Syncer:
             ):
                 raise
 
-    def _keep_lease(self, lease: _Lease) -> None:
+    def _keep_lease(self, lease: Lease) -> None:
         """Before an attempt: renew the lease unless more than the longest attempt (the longest
         wait for the rate limit plus the attempt's deadline) is left of it, so that no attempt
         outlasts it; `LeaseLost` if it lapsed meanwhile."""
@@ -347,7 +381,7 @@ class Syncer:
         attempt's deadline."""
         return self._settings.retry_fast_max_seconds + self._settings.attempt_deadline_seconds
 
-    def _keep_leases(self, leases: list[_Lease]) -> float:
+    def _keep_leases(self, leases: list[Lease]) -> float:
         """Renew, in one round trip, each lease with no more than the longest attempt left; a
         lease that could not be renewed is marked lost (another worker may own the user now).
         Returns when the next of these leases will be due (renewals elsewhere only delay it)."""
@@ -364,7 +398,7 @@ class Syncer:
 
     def _quick_caller(
         self,
-        lease: _Lease,
+        lease: Lease,
         snapshot: Snapshot,
         *,
         attempts: int,

@@ -1,16 +1,19 @@
 """Leases outlast every attempt: with LEASE_SECONDS at its least (twice the longest attempt), a
-batch whose calls take longer than the lease keeps every claim while a sweeper is running."""
+batch whose calls take longer than the lease keeps every claim while a sweeper is running, both
+the claims waiting for one of the worker's senders and those sent and waiting for the settle."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 from sync_worker.intake.events import UserEvent
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings
 from tests.fixtures.sandbox import SandboxHandle
 
-USERS = 6
+USERS = 12
+SENDERS = 2
 LATENCY_MS = 800
 
 
@@ -28,6 +31,7 @@ def test_a_batch_longer_than_the_lease_keeps_its_claims(
         lease_seconds=4.0,  # 2 x (0.5 s rate-limit wait + 1.5 s deadline)
         rate_limit_per_second=1000,
         rate_limit_burst=1000,
+        worker_concurrency=SENDERS,  # 12 calls two at a time: 6 x 0.8 s, longer than the lease
     )
     runtime = Runtime(settings)
     for n in range(USERS):
@@ -50,14 +54,20 @@ def test_a_batch_longer_than_the_lease_keeps_its_claims(
 
     sweeper = threading.Thread(target=sweep, daemon=True)
     sweeper.start()
+    started = time.monotonic()
     try:
-        outcomes = runtime.syncer.sync_claims(claims)  # 6 x 0.8 s: longer than the lease
+        outcomes = runtime.syncer.sync_claims(claims)
     finally:
         stop.set()
         sweeper.join(timeout=5)
         runtime.close()
 
+    took = time.monotonic() - started
+    # Never more than two at once, and longer than the lease.
+    assert took >= USERS / SENDERS * LATENCY_MS / 1000 > settings.lease_seconds
     assert [outcome.result for outcome in outcomes] == ["applied"] * USERS
     assert sum(requeued) == 0
     patched = sandbox.control.requests(method="PATCH")
-    assert sorted(call["external_id"] for call in patched) == [f"user_{n}" for n in range(USERS)]
+    assert sorted(call["external_id"] for call in patched) == sorted(
+        f"user_{n}" for n in range(USERS)
+    )

@@ -38,6 +38,9 @@ def runtime(
         "BREAKER_COOL_DOWN_SECONDS": "30",
         "BREAKER_MAX_COOL_DOWN_SECONDS": "120",
         "LOG_FORMAT": "json",
+        # One call at a time, so which call trips the breaker is known: the second. Sent
+        # together, every call of a batch is already in flight when the first answer comes.
+        "WORKER_CONCURRENCY": "1",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
