@@ -4,9 +4,10 @@ Each tick it claims users whose debounce or retry time has come (an atomic claim
 never share a user) and publishes them in batches as `sync_batch` tasks: one Celery message per
 batch, not per event, which is what lets one worker keep up with thousands of users a second.
 It claims only as much as the queue has room for, so claimed users do not sit behind a backlog
-while their leases run out. After a round that claimed some it waits `dispatch_interval`, so
-users falling due meanwhile go out together (a task of one user costs twice its sync); after an
-empty round, only until the next user falls due. Every `sweep_interval` it also sweeps lapsed
+while their leases run out. A round that claimed some is followed by the next one
+`dispatch_interval` after its start, so users falling due meanwhile go out together (a task of
+one user costs twice its sync); after an empty round, the next waits only until the next user
+falls due. Every `sweep_interval` it also sweeps lapsed
 claims and samples the gauges of the dashboard's history (history.py); while the sync is paused
 for auth, it probes Recur instead. While the circuit breaker is open it claims nothing; once
 its cool-down is over, the dispatcher that takes the probe lock sends one due user's PATCH
@@ -44,10 +45,6 @@ log = get_logger(__name__)
 HEARTBEAT_SECONDS = 10
 ERROR_BACKOFF_MAX_SECONDS = 5.0
 QUEUED_BATCHES_PER_SLOT = 2
-MIN_BATCH = 4
-"""Users a task carries at least, when that many are due: each task costs its publish, its
-delivery and the batch's own Redis round trips. At 100 events/s, one user a task cost 4.4 ms of
-worker CPU per user, tasks of four 2.5 ms (bench/latency.py)."""
 PROBE_CANDIDATES = 10
 
 
@@ -111,19 +108,22 @@ class Dispatcher:
             self._wait = 0.0  # more may be due: go again at once
         elif not claims:
             self._wait = self._until_next_due()
-        # Spread a small claim over every slot rather than queueing it behind one batch, but
-        # not thinner than MIN_BATCH: a task costs about what two users' syncs cost. Nor into
-        # more tasks than the queue has room for: behind a backlog, no slot is idle to take
-        # them sooner, and a claim cut short by the room went out as 16 tasks of a few users
-        # each (measured: 6.4 users a task over bench/sync_throughput's 10,000).
-        spread = min(settings.worker_concurrency, room)
-        size = min(settings.sync_batch_size, max(MIN_BATCH, math.ceil(len(claims) / spread)))
+        # In as few tasks as the batch size allows, evenly: a task's users are sent together
+        # (senders.py), so a bigger task costs them no wait, while each task costs its publish,
+        # its delivery and the batch's own Redis round trips. (Spread over every slot, in tasks
+        # of at least four, bench.latency's 500/s went out in tasks of 5-7 users.)
+        tasks = math.ceil(len(claims) / settings.sync_batch_size)
+        size = math.ceil(len(claims) / tasks) if tasks else 1
         for start in range(0, len(claims), size):
             try:
                 self._publish(claims[start : start + size])
             except Exception:
                 self._hand_back(claims[start:])
                 raise
+        if self._wait > 0 and claims:
+            # The interval counts from this round's start: the round's own time (the claim, the
+            # publishes) is not added to the wait of the users falling due meanwhile.
+            self._wait = max(0.0, self._wait - (time.monotonic() - now))
         return len(claims)
 
     def _hand_back(self, claims: list[Claim]) -> None:
@@ -177,8 +177,8 @@ class Dispatcher:
     def _until_next_due(self) -> float:
         """After a round that found nobody due: seconds until the earliest user falls due, at
         most the interval, so that after a quiet spell the first one is not kept waiting.
-        After a round that claimed some, `tick` leaves the whole interval: users falling due
-        meanwhile then go out together, in batches (see MIN_BATCH)."""
+        After a round that claimed some, `tick` leaves the rest of the interval: users falling
+        due meanwhile then go out together, in batches."""
         interval = self._runtime.settings.dispatch_interval_seconds
         earliest = self._runtime.redis.zrange(keys.DUE, 0, 0, withscores=True)
         if not earliest:

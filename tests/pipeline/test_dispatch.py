@@ -1,7 +1,7 @@
-"""The dispatcher's batching and pacing, on a real Redis: a small claim goes out in tasks of at
-least MIN_BATCH users, a round that took everyone due waits the interval, one cut short by the
-queue's room goes again at once, and after an empty round it waits only until the earliest user
-falls due."""
+"""The dispatcher's batching and pacing, on a real Redis: a claim goes out in as few tasks as the
+batch size allows, evenly, a round that took everyone due is followed by the next an interval after
+its start, one cut short by the queue's room goes again at once, and after an empty round it waits
+only until the earliest user falls due."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from sync_worker import redis_keys as keys
-from sync_worker.pipeline.dispatch import MIN_BATCH, Dispatcher
+from sync_worker.pipeline.dispatch import Dispatcher
 from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
 from sync_worker.settings import load_settings
@@ -39,14 +39,19 @@ def runtime(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[Runtime
     process.close()
 
 
-def test_a_small_claim_goes_out_in_tasks_of_min_batch(runtime: Runtime) -> None:
+def test_a_claim_goes_out_in_as_few_tasks_as_the_batch_size_allows(runtime: Runtime) -> None:
     for n in range(10):
         accept(runtime, f"user_{n}", name="x")
     published: list[list[Claim]] = []
     dispatcher = Dispatcher(runtime, publish=published.append, queue_depth=lambda: 0, hostname="t")
     assert dispatcher.tick() == 10
-    # Spread over the 16 slots, that would be ten tasks of one user.
-    assert [len(batch) for batch in published] == [MIN_BATCH, MIN_BATCH, 10 - 2 * MIN_BATCH]
+    # Its users are sent together (senders.py): spread over the 16 slots, that would be ten
+    # tasks of one user, each paying a task's cost.
+    assert [len(batch) for batch in published] == [10]
+    for n in range(10, 70):
+        accept(runtime, f"user_{n}", name="x")
+    assert dispatcher.tick() == 60
+    assert [len(batch) for batch in published[1:]] == [30, 30]  # not 50 and 10
 
 
 def test_behind_a_backlog_a_claim_goes_out_in_no_more_tasks_than_the_room(
@@ -62,11 +67,17 @@ def test_behind_a_backlog_a_claim_goes_out_in_no_more_tasks_than_the_room(
     assert [len(batch) for batch in published] == [50, 50]
 
 
-def rounds_in(runtime: Runtime, seconds: float, *, queue_depth: int = 0) -> list[float]:
-    """Run the dispatcher's loop for `seconds`; the times its rounds started."""
+def rounds_in(
+    runtime: Runtime, seconds: float, *, queue_depth: int = 0, publish_seconds: float = 0
+) -> list[float]:
+    """Run the dispatcher's loop for `seconds`, each publish taking `publish_seconds`; the
+    times its rounds started."""
     started: list[float] = []
     dispatcher = Dispatcher(
-        runtime, publish=lambda _: None, queue_depth=lambda: queue_depth, hostname="t"
+        runtime,
+        publish=lambda _: time.sleep(publish_seconds),
+        queue_depth=lambda: queue_depth,
+        hostname="t",
     )
     tick = dispatcher.tick
 
@@ -99,6 +110,15 @@ def test_after_a_claim_it_waits_the_interval_unless_the_room_cut_it_short(
     assert len(started) >= 2
     assert started[1] - started[0] < INTERVAL / 2
     assert runtime.redis.zcard(keys.DUE) == 0
+
+
+def test_the_interval_after_a_claim_counts_from_the_rounds_start(runtime: Runtime) -> None:
+    accept(runtime, "user_1", name="x")
+    # The round's publish takes 0.3 s: the next round starts 0.5 s after the first began, not
+    # 0.5 s after it ended, so the round's own time is not added to the next users' wait.
+    started = rounds_in(runtime, 0.7, publish_seconds=0.3)
+    assert len(started) >= 2
+    assert INTERVAL * 0.9 < started[1] - started[0] < INTERVAL + 0.15
 
 
 def test_after_an_empty_round_it_waits_only_until_the_earliest_user_is_due(
