@@ -42,8 +42,7 @@ def live_stack(
         env=env,
     )
     try:
-        system.start_web()
-        system.start_worker()
+        system.start(worker=True)
         yield system
     finally:
         system.stop_all()
