@@ -10,7 +10,7 @@ import pytest
 from sync_worker import redis_keys as keys
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack, wait_for
+from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack, quiet
 from tests.hostile.leaks import leaked_secrets
 
 
@@ -47,18 +47,6 @@ def live_stack(
     finally:
         system.stop_all()
         redis_server.flush()
-
-
-def quiet(stack: Stack) -> None:
-    """Let the worker finish what an earlier test left, then flush Redis and reset the sandbox.
-
-    An earlier test may have left accepted events the worker is still sending: flushed under
-    it, they would land in the next test as a PATCH or a dead letter. With the sandbox emptied
-    first they end at once (404, dead letter), so waiting for the worker to be idle is short."""
-    stack.sandbox.control.reset()
-    wait_for(stack.idle, timeout=60)
-    stack.redis_server.flush()
-    stack.sandbox.control.reset()
 
 
 @pytest.fixture

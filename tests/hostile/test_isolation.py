@@ -4,8 +4,7 @@ flight lands before the flush, not in the next test."""
 from __future__ import annotations
 
 from sync_worker import redis_keys as keys
-from tests.fixtures.stack import Stack, user_event, wait_for
-from tests.hostile.conftest import quiet
+from tests.fixtures.stack import Stack, quiet, user_event, wait_for
 
 
 def test_a_send_left_in_flight_does_not_land_in_the_next_test(web: Stack) -> None:

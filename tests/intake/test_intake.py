@@ -12,6 +12,12 @@ from sync_worker import redis_keys as keys
 from tests.fixtures.stack import Stack, user_event
 
 
+@pytest.fixture
+def web_stack(shared_web_stack: Stack) -> Stack:
+    """This module's tests share one web process, each test finding it as new."""
+    return shared_web_stack
+
+
 def post_raw(stack: Stack, body: bytes, headers: dict[str, str]) -> httpx.Response:
     return httpx.post(
         stack.web_url + "/webhooks/user-updated", content=body, headers=headers, timeout=10

@@ -16,12 +16,19 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from sync_worker import redis_keys as keys
 from sync_worker.settings import Settings
 from tests.fixtures.stack import ADMIN_TOKEN, WEBHOOK_SECRET, Stack, user_event, wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture
+def web_stack(shared_web_stack: Stack) -> Stack:
+    """This module's tests share one web process, each test finding it as new."""
+    return shared_web_stack
 
 
 def merchant_section() -> str:

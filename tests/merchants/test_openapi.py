@@ -26,6 +26,12 @@ BEARER = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 PARAMETER = re.compile(r"\{[^}]+\}")
 
 
+@pytest.fixture
+def web_stack(shared_web_stack: Stack) -> Stack:
+    """This module's tests share one web process, each test finding it as new."""
+    return shared_web_stack
+
+
 def fetch(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
     public = httpx.get(stack.web_url + "/openapi.json", timeout=10)
     admin = httpx.get(stack.web_url + "/admin/api/openapi.json", headers=BEARER, timeout=10)

@@ -21,6 +21,12 @@ from tests.fixtures import readme
 from tests.fixtures.stack import WEBHOOK_SECRET, Stack
 
 
+@pytest.fixture
+def web_stack(shared_web_stack: Stack) -> Stack:
+    """This module's tests share one web process, each test finding it as new."""
+    return shared_web_stack
+
+
 def send(stack: Stack, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run send-test-event against the stack's intake."""
     result = subprocess.run(

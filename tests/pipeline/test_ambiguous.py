@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from sync_worker import redis_keys as keys
 from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.stack import Stack, wait_for
@@ -14,6 +16,12 @@ from tests.fixtures.stack import Stack, wait_for
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 LOST_ANSWER_MS = 4000
 """Longer than the stack's 2 s read timeout: the worker never sees the answer."""
+
+
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """This module's tests share one web and worker, each test finding them as new."""
+    return shared_stack
 
 
 def rebind(old: str, new: str | None) -> dict[str, Any]:

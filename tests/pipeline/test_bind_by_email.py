@@ -7,10 +7,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from sync_worker import redis_keys as keys
 from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.stack import ADMIN_TOKEN, Stack, user_event, wait_for
+
+
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """This module's tests share one web and worker, each test finding them as new."""
+    return shared_stack
 
 
 def settled(stack: Stack) -> bool:

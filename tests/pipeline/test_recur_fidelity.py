@@ -6,11 +6,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from sync_worker import redis_keys as keys
 from tests.fixtures.stack import Stack, user_event, wait_for
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """This module's tests share one web and worker, each test finding them as new."""
+    return shared_stack
 
 
 def settled(stack: Stack) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import redis
 
 from sync_worker import redis_keys as keys
@@ -16,6 +17,12 @@ from sync_worker.pipeline.ledger import Ledger
 from tests.fixtures.stack import Stack, user_event, wait_for
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """This module's tests share one web and worker, each test finding them as new."""
+    return shared_stack
 
 
 def at(seconds: float) -> datetime:

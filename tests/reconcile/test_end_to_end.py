@@ -15,6 +15,12 @@ from tests.fixtures.stack import Stack, user_event, wait_for
 LEDGER_TS = 1_700_000_000_000
 
 
+@pytest.fixture
+def stack(shared_stack: Stack) -> Stack:
+    """This module's tests share one web and worker, each test finding them as new."""
+    return shared_stack
+
+
 def _drift(stack: Stack) -> None:
     """Three customers; the ledger disagrees with Recur on the name of one, the metadata of
     another (someone edited them in Recur's dashboard). The sandbox answers as the doc does,
