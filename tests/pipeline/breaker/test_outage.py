@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 
 from sync_worker import redis_keys as keys
 from tests.fixtures.stack import ADMIN_TOKEN, Stack, user_event, wait_for
@@ -31,6 +32,8 @@ BREAKER_ENV = {
     "RETRY_BUDGET_SECONDS": "5",
 }
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.slow
 
 
 def post_wave(stack: Stack, client: httpx.Client, wave: int) -> None:
