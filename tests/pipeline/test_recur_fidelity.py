@@ -60,7 +60,7 @@ def test_a_wrong_base_url_pauses_instead_of_dead_lettering(stack: Stack) -> None
     assert '"sync_paused"' in worker.log()
     # Nothing was consumed: every change still waits, none became a not_found dead letter.
     assert stack.dead_letters() == []
-    assert stack.redis.zcard(keys.DUE) + stack.redis.zcard(keys.INFLIGHT) == 3
+    assert stack.waiting() == 3
 
     stack.restart_worker(name="fixed")
     wait_for(lambda: all(name_of(stack, f"user_{i}") == "new" for i in range(3)), timeout=30)

@@ -225,7 +225,7 @@ def test_unauthorized_pauses_without_losing_anything_then_resumes(stack: Stack) 
     assert body["reason"] == "sync_paused"
     assert all(name_of(stack, f"user_{i}") == "old" for i in range(3))
     assert stack.dead_letters() == []
-    assert stack.redis.zcard(keys.DUE) + stack.redis.zcard(keys.INFLIGHT) == 3
+    assert stack.waiting() == 3
 
     stack.restart_worker(name="goodkey")  # the key is fixed: the probe succeeds, the sync resumes
     wait_for(lambda: all(name_of(stack, f"user_{i}") == "new" for i in range(3)), timeout=30)
