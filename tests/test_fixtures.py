@@ -3,12 +3,17 @@ a module's shared stack hands each of its tests what a new one would."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from sync_worker import redis_keys as keys
-from tests.fixtures.stack import SharedStack, user_event, wait_for
+from sync_worker.telemetry.stats import field_name
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.sandbox import SandboxHandle
+from tests.fixtures.stack import SharedStack, running_shared, user_event, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +52,26 @@ def test_nothing_left_for_the_module(keys_at_module_start):
     result.assert_outcomes(passed=2)
 
 
-def test_a_shared_stack_hands_each_test_what_a_new_one_would(module_stack: SharedStack) -> None:
+@pytest.fixture
+def shared(
+    redis_server: RedisServer, sandbox_server: SandboxHandle, tmp_path: Path
+) -> Iterator[SharedStack]:
+    """Web and a worker as a module shares them, for this test alone."""
+    with running_shared(redis_server, sandbox_server, tmp_path, worker=True) as started:
+        yield started
+
+
+@pytest.fixture
+def shared_web(
+    redis_server: RedisServer, sandbox_server: SandboxHandle, tmp_path: Path
+) -> Iterator[SharedStack]:
+    """Web alone as a module shares it, for this test alone."""
+    with running_shared(redis_server, sandbox_server, tmp_path, worker=False) as started:
+        yield started
+
+
+def test_a_shared_stack_hands_each_test_what_a_new_one_would(shared: SharedStack) -> None:
+    module_stack = shared
     first = module_stack.fresh()
     first.sandbox.control.create_customer("left@x.tw", external_id="user_left")
     first.sandbox.control.update_faults(latency_ms=1000)
@@ -55,7 +79,9 @@ def test_a_shared_stack_hands_each_test_what_a_new_one_would(module_stack: Share
     wait_for(lambda: first.redis.zcard(keys.INFLIGHT) == 1, timeout=30)  # its PATCH is out
 
     second = module_stack.fresh()  # what the next test's fixture does
-    assert second.redis.keys("*") == []
+    # Nothing but the heartbeat a live worker writes every few seconds, as a new one would.
+    left = [key for key in second.redis.keys("*") if not key.startswith(keys.WORKER_HEARTBEAT)]
+    assert left == []
     assert second.sandbox.control.requests() == []
     worker = next(p for p in second.processes if p.name == "worker")
     assert "ready." not in worker.log(), "the log starts with the test"
@@ -66,3 +92,17 @@ def test_a_shared_stack_hands_each_test_what_a_new_one_would(module_stack: Share
     assert not worker.alive(), "started again, not reused: the test replaced it"
     assert all(not p.alive() for p in second.processes if p.name == "reconfigured")
     assert third.env == module_stack.env
+
+
+def test_a_shared_web_hands_over_no_counter_it_still_buffered(shared_web: SharedStack) -> None:
+    first = shared_web.fresh()
+    assert first.post(user_event("evt_1", "user_1", name="x")).status_code == 202
+    # Counted in the web's buffer, which it sends to Redis once a second.
+    second = shared_web.fresh()
+    assert second.post(user_event("evt_2", "user_2", name="y")).status_code == 202
+    refused = httpx.post(second.web_url + "/webhooks/user-updated", content=b"{}", timeout=10)
+    assert refused.status_code == 401
+    # Counted after the acceptance: once the refusal is in Redis, so is the acceptance.
+    rejected = field_name("events_rejected_total", reason="signature")
+    wait_for(lambda: second.redis.hget(keys.STATS, rejected), timeout=10)
+    assert second.redis.hget(keys.STATS, "events_accepted_total") == "1"
