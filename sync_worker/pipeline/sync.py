@@ -166,10 +166,15 @@ class Syncer:
         # Until `check_at` no lease is due for renewal: the list is not even built (a scan per
         # user cost 4 % of the worker's CPU).
         check_at = until - self._longest_attempt()
-        if probe or unread or len(claims) < 2 or self._settings.worker_concurrency < 2:
+        one_at_a_time = (
+            probe
+            or unread
+            or len(claims) < 2
+            or self._settings.worker_concurrency < 2
+            or any(rebind_target(c.user_id, s) for c, s in zip(claims, snapshots, strict=True))
+        )
+        if one_at_a_time:
             self._deliver_in_turn(batch, check_at, probe=probe)
-        elif any(rebind_target(c.user_id, s) for c, s in zip(claims, snapshots, strict=True)):
-            self._deliver_in_turn(batch, check_at, probe=False)
         else:
             self._deliver_together(batch, check_at)
         if batch.answered:
