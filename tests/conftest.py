@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.logs",
     "tests.fixtures.redis_server",
     "tests.fixtures.sandbox",
+    "tests.fixtures.runtime",
     "tests.fixtures.stack",
 ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,8 @@ from sync_worker.recur.errors import (
     ServerError,
 )
 from sync_worker.runtime import Runtime
-from sync_worker.settings import ConfigError, load_settings
+from sync_worker.settings import ConfigError, Settings
+from tests.fixtures.runtime import runtime_settings
 from tests.fixtures.sandbox import SandboxHandle
 
 _ids = itertools.count()
@@ -38,40 +39,27 @@ CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 0.5
 
 
-def settings_for(redis_url: str, sandbox: SandboxHandle, **overrides: Any) -> Any:
-    options: dict[str, Any] = {
-        "redis_url": redis_url,
-        "recur_api_url": sandbox.url,
-        "recur_secret_key": sandbox.secret_key,
-        "recur_connect_timeout_seconds": CONNECT_TIMEOUT,
-        "recur_read_timeout_seconds": READ_TIMEOUT,
-        "retry_fast_attempts": 1,
-        "retry_fast_max_seconds": 1,
-        "retry_backoff_base_seconds": 0.1,
-        "retry_backoff_max_seconds": 0.2,
-        "debounce_window_seconds": 0,
-        "lease_seconds": 10,
-        "rate_limit_per_second": 1000,
-        "rate_limit_burst": 1000,
-        "breaker_min_calls": 1000,
-        "log_format": "json",
-    }
-    options.update(overrides)
-    return load_settings(_env_file=None, **options)
+FENCING_OPTIONS: dict[str, Any] = {
+    "recur_connect_timeout_seconds": CONNECT_TIMEOUT,
+    "recur_read_timeout_seconds": READ_TIMEOUT,
+    "retry_fast_attempts": 1,
+    "retry_fast_max_seconds": 1,
+    "retry_backoff_base_seconds": 0.1,
+    "retry_backoff_max_seconds": 0.2,
+    "lease_seconds": 10,
+    "breaker_min_calls": 1000,
+    "log_format": "json",
+}
+
+
+def settings_for(redis_url: str, sandbox: SandboxHandle, **overrides: Any) -> Settings:
+    return runtime_settings(redis_url, sandbox, **{**FENCING_OPTIONS, **overrides})
 
 
 @pytest.fixture
-def make_runtime(redis_url: str, sandbox: SandboxHandle) -> Iterator[Callable[..., Runtime]]:
-    made: list[Runtime] = []
-
-    def make(**overrides: Any) -> Runtime:
-        runtime = Runtime(settings_for(redis_url, sandbox, **overrides))
-        made.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in made:
-        runtime.close()
+def make_runtime(make_runtime: Callable[..., Runtime]) -> Callable[..., Runtime]:
+    """The shared factory (tests/fixtures/runtime.py) with this module's short timeouts."""
+    return lambda **overrides: make_runtime(**{**FENCING_OPTIONS, **overrides})
 
 
 def accept(runtime: Runtime, user: str, ts_ms: int, **fields: Any) -> None:

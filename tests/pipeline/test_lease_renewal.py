@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from sync_worker.intake.events import UserEvent
 from sync_worker.runtime import Runtime
-from sync_worker.settings import Settings
 from tests.fixtures.sandbox import SandboxHandle
 
 USERS = 12
@@ -18,22 +18,15 @@ LATENCY_MS = 800
 
 
 def test_a_batch_longer_than_the_lease_keeps_its_claims(
-    redis_url: str, sandbox: SandboxHandle
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
 ) -> None:
-    settings = Settings(
-        redis_url=redis_url,
-        recur_api_url=sandbox.url,
-        recur_secret_key=sandbox.secret_key,
-        debounce_window_seconds=0,
+    runtime = make_runtime(
         recur_connect_timeout_seconds=0.5,
         recur_read_timeout_seconds=1.0,  # each call: 0.8 s, under the 1.5 s deadline
         retry_fast_max_seconds=0.5,
         lease_seconds=4.0,  # 2 x (0.5 s rate-limit wait + 1.5 s deadline)
-        rate_limit_per_second=1000,
-        rate_limit_burst=1000,
         worker_concurrency=SENDERS,  # 12 calls two at a time: 6 x 0.8 s, longer than the lease
     )
-    runtime = Runtime(settings)
     for n in range(USERS):
         sandbox.control.create_customer(f"u{n}@b.tw", name="old", external_id=f"user_{n}")
         runtime.pending.accept(
@@ -60,11 +53,10 @@ def test_a_batch_longer_than_the_lease_keeps_its_claims(
     finally:
         stop.set()
         sweeper.join(timeout=5)
-        runtime.close()
 
     took = time.monotonic() - started
     # Never more than two at once, and longer than the lease.
-    assert took >= USERS / SENDERS * LATENCY_MS / 1000 > settings.lease_seconds
+    assert took >= USERS / SENDERS * LATENCY_MS / 1000 > runtime.settings.lease_seconds
     assert [outcome.result for outcome in outcomes] == ["applied"] * USERS
     assert sum(requeued) == 0
     patched = sandbox.control.requests(method="PATCH")

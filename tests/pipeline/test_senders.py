@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import datetime
 
 import pytest
@@ -15,7 +15,6 @@ import structlog
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.outcomes import SyncOutcome
 from sync_worker.runtime import Runtime
-from sync_worker.settings import Settings
 from tests.fixtures.logs import log_lines
 from tests.fixtures.sandbox import SandboxHandle
 
@@ -39,23 +38,9 @@ def answered_at(sandbox: SandboxHandle) -> list[float]:
     )
 
 
-def make_runtime(redis_url: str, sandbox: SandboxHandle, **overrides: object) -> Runtime:
-    settings = Settings(
-        redis_url=redis_url,
-        recur_api_url=sandbox.url,
-        recur_secret_key=sandbox.secret_key,
-        debounce_window_seconds=0,
-        rate_limit_per_second=1000,
-        rate_limit_burst=1000,
-    )
-    return Runtime(settings.model_copy(update=overrides))
-
-
 @pytest.fixture
-def runtime(redis_url: str, sandbox: SandboxHandle) -> Iterator[Runtime]:
-    process = make_runtime(redis_url, sandbox)
-    yield process
-    process.close()
+def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
+    return make_runtime()
 
 
 def test_a_batch_is_sent_together(runtime: Runtime, sandbox: SandboxHandle) -> None:
@@ -72,23 +57,20 @@ def test_a_batch_is_sent_together(runtime: Runtime, sandbox: SandboxHandle) -> N
 
 
 def test_worker_concurrency_bounds_the_calls_in_flight_across_batches(
-    redis_url: str, sandbox: SandboxHandle
+    make_runtime: Callable[..., Runtime], sandbox: SandboxHandle
 ) -> None:
-    runtime = make_runtime(redis_url, sandbox, worker_concurrency=3)
-    try:
-        changed(runtime, sandbox, 9)
-        sandbox.control.update_faults(latency_ms=LATENCY_MS)
-        first = runtime.pending.claim_due(5)
-        second = runtime.pending.claim_due(9)
-        assert len(first) + len(second) == 9
-        # Two batches at once, as two task slots run them.
-        other: list[SyncOutcome] = []
-        slot = threading.Thread(target=lambda: other.extend(runtime.syncer.sync_claims(first)))
-        slot.start()
-        outcomes = runtime.syncer.sync_claims(second)
-        slot.join(timeout=30)
-    finally:
-        runtime.close()
+    runtime = make_runtime(worker_concurrency=3)
+    changed(runtime, sandbox, 9)
+    sandbox.control.update_faults(latency_ms=LATENCY_MS)
+    first = runtime.pending.claim_due(5)
+    second = runtime.pending.claim_due(9)
+    assert len(first) + len(second) == 9
+    # Two batches at once, as two task slots run them.
+    other: list[SyncOutcome] = []
+    slot = threading.Thread(target=lambda: other.extend(runtime.syncer.sync_claims(first)))
+    slot.start()
+    outcomes = runtime.syncer.sync_claims(second)
+    slot.join(timeout=30)
 
     assert sorted(o.result for o in outcomes + other) == ["applied"] * 9
     times = answered_at(sandbox)
