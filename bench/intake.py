@@ -9,9 +9,12 @@ on a shared machine it moves less than the rates do.
 
 The saturated runs give the capacity; a paced run offers the target rate (2,000/s) and gives
 the latency a merchant sees at that rate (counted from each request's slot, so stalls count).
-Then the same two runs with one local replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
+The requests of a paced run arrive one after the other, 0.5 ms apart at 2,000/s (or as a
+Poisson process with `--arrivals poisson`); the baseline is paced the same way, which shows
+what this machine allows any one-process endpoint at that rate. Then the same two runs with
+one local replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
 
-    python -m bench.intake [--events N] [--connections C] [--rate R]
+    python -m bench.intake [--events N] [--connections C] [--rate R] [--arrivals A]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import redis
@@ -88,13 +92,13 @@ HEADER = [
 
 
 def measured(
-    processes: Processes, server: str, port: int, requests: list[bytes], **load: float
+    processes: Processes, server: str, port: int, requests: list[bytes], **load: Any
 ) -> tuple[LoadResult, dict[str, float]]:
     """One load run, and the CPU microseconds per request of the server, Redis and (when
     there is one) the replica."""
     names = [n for n in (server, "redis", "replica") if n in processes.pids]
     before = {n: cpu_seconds(processes.pids[n]) for n in names}
-    result = run_load("127.0.0.1", port, requests, **load)  # type: ignore[arg-type]
+    result = run_load("127.0.0.1", port, requests, **load)
     used = {
         "server" if n == server else n: (cpu_seconds(processes.pids[n]) - before[n])
         / result.requests
@@ -108,7 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rate", type=int, default=2000, help="offered rate of the paced run")
+    parser.add_argument("--rate", type=int, default=2000, help="offered rate of the paced runs")
+    parser.add_argument(
+        "--arrivals",
+        choices=["even", "poisson"],
+        default="even",
+        help="how the paced runs offer their rate (poisson: independent senders, which bunch)",
+    )
     parser.add_argument(
         "--appendfsync",
         choices=["always", "everysec"],
@@ -147,6 +157,16 @@ def main() -> None:
             connections=args.connections,
         )
         results.append(("baseline: one Redis SET", base, cpu))
+        paced, cpu = measured(
+            processes,
+            "baseline",
+            base_port,
+            signed_requests(base_port, args.rate * 5, "bpaced"),
+            connections=args.connections,
+            rate=args.rate,
+            arrivals=args.arrivals,
+        )
+        results.append((f"baseline at {args.rate:,}/s offered", paced, cpu))
         redis.Redis.from_url(redis_url).flushall()
         web_port = free_port()
         serve(
@@ -172,6 +192,7 @@ def main() -> None:
             signed_requests(web_port, args.rate * 5, "paced"),
             connections=args.connections,
             rate=args.rate,
+            arrivals=args.arrivals,
         )
         results.append((f"recur-sync intake at {args.rate:,}/s offered", paced, cpu))
         start_replica(processes, redis_url)
@@ -205,6 +226,7 @@ def main() -> None:
             signed_requests(replicated_port, args.rate * 5, "rpaced"),
             connections=args.connections,
             rate=args.rate,
+            arrivals=args.arrivals,
         )
         results.append(
             (f"recur-sync intake {label}, {args.rate:,}/s offered", replicated_paced, cpu)
@@ -219,7 +241,7 @@ def main() -> None:
     print(
         table(
             f"Intake: {args.events:,} signed events, {args.connections} connections, "
-            f"appendfsync {args.appendfsync} "
+            f"appendfsync {args.appendfsync}, {args.arrivals} arrivals when paced "
             "(targets: >= 2,000/s, ratio >= 0.85, p99 < 15 ms at 2,000/s offered)",
             HEADER,
             rows,

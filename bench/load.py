@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import random
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
+
+Arrivals = Literal["even", "poisson"]
 
 
 @dataclass(frozen=True)
@@ -38,21 +42,19 @@ def build_request(host: str, port: int, path: str, body: bytes, headers: dict[st
 
 
 async def _connection(
-    host: str,
-    port: int,
+    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     requests: list[bytes],
+    slots: list[float] | None,
     latencies: list[float],
     statuses: Counter[int],
-    interval: float,
 ) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    origin = time.perf_counter()
+    reader, writer = stream
     for index, raw in enumerate(requests):
         started = time.perf_counter()
-        if interval:
+        if slots is not None:
             # Paced: each request has its slot, and its latency counts from that slot, so a
             # stall shows up in the percentiles instead of silently slowing the sender.
-            slot = origin + index * interval
+            slot = slots[index]
             if slot > started:
                 await asyncio.sleep(slot - started)
             started = slot
@@ -70,16 +72,51 @@ async def _connection(
     writer.close()
 
 
+def arrival_times(count: int, rate: float, arrivals: Arrivals, seed: int = 0) -> list[float]:
+    """Seconds from the start at which each of `count` requests is offered, `rate` a second
+    in all: evenly spaced, or as a Poisson process (independent senders: gaps drawn from an
+    exponential distribution, so arrivals bunch now and then, as real webhooks do)."""
+    if arrivals == "even":
+        return [index / rate for index in range(count)]
+    draw = random.Random(seed)
+    offsets, now = [], 0.0
+    for _ in range(count):
+        offsets.append(now)
+        now += draw.expovariate(rate)
+    return offsets
+
+
 async def _run(
-    host: str, port: int, requests: list[bytes], connections: int, rate: float
+    host: str,
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    rate: float,
+    arrivals: Arrivals,
 ) -> LoadResult:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     shares = [requests[i::connections] for i in range(connections)]
-    interval = connections / rate if rate else 0.0
+    # Connected before the clock starts: keep-alive connections are what is measured, and
+    # their handshakes would otherwise land on the first slots.
+    streams = await asyncio.gather(
+        *(asyncio.open_connection(host, port) for _ in range(connections))
+    )
     started = time.perf_counter()
+    if rate:
+        # One schedule for the whole run, dealt out in turn: the connections do not all send at
+        # the same instant, which would offer bursts of `connections` requests, not a rate.
+        offsets = arrival_times(len(requests), rate, arrivals)
+        slots: list[list[float] | None] = [
+            [started + offset for offset in offsets[i::connections]] for i in range(connections)
+        ]
+    else:
+        slots = [None] * connections
     await asyncio.gather(
-        *(_connection(host, port, s, latencies, statuses, interval) for s in shares)
+        *(
+            _connection(stream, share, slot, latencies, statuses)
+            for stream, share, slot in zip(streams, shares, slots, strict=True)
+        )
     )
     seconds = time.perf_counter() - started
     ordered = sorted(latencies)
@@ -93,7 +130,13 @@ async def _run(
 
 
 def _child(
-    host: str, port: int, requests: list[bytes], connections: int, rate: float, out: object
+    host: str,
+    port: int,
+    requests: list[bytes],
+    connections: int,
+    rate: float,
+    arrivals: Arrivals,
+    out: object,
 ) -> None:
     try:
         import uvloop
@@ -101,18 +144,25 @@ def _child(
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(_run(host, port, requests, connections, rate))
+    result = asyncio.run(_run(host, port, requests, connections, rate, arrivals))
     out.put(result)  # type: ignore[attr-defined]
 
 
 def run_load(
-    host: str, port: int, requests: list[bytes], *, connections: int, rate: float = 0.0
+    host: str,
+    port: int,
+    requests: list[bytes],
+    *,
+    connections: int,
+    rate: float = 0.0,
+    arrivals: Arrivals = "even",
 ) -> LoadResult:
     """Replay `requests` over `connections` keep-alive connections, from another process:
-    as fast as the server answers, or at `rate` requests per second in all."""
+    as fast as the server answers, or at `rate` requests per second in all, offered as
+    `arrivals` say (see `arrival_times`)."""
     queue: multiprocessing.Queue[LoadResult] = multiprocessing.Queue()
     child = multiprocessing.Process(
-        target=_child, args=(host, port, requests, connections, rate, queue)
+        target=_child, args=(host, port, requests, connections, rate, arrivals, queue)
     )
     child.start()
     result = queue.get(timeout=600)
