@@ -108,6 +108,30 @@ def measured(
     return result, used
 
 
+def flat_out_and_paced(
+    processes: Processes, server: str, port: int, args: argparse.Namespace, label: str
+) -> list[tuple[str, LoadResult, dict[str, float]]]:
+    """A warm-up, then a run as fast as `server` answers and one at the offered rate."""
+    run_load("127.0.0.1", port, signed_requests(port, 500, f"warm_{server}"), connections=8)
+    flat, flat_cpu = measured(
+        processes,
+        server,
+        port,
+        signed_requests(port, args.events, f"flat_{server}"),
+        connections=args.connections,
+    )
+    paced, paced_cpu = measured(
+        processes,
+        server,
+        port,
+        signed_requests(port, args.rate * 5, f"paced_{server}"),
+        connections=args.connections,
+        rate=args.rate,
+        arrivals=args.arrivals,
+    )
+    return [(label, flat, flat_cpu), (f"{label} at {args.rate:,}/s offered", paced, paced_cpu)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -148,25 +172,10 @@ def main() -> None:
             env,
             base_port,
         )  # fmt: skip
-        run_load("127.0.0.1", base_port, signed_requests(base_port, 500, "warm"), connections=8)
-        base, cpu = measured(
-            processes,
-            "baseline",
-            base_port,
-            signed_requests(base_port, args.events, "base"),
-            connections=args.connections,
+        results += flat_out_and_paced(
+            processes, "baseline", base_port, args, "baseline: one Redis SET"
         )
-        results.append(("baseline: one Redis SET", base, cpu))
-        paced, cpu = measured(
-            processes,
-            "baseline",
-            base_port,
-            signed_requests(base_port, args.rate * 5, "bpaced"),
-            connections=args.connections,
-            rate=args.rate,
-            arrivals=args.arrivals,
-        )
-        results.append((f"baseline at {args.rate:,}/s offered", paced, cpu))
+        base = results[0][1]
         redis.Redis.from_url(redis_url).flushall()
         web_port = free_port()
         serve(
@@ -176,25 +185,7 @@ def main() -> None:
             env,
             web_port,
         )
-        run_load("127.0.0.1", web_port, signed_requests(web_port, 500, "warm"), connections=8)
-        ours, cpu = measured(
-            processes,
-            "web",
-            web_port,
-            signed_requests(web_port, args.events, "evt"),
-            connections=args.connections,
-        )
-        results.append(("recur-sync intake", ours, cpu))
-        paced, cpu = measured(
-            processes,
-            "web",
-            web_port,
-            signed_requests(web_port, args.rate * 5, "paced"),
-            connections=args.connections,
-            rate=args.rate,
-            arrivals=args.arrivals,
-        )
-        results.append((f"recur-sync intake at {args.rate:,}/s offered", paced, cpu))
+        results += flat_out_and_paced(processes, "web", web_port, args, "recur-sync intake")
         start_replica(processes, redis_url)
         replicated_port = free_port()
         serve(
@@ -204,32 +195,12 @@ def main() -> None:
             {**env, "REDIS_MIN_REPLICAS": "1"},
             replicated_port,
         )
-        label = "with one local replica and REDIS_MIN_REPLICAS=1"
-        run_load(
-            "127.0.0.1",
-            replicated_port,
-            signed_requests(replicated_port, 500, "warm2"),
-            connections=8,
-        )
-        replicated, cpu = measured(
+        results += flat_out_and_paced(
             processes,
             "web-replicated",
             replicated_port,
-            signed_requests(replicated_port, args.events, "rep"),
-            connections=args.connections,
-        )
-        results.append((f"recur-sync intake {label}", replicated, cpu))
-        replicated_paced, cpu = measured(
-            processes,
-            "web-replicated",
-            replicated_port,
-            signed_requests(replicated_port, args.rate * 5, "rpaced"),
-            connections=args.connections,
-            rate=args.rate,
-            arrivals=args.arrivals,
-        )
-        results.append(
-            (f"recur-sync intake {label}, {args.rate:,}/s offered", replicated_paced, cpu)
+            args,
+            "recur-sync intake with one local replica and REDIS_MIN_REPLICAS=1",
         )
     rows = [
         [name, r.requests, r.rate, r.p50_ms, r.p99_ms,

@@ -86,27 +86,33 @@ def arrival_times(count: int, rate: float, arrivals: Arrivals, seed: int = 0) ->
     return offsets
 
 
-async def _run(
-    host: str,
-    port: int,
-    requests: list[bytes],
-    connections: int,
-    rate: float,
-    arrivals: Arrivals,
-) -> LoadResult:
+@dataclass(frozen=True)
+class _Plan:
+    """What one load run sends, where, and how fast (rate 0: as fast as answered)."""
+
+    host: str
+    port: int
+    requests: list[bytes]
+    connections: int
+    rate: float
+    arrivals: Arrivals
+
+
+async def _run(plan: _Plan) -> LoadResult:
+    requests, connections, rate = plan.requests, plan.connections, plan.rate
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     shares = [requests[i::connections] for i in range(connections)]
     # Connected before the clock starts: keep-alive connections are what is measured, and
     # their handshakes would otherwise land on the first slots.
     streams = await asyncio.gather(
-        *(asyncio.open_connection(host, port) for _ in range(connections))
+        *(asyncio.open_connection(plan.host, plan.port) for _ in range(connections))
     )
     started = time.perf_counter()
     if rate:
         # One schedule for the whole run, dealt out in turn: the connections do not all send at
         # the same instant, which would offer bursts of `connections` requests, not a rate.
-        offsets = arrival_times(len(requests), rate, arrivals)
+        offsets = arrival_times(len(requests), rate, plan.arrivals)
         slots: list[list[float] | None] = [
             [started + offset for offset in offsets[i::connections]] for i in range(connections)
         ]
@@ -129,22 +135,14 @@ async def _run(
     )
 
 
-def _child(
-    host: str,
-    port: int,
-    requests: list[bytes],
-    connections: int,
-    rate: float,
-    arrivals: Arrivals,
-    out: object,
-) -> None:
+def _child(plan: _Plan, out: object) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(_run(host, port, requests, connections, rate, arrivals))
+    result = asyncio.run(_run(plan))
     out.put(result)  # type: ignore[attr-defined]
 
 
@@ -161,9 +159,8 @@ def run_load(
     as fast as the server answers, or at `rate` requests per second in all, offered as
     `arrivals` say (see `arrival_times`)."""
     queue: multiprocessing.Queue[LoadResult] = multiprocessing.Queue()
-    child = multiprocessing.Process(
-        target=_child, args=(host, port, requests, connections, rate, arrivals, queue)
-    )
+    plan = _Plan(host, port, requests, connections, rate, arrivals)
+    child = multiprocessing.Process(target=_child, args=(plan, queue))
     child.start()
     result = queue.get(timeout=600)
     child.join(timeout=30)
