@@ -73,13 +73,13 @@ def recording_server() -> Iterator[tuple[int, list[float]]]:
 def test_a_paced_run_spreads_its_requests_over_the_connections(
     recording_server: tuple[int, list[float]],
 ) -> None:
-    """Eight connections at 200 requests/s: one request every 5 ms, not eight at once every
-    40 ms (each connection on a clock of its own sent them together)."""
+    """Eight connections at 100 requests/s: one request every 10 ms, not eight at once every
+    80 ms (each connection on a clock of its own sent them together)."""
     port, arrived = recording_server
     request = build_request("127.0.0.1", port, "/", b"{}", {})
-    result = run_load("127.0.0.1", port, [request] * 80, connections=8, rate=200)
-    assert result.statuses == {202: 80}
-    assert result.seconds == pytest.approx(0.4, abs=0.15)
+    result = run_load("127.0.0.1", port, [request] * 48, connections=8, rate=100)
+    assert result.statuses == {202: 48}
+    assert result.seconds > 0.45  # the last request's slot is at 0.47 s (timers may fire early)
     gaps = sorted(b - a for a, b in itertools.pairwise(arrived))
     # Evenly offered, the median gap is the interval; in bursts of eight it would be ~0.
-    assert statistics.median(gaps) > 0.0025
+    assert statistics.median(gaps) > 0.005
