@@ -10,7 +10,7 @@ import pytest
 from sync_worker import redis_keys as keys
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import ADMIN_TOKEN, FAST_SETTINGS, WEBHOOK_SECRET, Stack, quiet
+from tests.fixtures.stack import Stack, base_env, quiet
 from tests.hostile.leaks import leaked_secrets
 
 
@@ -22,12 +22,7 @@ def live_stack(
 ) -> Iterator[Stack]:
     """Web and worker, started once per module (hostile tests are many and short)."""
     env = {
-        **FAST_SETTINGS,
-        "REDIS_URL": redis_server.url,
-        "RECUR_API_URL": sandbox_server.url,
-        "RECUR_SECRET_KEY": sandbox_server.secret_key,
-        "WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "ADMIN_TOKEN": ADMIN_TOKEN,
+        **base_env(redis_server, sandbox_server),
         # These tests send dozens of wrong tokens from one address to compare the answers;
         # the login throttle has its own test (test_guard.py), on its own web process.
         "ADMIN_LOGIN_FAILURES_PER_MINUTE": "100000",
