@@ -106,3 +106,14 @@ def test_a_shared_web_hands_over_no_counter_it_still_buffered(shared_web: Shared
     rejected = field_name("events_rejected_total", reason="signature")
     wait_for(lambda: second.redis.hget(keys.STATS, rejected), timeout=10)
     assert second.redis.hget(keys.STATS, "events_accepted_total") == "1"
+
+
+def test_restart_worker_stops_every_worker_whatever_its_name(shared: SharedStack) -> None:
+    """A worker named otherwise ("wrong", "fixed") is still a worker: one left running beside
+    the replacement kept sending with its old settings (test_recur_fidelity.py)."""
+    stack = shared.fresh()
+    other = stack.start_worker(name="other")
+    stack.restart_worker(name="replacement")
+    assert not other.alive()
+    running = [p.name for p in stack.processes if p.command == "worker" and p.alive()]
+    assert running == ["replacement"]
