@@ -3,6 +3,8 @@ a module's shared stack hands each of its tests what a new one would."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +13,17 @@ import pytest
 
 from sync_worker import redis_keys as keys
 from sync_worker.telemetry.stats import field_name
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures import stack as stack_module
+from tests.fixtures.redis_server import RedisServer, free_port
 from tests.fixtures.sandbox import SandboxHandle
-from tests.fixtures.stack import SharedStack, running_shared, user_event, wait_for
+from tests.fixtures.stack import (
+    SharedStack,
+    Stack,
+    base_env,
+    running_shared,
+    user_event,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +127,44 @@ def test_restart_worker_stops_every_worker_whatever_its_name(shared: SharedStack
     assert not other.alive()
     running = [p.name for p in stack.processes if p.command == "worker" and p.alive()]
     assert running == ["replacement"]
+
+
+def test_a_web_whose_port_was_taken_starts_again_on_another(
+    redis_server: RedisServer,
+    sandbox_server: SandboxHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """free_port's race: another process binds the port before our web does. Its /healthz
+    must not pass for ours (CI once posted a test's events to another test's web)."""
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    taken = squatter.server_address[1]
+    ports = iter([taken])
+    monkeypatch.setattr(stack_module, "free_port", lambda: next(ports, None) or free_port())
+    stack = Stack(
+        redis_server=redis_server,
+        sandbox=sandbox_server,
+        directory=tmp_path,
+        env=base_env(redis_server, sandbox_server),
+    )
+    try:
+        stack.start(worker=False)
+        webs = [p for p in stack.processes if p.command == "web"]
+        assert [p.alive() for p in webs] == [True]
+        assert stack.web_url != f"http://127.0.0.1:{taken}"
+        assert stack.post(user_event("evt_port", "user_port", name="a")).status_code == 202
+    finally:
+        stack.stop_all()
+        squatter.shutdown()
+        squatter.server_close()
