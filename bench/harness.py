@@ -3,6 +3,7 @@ ports, and a table printer. Everything binds to 127.0.0.1 and is stopped on exit
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,6 +35,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def wait_until(check: object, *, timeout: float, what: str) -> None:

@@ -11,22 +11,31 @@ The saturated runs give the capacity; a paced run offers the target rate (2,000/
 the latency a merchant sees at that rate (counted from each request's slot, so stalls count).
 The requests of a paced run arrive one after the other, 0.5 ms apart at 2,000/s (or as a
 Poisson process with `--arrivals poisson`); the baseline is paced the same way, which shows
-what this machine allows any one-process endpoint at that rate. Then the same two runs with
-one local replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
+what this machine allows any one-process endpoint at that rate. Then the same with one local
+replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
 
-    python -m bench.intake [--events N] [--connections C] [--rate R] [--arrivals A]
+A machine's speed drifts from one minute to the next (on the two-core machine of bench/README.md
+the same web spent 250 µs of CPU per paced event in one minute and 390 µs ten minutes later),
+and a p99 moves with it. So the paced runs come in `--repeat` rounds, each running the baseline
+and ours in turn: the table gives their medians and in how many runs the p99 stayed under
+15 ms, and a second table the runs round by round, ours beside the baseline of the same minute.
+
+    python -m bench.intake [--events N] [--connections C] [--rate R] [--repeat K] [--arrivals A]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -36,6 +45,7 @@ from bench.harness import (
     cpu_seconds,
     environment,
     free_port,
+    positive,
     signed_event,
     start_replica,
     start_sandbox,
@@ -85,15 +95,17 @@ def serve(processes: Processes, name: str, argv: list[str], env: dict[str, str],
     )
 
 
-HEADER = [
-    "run", "requests", "events/s", "p50 ms", "p99 ms", "ratio",
-    "CPU µs/event: server / Redis / replica", "statuses",
-]  # fmt: skip
+@dataclass(frozen=True)
+class Run:
+    """What one load run saw, and the CPU each process spent per request."""
+
+    load: LoadResult
+    cpu: dict[str, float]
 
 
 def measured(
     processes: Processes, server: str, port: int, requests: list[bytes], **load: Any
-) -> tuple[LoadResult, dict[str, float]]:
+) -> Run:
     """One load run, and the CPU microseconds per request of the server, Redis and (when
     there is one) the replica."""
     names = [n for n in (server, "redis", "replica") if n in processes.pids]
@@ -105,38 +117,117 @@ def measured(
         * 1e6
         for n in names
     }
-    return result, used
+    return Run(result, used)
 
 
-def flat_out_and_paced(
-    processes: Processes, server: str, port: int, args: argparse.Namespace, label: str
-) -> list[tuple[str, LoadResult, dict[str, float]]]:
-    """A warm-up, then a run as fast as `server` answers and one at the offered rate."""
-    run_load("127.0.0.1", port, signed_requests(port, 500, f"warm_{server}"), connections=8)
-    flat, flat_cpu = measured(
-        processes,
-        server,
-        port,
-        signed_requests(port, args.events, f"flat_{server}"),
-        connections=args.connections,
+@dataclass
+class Series:
+    """The runs of one server under one kind of load: flat out, or paced in rounds."""
+
+    label: str
+    server: str
+    port: int
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, value: Callable[[Run], float]) -> float:
+        return statistics.median(value(run) for run in self.runs)
+
+    def median_cpu(self) -> dict[str, float]:
+        return {
+            name: statistics.median(run.cpu[name] for run in self.runs) for name in self.runs[0].cpu
+        }
+
+
+def flat_out(processes: Processes, series: Series, args: argparse.Namespace) -> Series:
+    """A warm-up, then one run as fast as the server answers."""
+    port = series.port
+    run_load("127.0.0.1", port, signed_requests(port, 500, f"warm_{series.server}"), connections=8)
+    requests = signed_requests(port, args.events, f"flat_{series.server}")
+    series.runs.append(
+        measured(processes, series.server, port, requests, connections=args.connections)
     )
-    paced, paced_cpu = measured(
-        processes,
-        server,
-        port,
-        signed_requests(port, args.rate * 5, f"paced_{server}"),
-        connections=args.connections,
-        rate=args.rate,
-        arrivals=args.arrivals,
+    return series
+
+
+def paced_rounds(processes: Processes, every: list[Series], args: argparse.Namespace) -> None:
+    """`args.repeat` rounds of one run at the offered rate per series, in turn: the servers
+    compared in one round see the same minute of the machine, whose speed drifts between
+    minutes by more than the differences measured."""
+    for _ in range(args.repeat):
+        for series in every:
+            prefix = f"paced_{series.server}_{time.monotonic_ns()}"  # a baseline runs in 2 phases
+            series.runs.append(
+                measured(
+                    processes,
+                    series.server,
+                    series.port,
+                    signed_requests(series.port, args.rate * 5, prefix),
+                    connections=args.connections,
+                    rate=args.rate,
+                    arrivals=args.arrivals,
+                )
+            )
+
+
+def _cpu(run_cpu: dict[str, float]) -> str:
+    return " / ".join(
+        f"{run_cpu[n]:.0f}" if n in run_cpu else "-" for n in ("server", "redis", "replica")
     )
-    return [(label, flat, flat_cpu), (f"{label} at {args.rate:,}/s offered", paced, paced_cpu)]
+
+
+def summary_rows(every: list[Series], base: Series, target_ms: float) -> list[list[object]]:
+    """One row a series; a series of several runs by their medians."""
+    rows: list[list[object]] = []
+    for series in every:
+        runs = series.runs
+        paced = series.label.endswith("offered")
+        statuses: Counter[int] = Counter()
+        for run in runs:
+            statuses.update(run.load.statuses)
+        rate = series.median(lambda run: run.load.rate)
+        rows.append(
+            [series.label if len(runs) == 1 else f"{series.label} (median of {len(runs)} runs)",
+             sum(run.load.requests for run in runs),
+             rate,
+             series.median(lambda run: run.load.p50_ms),
+             series.median(lambda run: run.load.p99_ms),
+             "-" if paced else f"{rate / base.median(lambda run: run.load.rate):.2f}",
+             _cpu(series.median_cpu()),
+             f"{sum(run.load.p99_ms < target_ms for run in runs)} of {len(runs)}" if paced else "-",
+             " ".join(f"{k}:{v}" for k, v in sorted(statuses.items()))]
+        )  # fmt: skip
+    return rows
+
+
+def round_rows(paced: list[Series]) -> list[list[object]]:
+    """The paced runs round by round: p50 / p99 ms of each series."""
+    return [
+        [index + 1]
+        + [f"{s.runs[index].load.p50_ms:.1f} / {s.runs[index].load.p99_ms:.1f}" for s in paced]
+        for index in range(min(len(s.runs) for s in paced))
+    ]
+
+
+HEADER = [
+    "run", "requests", "events/s", "p50 ms", "p99 ms", "ratio",
+    "CPU µs/event: server / Redis / replica", "runs with p99 < 15 ms", "statuses",
+]  # fmt: skip
+TARGET_P99_MS = 15.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rate", type=int, default=2000, help="offered rate of the paced runs")
+    parser.add_argument("--events", type=positive, default=20_000)
+    parser.add_argument("--connections", type=positive, default=32)
+    parser.add_argument(
+        "--rate", type=positive, default=2000, help="offered rate of the paced runs"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=positive,
+        default=5,
+        help="rounds of paced runs; each round runs every server once, in turn",
+    )
     parser.add_argument(
         "--arrivals",
         choices=["even", "poisson"],
@@ -150,7 +241,7 @@ def main() -> None:
         help="Redis AOF fsync policy (always: as docker-compose.yml runs it)",
     )
     args = parser.parse_args()
-    results: list[tuple[str, LoadResult, dict[str, float]]] = []
+    offered = f"at {args.rate:,}/s offered"
     with environment(appendfsync=args.appendfsync) as (processes, redis_url):
         sandbox = start_sandbox(processes)
         env = {
@@ -172,11 +263,6 @@ def main() -> None:
             env,
             base_port,
         )  # fmt: skip
-        results += flat_out_and_paced(
-            processes, "baseline", base_port, args, "baseline: one Redis SET"
-        )
-        base = results[0][1]
-        redis.Redis.from_url(redis_url).flushall()
         web_port = free_port()
         serve(
             processes,
@@ -185,7 +271,13 @@ def main() -> None:
             env,
             web_port,
         )
-        results += flat_out_and_paced(processes, "web", web_port, args, "recur-sync intake")
+        base = flat_out(processes, Series("baseline: one Redis SET", "baseline", base_port), args)
+        ours = flat_out(processes, Series("recur-sync intake", "web", web_port), args)
+        paced = [
+            Series(f"baseline: one Redis SET {offered}", "baseline", base_port),
+            Series(f"recur-sync intake {offered}", "web", web_port),
+        ]
+        paced_rounds(processes, paced, args)
         start_replica(processes, redis_url)
         replicated_port = free_port()
         serve(
@@ -195,29 +287,36 @@ def main() -> None:
             {**env, "REDIS_MIN_REPLICAS": "1"},
             replicated_port,
         )
-        results += flat_out_and_paced(
-            processes,
-            "web-replicated",
-            replicated_port,
-            args,
-            "recur-sync intake with one local replica and REDIS_MIN_REPLICAS=1",
+        with_replica = "recur-sync intake with one local replica and REDIS_MIN_REPLICAS=1"
+        replicated = flat_out(
+            processes, Series(with_replica, "web-replicated", replicated_port), args
         )
-    rows = [
-        [name, r.requests, r.rate, r.p50_ms, r.p99_ms,
-         "-" if "offered" in name else f"{r.rate / base.rate:.2f}",
-         " / ".join(f"{cpu[n]:.0f}" if n in cpu else "-" for n in ("server", "redis", "replica")),
-         " ".join(f"{k}:{v}" for k, v in sorted(r.statuses.items()))]
-        for name, r, cpu in results
-    ]  # fmt: skip
+        paced_with_replica = [
+            Series(f"baseline: one Redis SET (replica attached) {offered}", "baseline", base_port),
+            Series(f"{with_replica} {offered}", "web-replicated", replicated_port),
+        ]
+        paced_rounds(processes, paced_with_replica, args)
+    every = [base, paced[0], ours, paced[1], replicated, *paced_with_replica]
     print(
         table(
-            f"Intake: {args.events:,} signed events, {args.connections} connections, "
-            f"appendfsync {args.appendfsync}, {args.arrivals} arrivals when paced "
+            f"Intake: {args.events:,} signed events flat out, {args.connections} connections, "
+            f"appendfsync {args.appendfsync}; {args.repeat} round(s) of {args.rate * 5:,} events "
+            f"{offered}, {args.arrivals} arrivals "
             "(targets: >= 2,000/s, ratio >= 0.85, p99 < 15 ms at 2,000/s offered)",
             HEADER,
-            rows,
+            summary_rows(every, base, TARGET_P99_MS),
         )
     )
+    if args.repeat > 1:
+        both = [*paced, *paced_with_replica]
+        print()
+        print(
+            table(
+                "Paced runs round by round, p50 / p99 ms (each round runs its servers in turn)",
+                ["round", *(s.label.removesuffix(f" {offered}") for s in both)],
+                round_rows(both),
+            )
+        )
 
 
 if __name__ == "__main__":
