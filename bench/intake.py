@@ -15,10 +15,11 @@ what this machine allows any one-process endpoint at that rate. Then the same wi
 replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
 
 A machine's speed drifts from one minute to the next (on the two-core machine of bench/README.md
-the same web spent 250 µs of CPU per paced event in one minute and 390 µs ten minutes later),
-and a p99 moves with it. So the paced runs come in `--repeat` rounds, each running the baseline
-and ours in turn: the table gives their medians and in how many runs the p99 stayed under
-15 ms, and a second table the runs round by round, ours beside the baseline of the same minute.
+the same web spent 250 µs of CPU per paced event in one minute and 385 µs a quarter of an hour
+later), and a p99 moves with it. So the paced runs come in `--repeat` rounds, each running the
+baseline and ours in turn: the table gives their medians and in how many runs the p99 stayed
+under 15 ms, and a second table the runs round by round, ours beside the baseline of the same
+minute.
 
     python -m bench.intake [--events N] [--connections C] [--rate R] [--repeat K] [--arrivals A]
 """
