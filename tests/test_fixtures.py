@@ -10,9 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from sync_worker import redis_keys as keys
 from sync_worker.telemetry.stats import field_name
+from tests.fixtures import redis_server as redis_module
 from tests.fixtures import stack as stack_module
 from tests.fixtures.redis_server import RedisServer, free_port
 from tests.fixtures.sandbox import SandboxHandle
@@ -168,3 +170,21 @@ def test_a_web_whose_port_was_taken_starts_again_on_another(
         stack.stop_all()
         squatter.shutdown()
         squatter.server_close()
+
+
+def test_a_redis_whose_port_was_taken_starts_on_another(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race for Redis: the session's Redis of another xdist worker holds the port our
+    redis-server was given. Its PING must not pass for ours, or two workers share one Redis and
+    flush each other's data."""
+    ports = iter([redis_server.port])
+    monkeypatch.setattr(redis_module, "free_port", lambda: next(ports, None) or free_port())
+    ours = RedisServer.on_free_port(tmp_path)
+    try:
+        assert ours.port != redis_server.port
+        assert ours.process is not None
+        answering = redis.Redis(port=ours.port).info("server")["process_id"]
+        assert answering == ours.process.pid
+    finally:
+        ours.stop(kill=True)

@@ -86,8 +86,7 @@ class Replica:
 @pytest.fixture
 def primary(tmp_path: Path) -> Iterator[RedisServer]:
     (tmp_path / "primary").mkdir()
-    server = RedisServer(port=free_port(), directory=tmp_path / "primary")
-    server.start()
+    server = RedisServer.on_free_port(tmp_path / "primary")
     yield server
     server.stop()
 
