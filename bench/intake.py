@@ -123,12 +123,18 @@ def measured(
 
 @dataclass
 class Series:
-    """The runs of one server under one kind of load: flat out, or paced in rounds."""
+    """The runs of one server under one kind of load: flat out, or paced in rounds (then
+    `offered` says at what rate, e.g. "at 2,000/s offered")."""
 
-    label: str
+    name: str
     server: str
     port: int
+    offered: str = ""
     runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.offered}" if self.offered else self.name
 
     def median(self, value: Callable[[Run], float]) -> float:
         return statistics.median(value(run) for run in self.runs)
@@ -181,7 +187,7 @@ def summary_rows(every: list[Series], base: Series, target_ms: float) -> list[li
     rows: list[list[object]] = []
     for series in every:
         runs = series.runs
-        paced = series.label.endswith("offered")
+        paced = bool(series.offered)
         statuses: Counter[int] = Counter()
         for run in runs:
             statuses.update(run.load.statuses)
@@ -275,8 +281,8 @@ def main() -> None:
         base = flat_out(processes, Series("baseline: one Redis SET", "baseline", base_port), args)
         ours = flat_out(processes, Series("recur-sync intake", "web", web_port), args)
         paced = [
-            Series(f"baseline: one Redis SET {offered}", "baseline", base_port),
-            Series(f"recur-sync intake {offered}", "web", web_port),
+            Series("baseline: one Redis SET", "baseline", base_port, offered),
+            Series("recur-sync intake", "web", web_port, offered),
         ]
         paced_rounds(processes, paced, args)
         start_replica(processes, redis_url)
@@ -293,8 +299,8 @@ def main() -> None:
             processes, Series(with_replica, "web-replicated", replicated_port), args
         )
         paced_with_replica = [
-            Series(f"baseline: one Redis SET (replica attached) {offered}", "baseline", base_port),
-            Series(f"{with_replica} {offered}", "web-replicated", replicated_port),
+            Series("baseline: one Redis SET (replica attached)", "baseline", base_port, offered),
+            Series(with_replica, "web-replicated", replicated_port, offered),
         ]
         paced_rounds(processes, paced_with_replica, args)
     every = [base, paced[0], ours, paced[1], replicated, *paced_with_replica]
@@ -314,7 +320,7 @@ def main() -> None:
         print(
             table(
                 "Paced runs round by round, p50 / p99 ms (each round runs its servers in turn)",
-                ["round", *(s.label.removesuffix(f" {offered}") for s in both)],
+                ["round", *(s.name for s in both)],
                 round_rows(both),
             )
         )

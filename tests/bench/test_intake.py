@@ -31,7 +31,7 @@ def test_each_round_runs_every_server_once_in_turn(monkeypatch: pytest.MonkeyPat
         return run(1.0, 2.0)
 
     monkeypatch.setattr(intake, "measured", measured)
-    every = [Series("a at 100/s offered", "a", 1), Series("b at 100/s offered", "b", 2)]
+    every = [Series("a", "a", 1, "at 100/s offered"), Series("b", "b", 2, "at 100/s offered")]
     args = argparse.Namespace(repeat=3, rate=100, connections=4, arrivals="even")
     intake.paced_rounds(cast(Processes, None), every, args)  # measured() is stubbed
     assert order == ["a", "b", "a", "b", "a", "b"]
@@ -39,12 +39,13 @@ def test_each_round_runs_every_server_once_in_turn(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_paced_series_is_summed_up_by_its_medians_and_its_runs_under_the_target() -> None:
-    base = Series("baseline", "baseline", 1, [run(5.0, 40.0, rate=4000.0)])
-    ours = Series("ours", "web", 2, [run(5.0, 12.0, rate=5000.0)])
+    base = Series("baseline", "baseline", 1, runs=[run(5.0, 40.0, rate=4000.0)])
+    ours = Series("ours", "web", 2, runs=[run(5.0, 12.0, rate=5000.0)])
     paced = Series(
-        "ours at 2,000/s offered",
+        "ours",
         "web",
         2,
+        "at 2,000/s offered",
         [run(1.0, 4.0, server_cpu=250), run(3.0, 90.0, server_cpu=390), run(2.0, 14.0)],
     )
     rows = summary_rows([base, ours, paced], base, 15.0)
@@ -58,8 +59,8 @@ def test_a_paced_series_is_summed_up_by_its_medians_and_its_runs_under_the_targe
 
 
 def test_the_rounds_table_puts_each_runs_of_one_round_side_by_side() -> None:
-    first = Series("a", "a", 1, [run(1.0, 3.3), run(1.5, 20.0)])
-    second = Series("b", "b", 2, [run(2.0, 4.0), run(2.5, 5.0)])
+    first = Series("a", "a", 1, runs=[run(1.0, 3.3), run(1.5, 20.0)])
+    second = Series("b", "b", 2, runs=[run(2.0, 4.0), run(2.5, 5.0)])
     assert round_rows([first, second]) == [
         [1, "1.0 / 3.3", "2.0 / 4.0"],
         [2, "1.5 / 20.0", "2.5 / 5.0"],
