@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -131,6 +131,12 @@ def test_restart_worker_stops_every_worker_whatever_its_name(shared: SharedStack
     assert running == ["replacement"]
 
 
+def taken_first(port: int) -> Callable[[], int]:
+    """A `free_port` that loses the race once: it hands out `port`, which a process holds."""
+    ports = iter([port])
+    return lambda: next(ports, None) or free_port()
+
+
 def test_a_web_whose_port_was_taken_starts_again_on_another(
     redis_server: RedisServer,
     sandbox_server: SandboxHandle,
@@ -152,8 +158,7 @@ def test_a_web_whose_port_was_taken_starts_again_on_another(
     squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
     taken = squatter.server_address[1]
-    ports = iter([taken])
-    monkeypatch.setattr(stack_module, "free_port", lambda: next(ports, None) or free_port())
+    monkeypatch.setattr(stack_module, "free_port", taken_first(taken))
     stack = Stack(
         redis_server=redis_server,
         sandbox=sandbox_server,
@@ -178,8 +183,7 @@ def test_a_redis_whose_port_was_taken_starts_on_another(
     """The same race for Redis: the session's Redis of another xdist worker holds the port our
     redis-server was given. Its PING must not pass for ours, or two workers share one Redis and
     flush each other's data."""
-    ports = iter([redis_server.port])
-    monkeypatch.setattr(redis_module, "free_port", lambda: next(ports, None) or free_port())
+    monkeypatch.setattr(redis_module, "free_port", taken_first(redis_server.port))
     ours = RedisServer.on_free_port(tmp_path)
     try:
         assert ours.port != redis_server.port
