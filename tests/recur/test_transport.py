@@ -59,19 +59,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # does between requests.
         self.close_connection = self.path in ("/drop", "/close-announced")
 
-    def finish(self) -> None:
-        super().finish()
-        self.finished.append(self.client_address[1])
-
     def log_message(self, format: str, *args: object) -> None:
         return
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """Notes in `_Handler.finished` each connection it has closed. A handler's `finish()` runs
+    before the server closes the socket, so a client told then could still find it open."""
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        port = request.getpeername()[1]
+        super().shutdown_request(request)
+        _Handler.finished.append(port)
 
 
 @pytest.fixture
 def server() -> Iterator[str]:
     _Handler.ports.clear()
     _Handler.finished.clear()
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as httpd:
+    with _Server(("127.0.0.1", 0), _Handler) as httpd:
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         try:
             yield f"http://127.0.0.1:{httpd.server_address[1]}"
