@@ -14,7 +14,8 @@ saw) is measured apart, and so is the ledger's layout before the buckets, then m
 `Ledger.migrate` as an upgrade does (how long that takes is printed). A user's trace
 (`rs:trace:{user}`, trace.py) is measured apart: with the one entry an event leaves, and with
 10, 50 and 100 entries (the cap), half events written by the accept script and half attempts
-as the sync path writes them.
+as the sync path writes them. And what the accept script appends to the AOF per event, the
+bytes Redis writes and fsyncs (and streams to each replica) for every event the intake accepts.
 
 The events are typical: a name of a few CJK characters and a small metadata object
 (`{"plan":"pro","seats":5}`), the fields recur-sync sends. Event ids are 24-character ids like
@@ -51,6 +52,11 @@ LEDGER_TARGET = 150
 def used_memory(client: redis.Redis) -> int:
     """Bytes the allocator holds for data now (`INFO memory` used_memory)."""
     return int(client.info("memory")["used_memory"])
+
+
+def aof_size(client: redis.Redis) -> int:
+    """Bytes in the AOF now (`INFO persistence` aof_current_size)."""
+    return int(client.info("persistence")["aof_current_size"])
 
 
 def settled_memory(client: redis.Redis) -> int:
@@ -341,11 +347,16 @@ def main() -> None:
             lease_seconds=600,
         )
         sample = random.Random(7).sample(range(1, n + 1), min(args.sample, n))
+        # The AOF only grows while this runs, so its size before and after a step is what the
+        # step appended.
+        client.config_set("auto-aof-rewrite-percentage", 0)
         start = used_memory(client)
 
         # Round 1: one event per customer, then every one applied. What stays: the ledger (and
         # its index) and the remembered event ids.
+        aof_before = aof_size(client)
         accept_all(client, store, range(1, n + 1), 1)
+        first_aof = (aof_size(client) - aof_before) / n
         apply_all(store, n)
         trace_usage = sample_usage(client, [keys.trace(f"user_{u}") for u in sample])
         before_traces = used_memory(client)
@@ -376,7 +387,9 @@ def main() -> None:
 
         # Round 2: a second event per customer, not yet sent: a pending user each.
         before = used_memory(client)
+        aof_before = aof_size(client)
         accept_all(client, store, range(1, n + 1), 2)
+        next_aof = (aof_size(client) - aof_before) / n
         delete_matching(client, keys.EVENT_SEEN + "*")
         delete_matching(client, keys.TRACE + "*")
         pending_delta = (used_memory(client) - before) / n
@@ -384,6 +397,10 @@ def main() -> None:
             client, [keys.pending(f"user_{u}") for u in sample]
         ) + sample_usage(client, [PENDING_EVENTS + f"user_{u}" for u in sample])
         rows.append(["pending user (hash + event list)", n, pending_delta, pending_usage, "-"])
+        rows.append(["AOF appended by a customer's first event", n, first_aof, "-", "-"])
+        rows.append(
+            ["AOF appended by its next event, once the first was applied", n, next_aof, "-", "-"]
+        )
 
         # Some of them fail for good: dead letters (their pending change moves into the entry).
         before = used_memory(client)

@@ -20,38 +20,49 @@ if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[6]) then
   return {0, 0}
 end
 local ts = tonumber(ARGV[7])
-local changed = 0
+-- One read and one write of the pending hash, not one of each per field and counter: a
+-- redis.call costs more than the command it runs, and every write is a command in the AOF.
+local asked = {'version', 'first_seen', 'attempts'}
+for _, f in ipairs(names) do asked[#asked + 1] = 't:' .. f end
+local have = redis.call('HMGET', KEYS[2], unpack(asked))
 local ledger = ledger_load(KEYS[3], ARGV[2])
+local writes = {}
 for i = 12, #ARGV, 2 do
   local f = ARGV[i]
   local applied = ledger_time(ledger, f)
-  local pending = tonumber(redis.call('HGET', KEYS[2], 't:' .. f))
+  local pending = tonumber(have[3 + (i - 10) / 2])
   if (applied == nil or ts >= applied) and (pending == nil or ts >= pending) then
-    redis.call('HSET', KEYS[2], 'v:' .. f, ARGV[i + 1], 't:' .. f, ARGV[7], 'e:' .. f, ARGV[1])
+    local n = #writes
+    writes[n + 1], writes[n + 2] = 'v:' .. f, ARGV[i + 1]
+    writes[n + 3], writes[n + 4] = 't:' .. f, ARGV[7]
+    writes[n + 5], writes[n + 6] = 'e:' .. f, ARGV[1]
     -- The newest email finds the user of a customer Checkout made without an external id.
     local email = f == 'email' and cjson.decode(ARGV[i + 1])
     if type(email) == 'string' then redis.call('HSET', KEYS[8], string.lower(email), ARGV[2]) end
     merged[#merged + 1] = f
-    changed = 1
   end
 end
-if changed == 0 then
+if #merged == 0 then
   trace('stale')
   return {1, 0}
 end
-redis.call('RPUSH', KEYS[6], ARGV[1])
-redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+if redis.call('RPUSH', KEYS[6], ARGV[1]) > tonumber(ARGV[8]) then
+  redis.call('LTRIM', KEYS[6], -tonumber(ARGV[8]), -1)
+end
+local version = tonumber(have[1] or '0') + 1
 local now = tonumber(ARGV[3])
-local first = tonumber(redis.call('HGET', KEYS[2], 'first_seen'))
+local first = tonumber(have[2])
 if first == nil then
   first = now
-  redis.call('HSET', KEYS[2], 'first_seen', ARGV[3])
+  writes[#writes + 1], writes[#writes + 2] = 'first_seen', ARGV[3]
 end
 local due = math.min(now + tonumber(ARGV[4]), first + tonumber(ARGV[5]))
-redis.call('HSET', KEYS[2], 'due', tostring(due))
+local n = #writes
+writes[n + 1], writes[n + 2] = 'version', string.format('%d', version)
+writes[n + 3], writes[n + 4] = 'due', tostring(due)
+redis.call('HSET', KEYS[2], unpack(writes))
 if not redis.call('ZSCORE', KEYS[5], ARGV[2]) then
-  if tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0') > 0 then
+  if tonumber(have[3] or '0') > 0 then
     redis.call('ZADD', KEYS[4], 'NX', due, ARGV[2])
   else
     redis.call('ZADD', KEYS[4], due, ARGV[2])

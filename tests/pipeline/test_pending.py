@@ -13,7 +13,7 @@ from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import DeadLetterQueue
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.ledger import Ledger
-from sync_worker.pipeline.pending import PENDING_EVENTS, PendingStore
+from sync_worker.pipeline.pending import EVENTS_KEPT, PENDING_EVENTS, PendingStore
 from sync_worker.pipeline.records import Claim, FieldState, Snapshot
 
 
@@ -106,6 +106,25 @@ def test_fields_merge_latest_event_time_wins_per_field(redis_url: str) -> None:
         "name": "newest",
         "metadata": {"plan": "pro"},
     }
+
+
+def test_a_pending_change_keeps_its_last_event_ids_and_counts_its_versions(
+    redis_url: str,
+) -> None:
+    """The version counts the events merged into the change (a stale or duplicate one adds
+    nothing), and the change names the last EVENTS_KEPT events it covers, oldest first."""
+    client = raw_client(redis_url)
+    pending = store(client, Clock())
+    merged = [event("u1", 1000 + i, name=f"n{i}") for i in range(EVENTS_KEPT + 5)]
+    assert [pending.accept(e).version for e in merged] == list(range(1, EVENTS_KEPT + 6))
+    assert pending.accept(event("u1", 10, name="older")).changed is False
+    assert pending.accept(merged[-1]).duplicate is True
+    both = event("u1", 9000, name="both", email="a@example.com")
+    assert pending.accept(both).version == EVENTS_KEPT + 6
+    assert client.hget(keys.pending("u1"), "version") == str(EVENTS_KEPT + 6).encode()
+    covered = [raw.decode() for raw in client.lrange(PENDING_EVENTS + "u1", 0, -1)]
+    assert covered == [e.event_id for e in merged[-(EVENTS_KEPT - 1) :]] + [both.event_id]
+    assert len(covered) == EVENTS_KEPT
 
 
 def test_event_older_than_applied_state_changes_nothing(redis_url: str) -> None:
