@@ -8,7 +8,8 @@ it), same run. Targets (issue 19): >= 2,000 events/s, >= 85 % of the baseline, a
 on a shared machine it moves less than the rates do.
 
 The saturated runs give the capacity; a paced run offers the target rate (2,000/s) and gives
-the latency a merchant sees at that rate (counted from each request's slot, so stalls count).
+the latency a merchant sees at that rate (counted from each request's slot, so stalls count, or
+from when it was sent if the sender's timer woke it early).
 The requests of a paced run arrive one after the other, 0.5 ms apart at 2,000/s (or as a
 Poisson process with `--arrivals poisson`); the baseline is paced the same way, which shows
 what this machine allows any one-process endpoint at that rate. Then the same with one local

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
+from bench import load
 from bench.load import arrival_times, build_request, run_load
+
+_sleep = asyncio.sleep
+"""asyncio's own sleep, for the test server while a test stands in for the sender's."""
 
 
 def test_even_arrivals_are_one_interval_apart() -> None:
@@ -27,10 +33,10 @@ def test_poisson_arrivals_keep_the_rate_and_bunch_now_and_then() -> None:
     assert arrival_times(100, 2000, "poisson") == arrival_times(100, 2000, "poisson")
 
 
-@pytest.fixture
-def recording_server() -> Iterator[tuple[int, list[float]]]:
-    """A keep-alive HTTP server on a thread answering 202 to every POST; yields its port and
-    the monotonic time at which each request arrived."""
+@contextlib.contextmanager
+def serving(answer_after: float = 0.0) -> Iterator[tuple[int, list[float]]]:
+    """A keep-alive HTTP server on a thread answering 202 to every POST `answer_after` seconds
+    after reading it; yields its port and the monotonic time at which each request arrived."""
     arrived: list[float] = []
     loop = asyncio.new_event_loop()
 
@@ -47,6 +53,8 @@ def recording_server() -> Iterator[tuple[int, list[float]]]:
                 if line.lower().startswith(b"content-length:")
             )
             await reader.readexactly(length)
+            if answer_after:
+                await _sleep(answer_after)
             writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
         writer.close()
 
@@ -70,6 +78,12 @@ def recording_server() -> Iterator[tuple[int, list[float]]]:
     loop.close()
 
 
+@pytest.fixture
+def recording_server() -> Iterator[tuple[int, list[float]]]:
+    with serving() as server:
+        yield server
+
+
 def test_a_paced_run_spreads_its_requests_over_the_connections(
     recording_server: tuple[int, list[float]],
 ) -> None:
@@ -83,3 +97,30 @@ def test_a_paced_run_spreads_its_requests_over_the_connections(
     gaps = sorted(b - a for a, b in itertools.pairwise(arrived))
     # Evenly offered, the median gap is the interval; in bursts of eight it would be ~0.
     assert statistics.median(gaps) > 0.005
+
+
+def test_no_paced_request_is_counted_faster_than_the_server_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request's latency counts from its slot, but not from before it was sent. uvloop's
+    timers fire early (a sleep of under half a millisecond returns at once): here every sleep
+    of the sender returns halfway, and the server answers in 3 ms. Counted from the slots,
+    requests sent 5 ms early came back in -2 ms."""
+
+    async def halfway(delay: float) -> None:
+        await _sleep(delay / 2)
+
+    async def send() -> list[float]:
+        stream = await asyncio.open_connection("127.0.0.1", port)
+        request = build_request("127.0.0.1", port, "/", b"{}", {})
+        first = time.perf_counter() + 0.01
+        slots = [first + 0.01 * i for i in range(20)]
+        latencies: list[float] = []
+        await load._connection(stream, [request] * 20, slots, latencies, Counter())
+        return latencies
+
+    with serving(answer_after=0.003) as (port, _):
+        monkeypatch.setattr(asyncio, "sleep", halfway)
+        latencies = asyncio.run(send())
+    assert len(latencies) == 20
+    assert min(latencies) >= 0.003
