@@ -10,8 +10,10 @@ on a shared machine it moves less than the rates do.
 The saturated runs give the capacity; a paced run offers the target rate (2,000/s) and gives
 the latency a merchant sees at that rate (counted from each request's slot, so stalls count, or
 from when it was sent if the sender's timer woke it early).
-The requests of a paced run arrive one after the other, 0.5 ms apart at 2,000/s (or as a
-Poisson process with `--arrivals poisson`); the baseline is paced the same way, which shows
+A paced run's schedule spaces its requests 0.5 ms apart at 2,000/s (or draws them as a
+Poisson process with `--arrivals poisson`); the sender's timers (uvloop's) have a resolution of
+a millisecond, so at 2,000/s they mostly leave two at a time on the millisecond (bench/README.md).
+The baseline is paced the same way, which shows
 what this machine allows any one-process endpoint at that rate. Then the same with one local
 replica and `REDIS_MIN_REPLICAS=1`: the cost of `WAIT`.
 
