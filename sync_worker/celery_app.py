@@ -12,9 +12,11 @@ measures it against prefork.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, NoReturn
@@ -22,12 +24,15 @@ from typing import Any, NoReturn
 import click
 from celery import Celery, bootsteps
 from celery.schedules import crontab
-from celery.signals import setup_logging, task_prerun
+from celery.signals import setup_logging, task_prerun, task_received
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu import Queue
+from redis import RedisError
 
 from sync_worker.connections import broker_transport, broker_transport_options
+from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
 from sync_worker.logging import configure_logging, get_logger
 from sync_worker.pipeline.records import Claim
 from sync_worker.runtime import Runtime
@@ -152,6 +157,7 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         },
     )
     celery.steps["worker"].add(DispatcherStep)
+    celery.steps["worker"].add(ConsumerWatchdogStep)
     if settings.ops_webhook_url is not None:
         celery.steps["worker"].add(OpsWebhooksStep)
 
@@ -239,6 +245,93 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class ConsumerStalled(ConnectionError):
+    """Raised in the consumer's event loop by the watchdog: Celery then reconnects the consumer
+    as after a lost broker connection (a `ConnectionError` is among the transport's connection
+    errors)."""
+
+
+STALLED_EXIT_CODE = 3
+"""The worker's exit code when its consumer stayed stalled after a restart."""
+
+
+class ConsumerWatchdogStep(bootsteps.StartStopStep):
+    """Watches the Celery consumer on a thread (consumer_watchdog.py): restarts a consumer that
+    stopped taking tasks, and ends the worker if that did not help."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watch: ConsumerWatch | None = None
+
+    def _received(self, **_: Any) -> None:
+        if self._watch is not None:
+            self._watch.received()
+
+    def start(self, worker: Any) -> None:
+        runtime = worker.app.runtime
+        self._watch = ConsumerWatch(runtime.settings.consumer_stall_seconds)
+        task_received.connect(self._received, weak=False)
+        self._thread = threading.Thread(
+            target=self._run, args=(worker, runtime, self._watch), name="watchdog", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, worker: Any, runtime: Runtime, watch: ConsumerWatch) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._check(worker, runtime, watch)
+            except Exception as error:  # noqa: BLE001 - the watchdog outlives any one failed check
+                log.warning(
+                    "consumer_watchdog_error", error_type=type(error).__name__, error=str(error)
+                )
+
+    def _check(self, worker: Any, runtime: Runtime, watch: ConsumerWatch) -> None:
+        """One look at the queue and the pool, and what the verdict asks."""
+        try:
+            waiting: int | None = sync_queue_depth(runtime)
+        except (RedisError, OSError):
+            waiting = None  # Redis is down: nothing can be consumed, nothing is stalled
+        free = worker.concurrency - len(worker_state.reserved_requests)
+        verdict = watch.check(waiting=waiting, free_slots=free)
+        hub = getattr(worker.consumer, "hub", None)
+        if verdict is Verdict.RESTART and hub is not None:
+            log.error(
+                "consumer_stalled",
+                action="restarting the consumer",
+                waiting=waiting,
+                free_slots=free,
+                seconds=watch.stall_seconds,
+            )
+            runtime.stats.incr("consumer_restarts_total")
+            hub.call_soon(_raise_stalled)
+        elif verdict is not Verdict.OK:
+            log.error(
+                "consumer_stalled",
+                action="exiting for the supervisor to start the worker again",
+                waiting=waiting,
+                free_slots=free,
+                exit_code=STALLED_EXIT_CODE,
+            )
+            with contextlib.suppress(RedisError, OSError):
+                runtime.stats.flush()
+            time.sleep(0.1)  # the log line out before the process goes
+            os._exit(STALLED_EXIT_CODE)
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        task_received.disconnect(self._received)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _raise_stalled() -> None:
+    raise ConsumerStalled("the consumer took no task while the sync queue had some waiting")
 
 
 def claim_publisher(app: Celery) -> Callable[[list[Claim]], None]:

@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     auth_probe_interval_seconds: float = Field(default=30.0, gt=0)
     dispatcher_stall_seconds: float = Field(default=60.0, ge=1)
+    consumer_stall_seconds: float = Field(default=60.0, ge=5)
 
     # Dead letters.
     dlq_retention_days: float = Field(default=30.0, gt=0)

@@ -59,6 +59,8 @@ COUNTERS: dict[str, str] = {
     "breaker_transitions_total": "Circuit breaker transitions, by the state entered.",
     "ops_webhooks_total": "Operational webhooks, by outcome (delivered, retried, gave_up, ...).",
     "dispatcher_errors_total": "Dispatcher rounds that failed, by exception type.",
+    "consumer_restarts_total": "Celery consumers the watchdog restarted: no task taken while "
+    "the sync queue had some waiting.",
 }
 HISTOGRAM_HELP = {
     "sync_latency_seconds": "Seconds from the first event of a change to Recur applying it.",

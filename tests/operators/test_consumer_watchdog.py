@@ -1,0 +1,134 @@
+"""The consumer watchdog: a worker whose Celery consumer stops taking tasks while the sync queue
+has some is restarted, first its consumer, then (if that does not cure it) the whole process.
+
+The decision is tested on its own with a clock the test moves; the whole of it with the real
+worker, on real Redis and the sandbox, its consumer made deaf as consumers were seen to be after
+a Redis crash (tests/fixtures/deaf_worker.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync_worker.celery_app import STALLED_EXIT_CODE
+from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
+from tests.fixtures.stack import Proc, Stack, user_event, wait_for
+from tests.pipeline.test_faults import all_named, seed
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_queue_left_waiting_with_a_free_slot_restarts_the_consumer_then_ends_the_worker() -> None:
+    clock = Clock()
+    watch = ConsumerWatch(10, clock=clock)
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK  # the stall starts here
+    clock.now += 9.9
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK
+    clock.now += 0.1
+    assert watch.check(waiting=3, free_slots=2) is Verdict.RESTART
+    clock.now += 5
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK  # the restart gets its time
+    clock.now += 5
+    assert watch.check(waiting=3, free_slots=2) is Verdict.EXIT
+
+
+def test_a_task_received_after_the_restart_means_it_worked() -> None:
+    clock = Clock()
+    watch = ConsumerWatch(10, clock=clock)
+    watch.check(waiting=3, free_slots=2)
+    clock.now += 10
+    assert watch.check(waiting=3, free_slots=2) is Verdict.RESTART
+    clock.now += 1
+    watch.received()
+    clock.now += 15
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK  # a new stall starts, no exit
+    clock.now += 10
+    assert watch.check(waiting=3, free_slots=2) is Verdict.RESTART
+
+
+@pytest.mark.parametrize(
+    ("waiting", "free_slots", "why"),
+    [
+        (0, 4, "nothing waits"),
+        (3, 0, "every slot is busy: a full worker does not read the queue"),
+        (None, 4, "the queue could not be read: Redis is down"),
+    ],
+)
+def test_no_stall_without_tasks_waiting_for_a_free_slot(
+    waiting: int | None, free_slots: int, why: str
+) -> None:
+    clock = Clock()
+    watch = ConsumerWatch(10, clock=clock)
+    for _ in range(30):
+        assert watch.check(waiting=waiting, free_slots=free_slots) is Verdict.OK, why
+        clock.now += 1
+
+
+def test_a_consumer_taking_tasks_is_never_stalled_however_long_the_queue() -> None:
+    """A busy worker's queue is never empty for long; each task it takes restarts the count."""
+    clock = Clock()
+    watch = ConsumerWatch(10, clock=clock)
+    for _ in range(60):
+        assert watch.check(waiting=8, free_slots=1) is Verdict.OK
+        clock.now += 1
+        watch.received()
+
+
+def test_a_stall_that_ends_starts_the_count_again() -> None:
+    clock = Clock()
+    watch = ConsumerWatch(10, clock=clock)
+    watch.check(waiting=3, free_slots=2)
+    clock.now += 9
+    assert watch.check(waiting=0, free_slots=2) is Verdict.OK
+    clock.now += 1
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK
+    clock.now += 9
+    assert watch.check(waiting=3, free_slots=2) is Verdict.OK
+    clock.now += 1
+    assert watch.check(waiting=3, free_slots=2) is Verdict.RESTART
+
+
+def deaf_worker(stack: Stack, **env: str) -> Proc:
+    worker = stack.spawn(
+        "deaf-worker",
+        "--hostname",
+        "deaf@%h",
+        module="tests.fixtures.deaf_worker",
+        env={"CONSUMER_STALL_SECONDS": "5", **env},
+    )
+    wait_for(lambda: "deaf: the consumer no longer takes tasks" in worker.log(), timeout=30)
+    return worker
+
+
+def test_a_deaf_consumer_is_restarted_and_the_events_go_out(web_stack: Stack) -> None:
+    ids = seed(web_stack, 5)
+    worker = deaf_worker(web_stack)
+    expected = {user: f"{user} heard" for user in ids}
+    for user in ids:
+        assert (
+            web_stack.post(user_event(f"evt_{user}", user, name=expected[user])).status_code == 202
+        )
+    wait_for(lambda: all_named(web_stack, expected), timeout=60)
+    log = worker.log()
+    assert '"event": "consumer_stalled"' in log, log
+    assert "restarting the consumer" in log
+    assert log.index("restarting the consumer") < log.index('"result": "applied"')
+    assert worker.alive(), log
+
+
+def test_a_consumer_deaf_after_every_restart_ends_the_worker(web_stack: Stack) -> None:
+    ids = seed(web_stack, 2)
+    worker = deaf_worker(web_stack, DEAF_EVERY_TIME="1")
+    for user in ids:
+        assert web_stack.post(user_event(f"evt_{user}", user, name="unheard")).status_code == 202
+    worker.process.wait(timeout=60)
+    log = worker.log()
+    assert worker.process.returncode == STALLED_EXIT_CODE, log
+    assert "exiting for the supervisor" in log
+    assert log.count("deaf: the consumer no longer takes tasks") == 2  # the start and the restart
+    assert not web_stack.sandbox.control.requests(method="PATCH")
