@@ -293,10 +293,12 @@ class ConsumerWatchdogStep(bootsteps.StartStopStep):
 
     def _check(self, worker: Any, runtime: Runtime, watch: ConsumerWatch) -> None:
         """One look at the queue and the pool, and what the verdict asks."""
-        try:
-            waiting: int | None = sync_queue_depth(runtime)
-        except (RedisError, OSError):
-            waiting = None  # Redis is down: nothing can be consumed, nothing is stalled
+        waiting: int | None = None
+        # No connection: Celery is (re)connecting, with a backoff of its own that grows past
+        # 15 s over a long Redis outage; a consumer that is not connected is not stalled.
+        if getattr(worker.consumer, "connection", None) is not None:
+            with contextlib.suppress(RedisError, OSError):  # Redis down: nothing is stalled
+                waiting = sync_queue_depth(runtime)
         free = worker.concurrency - len(worker_state.reserved_requests)
         verdict = watch.check(waiting=waiting, free_slots=free)
         hub = getattr(worker.consumer, "hub", None)

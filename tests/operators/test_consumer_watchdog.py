@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from sync_worker.celery_app import STALLED_EXIT_CODE
+from sync_worker.celery_app import (
+    STALLED_EXIT_CODE,
+    SYNC_BATCH_TASK,
+    SYNC_QUEUE,
+    create_celery_app,
+)
 from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
+from sync_worker.settings import Settings
 from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 from tests.pipeline.test_faults import all_named, seed
 
@@ -132,3 +138,26 @@ def test_a_consumer_deaf_after_every_restart_ends_the_worker(web_stack: Stack) -
     assert "exiting for the supervisor" in log
     assert log.count("deaf: the consumer no longer takes tasks") == 2  # the start and the restart
     assert not web_stack.sandbox.control.requests(method="PATCH")
+
+
+def test_a_consumer_still_reconnecting_after_a_long_outage_is_left_alone(web_stack: Stack) -> None:
+    """Over a 20 s Redis outage Celery's own reconnection backoff grows to 10 s: once Redis is
+    back, tasks wait while the consumer sleeps out its backoff. That consumer is reconnecting,
+    not stalled, and the watchdog (5 s here) must not restart it."""
+    ids = seed(web_stack, 3)
+    worker = web_stack.start_worker(name="patient", env={"CONSUMER_STALL_SECONDS": "5"})
+    web_stack.redis_server.stop()
+    wait_for(lambda: "Trying again in 10.00 seconds" in worker.log(), timeout=60)
+    web_stack.redis_server.start()
+    # Tasks waiting from the first second Redis is back (empty batches: nothing to sync).
+    publisher = create_celery_app(Settings(redis_url=web_stack.redis_server.url))
+    for _ in range(3):
+        publisher.send_task(SYNC_BATCH_TASK, args=([],), queue=SYNC_QUEUE)
+    expected = {user: f"{user} after the outage" for user in ids}
+    for user in ids:
+        assert (
+            web_stack.post(user_event(f"evt_{user}", user, name=expected[user])).status_code == 202
+        )
+    wait_for(lambda: all_named(web_stack, expected), timeout=60)
+    log = worker.log()
+    assert "consumer_stalled" not in log, log
