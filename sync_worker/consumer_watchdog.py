@@ -50,8 +50,9 @@ class ConsumerWatch:
             self._last_received = self._clock()
 
     def check(self, *, waiting: int | None, free_slots: int) -> Verdict:
-        """`waiting`: messages in the sync queue (None when it could not be read); `free_slots`:
-        tasks this worker could take now."""
+        """`waiting`: messages in the sync queue, or None when there is nothing to judge (the
+        queue could not be read, or the consumer is not connected: Celery is reconnecting);
+        `free_slots`: tasks this worker could take now."""
         now = self._clock()
         with self._lock:
             last_received = self._last_received
