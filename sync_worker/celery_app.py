@@ -215,8 +215,9 @@ class SyncRequest(Request):
         super().__init__(message, connection_errors=errors, **kwargs)
 
 
-class DispatcherStep(bootsteps.StartStopStep):
-    """Runs the dispatcher thread for as long as the worker runs."""
+class ThreadStep(bootsteps.StartStopStep):
+    """A worker bootstep that runs one daemon thread for as long as the worker runs; the
+    thread's function gets an event that `stop` sets, then the step waits for it (5 s)."""
 
     requires = ("celery.worker.components:Pool",)
 
@@ -224,6 +225,20 @@ class DispatcherStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def run_thread(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        """Start `target(stop_event)` on a daemon thread called `name`."""
+        self._thread = threading.Thread(target=target, args=(self._stop,), name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class DispatcherStep(ThreadStep):
+    """Runs the dispatcher thread for as long as the worker runs."""
 
     def start(self, worker: Any) -> None:
         from sync_worker.pipeline.dispatch import Dispatcher
@@ -236,15 +251,7 @@ class DispatcherStep(bootsteps.StartStopStep):
             queue_depth=lambda: sync_queue_depth(runtime),
             hostname=worker.hostname,
         )
-        self._thread = threading.Thread(
-            target=dispatcher.run, args=(self._stop,), name="dispatcher", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, worker: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.run_thread("dispatcher", dispatcher.run)
 
 
 class ConsumerStalled(ConnectionError):
@@ -257,16 +264,12 @@ STALLED_EXIT_CODE = 3
 """The worker's exit code when its consumer stayed stalled after a restart."""
 
 
-class ConsumerWatchdogStep(bootsteps.StartStopStep):
+class ConsumerWatchdogStep(ThreadStep):
     """Watches the Celery consumer on a thread (consumer_watchdog.py): restarts a consumer that
     stopped taking tasks, and ends the worker if that did not help."""
 
-    requires = ("celery.worker.components:Pool",)
-
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._watch: ConsumerWatch | None = None
 
     def _received(self, **_: Any) -> None:
@@ -275,15 +278,14 @@ class ConsumerWatchdogStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         runtime = worker.app.runtime
-        self._watch = ConsumerWatch(runtime.settings.consumer_stall_seconds)
+        watch = self._watch = ConsumerWatch(runtime.settings.consumer_stall_seconds)
         task_received.connect(self._received, weak=False)
-        self._thread = threading.Thread(
-            target=self._run, args=(worker, runtime, self._watch), name="watchdog", daemon=True
-        )
-        self._thread.start()
+        self.run_thread("watchdog", lambda stop: self._run(worker, runtime, watch, stop))
 
-    def _run(self, worker: Any, runtime: Runtime, watch: ConsumerWatch) -> None:
-        while not self._stop.wait(1.0):
+    def _run(
+        self, worker: Any, runtime: Runtime, watch: ConsumerWatch, stop: threading.Event
+    ) -> None:
+        while not stop.wait(1.0):
             try:
                 self._check(worker, runtime, watch)
             except Exception as error:  # noqa: BLE001 - the watchdog outlives any one failed check
@@ -326,10 +328,8 @@ class ConsumerWatchdogStep(bootsteps.StartStopStep):
             os._exit(STALLED_EXIT_CODE)
 
     def stop(self, worker: Any) -> None:
-        self._stop.set()
         task_received.disconnect(self._received)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().stop(worker)
 
 
 def _raise_stalled() -> None:
@@ -373,16 +373,12 @@ def _refuse_a_mixed_mode(runtime: Runtime) -> None:
         os._exit(2)
 
 
-class OpsWebhooksStep(bootsteps.StartStopStep):
+class OpsWebhooksStep(ThreadStep):
     """Delivers operational webhooks on a thread of their own (ops_webhooks.py), so a slow
     receiver never delays the dispatcher's claims. Added only when OPS_WEBHOOK_URL is set."""
 
-    requires = ("celery.worker.components:Pool",)
-
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._deliverer: OpsDeliverer | None = None
 
     def start(self, worker: Any) -> None:
@@ -391,15 +387,10 @@ class OpsWebhooksStep(bootsteps.StartStopStep):
             runtime.settings, client=runtime.redis, stats=runtime.stats
         )
         self._deliverer = deliverer
-        self._thread = threading.Thread(
-            target=deliverer.run, args=(self._stop,), name="ops-webhooks", daemon=True
-        )
-        self._thread.start()
+        self.run_thread("ops-webhooks", deliverer.run)
 
     def stop(self, worker: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().stop(worker)
         if self._deliverer is not None:
             self._deliverer.close()
 
