@@ -19,19 +19,17 @@ from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
 from sync_worker.settings import Settings
 from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 from tests.pipeline.test_faults import all_named, seed
+from tests.pipeline.test_pending import Clock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def watched() -> tuple[Clock, ConsumerWatch]:
+    """A watch of 10 s on a clock the test moves."""
+    clock = Clock()
+    return clock, ConsumerWatch(10, clock=clock)
 
 
 def test_a_queue_left_waiting_with_a_free_slot_restarts_the_consumer_then_ends_the_worker() -> None:
-    clock = Clock()
-    watch = ConsumerWatch(10, clock=clock)
+    clock, watch = watched()
     assert watch.check(waiting=3, free_slots=2) is Verdict.OK  # the stall starts here
     clock.now += 9.9
     assert watch.check(waiting=3, free_slots=2) is Verdict.OK
@@ -44,8 +42,7 @@ def test_a_queue_left_waiting_with_a_free_slot_restarts_the_consumer_then_ends_t
 
 
 def test_a_task_received_after_the_restart_means_it_worked() -> None:
-    clock = Clock()
-    watch = ConsumerWatch(10, clock=clock)
+    clock, watch = watched()
     watch.check(waiting=3, free_slots=2)
     clock.now += 10
     assert watch.check(waiting=3, free_slots=2) is Verdict.RESTART
@@ -68,8 +65,7 @@ def test_a_task_received_after_the_restart_means_it_worked() -> None:
 def test_no_stall_without_tasks_waiting_for_a_free_slot(
     waiting: int | None, free_slots: int, why: str
 ) -> None:
-    clock = Clock()
-    watch = ConsumerWatch(10, clock=clock)
+    clock, watch = watched()
     for _ in range(30):
         assert watch.check(waiting=waiting, free_slots=free_slots) is Verdict.OK, why
         clock.now += 1
@@ -77,8 +73,7 @@ def test_no_stall_without_tasks_waiting_for_a_free_slot(
 
 def test_a_consumer_taking_tasks_is_never_stalled_however_long_the_queue() -> None:
     """A busy worker's queue is never empty for long; each task it takes restarts the count."""
-    clock = Clock()
-    watch = ConsumerWatch(10, clock=clock)
+    clock, watch = watched()
     for _ in range(60):
         assert watch.check(waiting=8, free_slots=1) is Verdict.OK
         clock.now += 1
@@ -86,8 +81,7 @@ def test_a_consumer_taking_tasks_is_never_stalled_however_long_the_queue() -> No
 
 
 def test_a_stall_that_ends_starts_the_count_again() -> None:
-    clock = Clock()
-    watch = ConsumerWatch(10, clock=clock)
+    clock, watch = watched()
     watch.check(waiting=3, free_slots=2)
     clock.now += 9
     assert watch.check(waiting=0, free_slots=2) is Verdict.OK
@@ -111,14 +105,17 @@ def deaf_worker(stack: Stack, **env: str) -> Proc:
     return worker
 
 
+def post_names(stack: Stack, names: dict[str, str]) -> None:
+    """One accepted event per user, setting its name."""
+    for user, name in names.items():
+        assert stack.post(user_event(f"evt_{user}", user, name=name)).status_code == 202
+
+
 def test_a_deaf_consumer_is_restarted_and_the_events_go_out(web_stack: Stack) -> None:
     ids = seed(web_stack, 5)
     worker = deaf_worker(web_stack)
     expected = {user: f"{user} heard" for user in ids}
-    for user in ids:
-        assert (
-            web_stack.post(user_event(f"evt_{user}", user, name=expected[user])).status_code == 202
-        )
+    post_names(web_stack, expected)
     wait_for(lambda: all_named(web_stack, expected), timeout=60)
     log = worker.log()
     assert '"event": "consumer_stalled"' in log, log
@@ -130,8 +127,7 @@ def test_a_deaf_consumer_is_restarted_and_the_events_go_out(web_stack: Stack) ->
 def test_a_consumer_deaf_after_every_restart_ends_the_worker(web_stack: Stack) -> None:
     ids = seed(web_stack, 2)
     worker = deaf_worker(web_stack, DEAF_EVERY_TIME="1")
-    for user in ids:
-        assert web_stack.post(user_event(f"evt_{user}", user, name="unheard")).status_code == 202
+    post_names(web_stack, dict.fromkeys(ids, "unheard"))
     worker.process.wait(timeout=60)
     log = worker.log()
     assert worker.process.returncode == STALLED_EXIT_CODE, log
@@ -154,10 +150,7 @@ def test_a_consumer_still_reconnecting_after_a_long_outage_is_left_alone(web_sta
     for _ in range(3):
         publisher.send_task(SYNC_BATCH_TASK, args=([],), queue=SYNC_QUEUE)
     expected = {user: f"{user} after the outage" for user in ids}
-    for user in ids:
-        assert (
-            web_stack.post(user_event(f"evt_{user}", user, name=expected[user])).status_code == 202
-        )
+    post_names(web_stack, expected)
     wait_for(lambda: all_named(web_stack, expected), timeout=60)
     log = worker.log()
     assert "consumer_stalled" not in log, log
