@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any, NoReturn
@@ -311,6 +312,7 @@ class ConsumerWatchdogStep(ThreadStep):
                 waiting=waiting,
                 free_slots=free,
                 seconds=watch.stall_seconds,
+                consumer_stack=_consumer_stack(),
             )
             runtime.stats.incr("consumer_restarts_total")
             hub.call_soon(_raise_stalled)
@@ -321,6 +323,7 @@ class ConsumerWatchdogStep(ThreadStep):
                 waiting=waiting,
                 free_slots=free,
                 exit_code=STALLED_EXIT_CODE,
+                consumer_stack=_consumer_stack(),
             )
             with contextlib.suppress(RedisError, OSError):
                 runtime.stats.flush()
@@ -330,6 +333,15 @@ class ConsumerWatchdogStep(ThreadStep):
     def stop(self, worker: Any) -> None:
         task_received.disconnect(self._received)
         super().stop(worker)
+
+
+def _consumer_stack() -> list[str]:
+    """Where the consumer's thread (the main thread) is now, innermost frame last: what it is
+    blocked in when its event loop no longer runs."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    if frame is None:
+        return []
+    return [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-12:]]
 
 
 def _raise_stalled() -> None:

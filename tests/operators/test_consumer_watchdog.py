@@ -120,6 +120,7 @@ def test_a_deaf_consumer_is_restarted_and_the_events_go_out(web_stack: Stack) ->
     log = worker.log()
     assert '"event": "consumer_stalled"' in log, log
     assert "restarting the consumer" in log
+    assert '"consumer_stack": [' in log  # where the consumer's thread was, for the operator
     assert log.index("restarting the consumer") < log.index('"result": "applied"')
     assert worker.alive(), log
 
