@@ -93,6 +93,10 @@ def create_celery_app(settings: Settings) -> SyncCelery:
     celery = SyncCelery("sync_worker", broker=settings.redis_url, include=["sync_worker.tasks"])
     celery.settings = settings
     visibility = settings.visibility_timeout_seconds
+    # No redis-py retry on the broker's connections (no `retry_on_timeout`): a retried read of
+    # kombu's pub/sub connection reconnects it unsubscribed and then waits forever for a message,
+    # so a Redis back within the retry left the consumer blocked in that read, deaf to every
+    # task. Unretried, the error reaches Celery, which reconnects and subscribes again.
     transport = {
         "visibility_timeout": visibility,
         "unacked_restore_interval": 5,
@@ -101,7 +105,6 @@ def create_celery_app(settings: Settings) -> SyncCelery:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
-        "retry_on_timeout": True,
         **broker_transport_options(settings),
     }
     celery.conf.update(

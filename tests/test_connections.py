@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from kombu import Exchange, Queue
 
 from sync_worker.celery_app import create_celery_app
 from sync_worker.connections import (
@@ -86,3 +89,50 @@ def test_the_broker_behind_sentinel_uses_the_failover_safe_transport() -> None:
         assert isinstance(connection.transport, FailoverSafeSentinelTransport)
     with plain.connection_for_write() as connection:
         assert connection.transport_cls == "redis"
+
+
+def outcome_within(seconds: float, call: Callable[[], Any]) -> BaseException | Any:
+    """What `call` returned or raised, run in a thread; pytest.fail if it is still running
+    after `seconds` (the thread is a daemon, left blocked)."""
+    result: list[BaseException | Any] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as error:  # noqa: BLE001 - the test judges what was raised
+            result.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still blocked after {seconds} s")
+    return result[0]
+
+
+def test_the_worker_fanout_read_fails_after_a_redis_restart_rather_than_wait_forever(
+    tmp_path: Path,
+) -> None:
+    """Celery's consumer reads its fan-out queues (remote control, gossip) from kombu's pub/sub
+    connection, inside the event loop that also receives the sync tasks. With redis-py's retry
+    on that connection, a Redis restarted by the time the read came reconnected it unsubscribed
+    and read from it forever: the worker stayed alive and connected and never received another
+    task. The read must fail instead, so that Celery reconnects and subscribes again."""
+    server = RedisServer.on_free_port(tmp_path)
+    app = create_celery_app(Settings(redis_url=server.url))
+    try:
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            Queue("probe", Exchange("probe", type="fanout"), channel=channel).declare()
+            channel.basic_consume("probe", True, lambda message: None, "probe")
+            # What the worker's event loop does with a fan-out queue: subscribe, then read
+            # whenever the socket is readable (here: the subscription's confirmation).
+            channel.connection.cycle._register_LISTEN(channel)
+            assert outcome_within(10, channel._receive) is False
+
+            server.restart(kill=True)
+
+            raised = outcome_within(10, channel._receive)
+            assert isinstance(raised, connection.connection_errors), raised
+    finally:
+        server.stop(kill=True)
