@@ -172,7 +172,7 @@ def test_a_web_whose_port_was_taken_starts_again_on_another(
         assert stack.web_url != f"http://127.0.0.1:{taken}"
         assert stack.post(user_event("evt_port", "user_port", name="a")).status_code == 202
     finally:
-        stack.stop_all()
+        stack.close()
         squatter.shutdown()
         squatter.server_close()
 

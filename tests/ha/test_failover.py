@@ -147,7 +147,7 @@ def run_failover(
             drained_at = time.monotonic()
             yield Failover(stack, sender, new_master, killed_at, worker, beat, drained_at)
     finally:
-        stack.stop_all()
+        stack.close()
 
 
 def assert_processes_followed(run: Failover) -> None:

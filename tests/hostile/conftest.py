@@ -40,7 +40,7 @@ def live_stack(
         system.start(worker=True)
         yield system
     finally:
-        system.stop_all()
+        system.close()
         redis_server.flush()
 
 

@@ -133,7 +133,7 @@ def web(
         stack.start_web()
         yield stack
     finally:
-        stack.stop_all()
+        stack.close()
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def lone_web(
         stack.start_web()
         yield stack
     finally:
-        stack.stop_all()
+        stack.close()
 
 
 def test_too_few_replicas_is_said_where_operators_look(
