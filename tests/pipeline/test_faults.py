@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -71,6 +72,33 @@ def test_redis_restart_with_aof_loses_nothing(stack: Stack) -> None:
     stack.sandbox.control.update_faults(latency_ms=0)
     wait_for(lambda: all_named(stack, expected), timeout=90)
     assert stack.dead_letters() == []
+
+
+def test_a_worker_frozen_while_redis_restarts_takes_tasks_again(stack: Stack) -> None:
+    """A worker frozen (SIGSTOP: a paused VM or container, a starved machine) while Redis
+    crashes and comes back wakes to every broker socket closed, with Redis already answering.
+    It must take tasks again by itself, without the watchdog: a retried read of kombu's pub/sub
+    connection used to reconnect it unsubscribed and wait on it for good (see create_celery_app)."""
+    worker = next(p for p in stack.processes if p.command == "worker")
+    ids = seed(stack, 5)
+    warm = {user: f"{user} before the freeze" for user in ids}
+    for user in ids:
+        assert stack.post(user_event(f"evt_{user}_warm", user, name=warm[user])).status_code == 202
+    wait_for(lambda: all_named(stack, warm), timeout=30)
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        stack.redis_server.restart(kill=True)
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
+    expected = {user: f"{user} after the freeze" for user in ids}
+    for user in ids:
+        assert (
+            stack.post(user_event(f"evt_{user}_after", user, name=expected[user])).status_code
+            == 202
+        )
+    wait_for(lambda: all_named(stack, expected), timeout=60)
+    assert worker.alive()
+    assert "consumer_stalled" not in worker.log()
 
 
 class WorkerSupervisor:
