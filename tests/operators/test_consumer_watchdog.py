@@ -17,9 +17,9 @@ from sync_worker.celery_app import (
 )
 from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
 from sync_worker.settings import Settings
+from tests.fixtures.clock import Clock
 from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 from tests.pipeline.test_faults import all_named, seed
-from tests.pipeline.test_pending import Clock
 
 
 def watched() -> tuple[Clock, ConsumerWatch]:

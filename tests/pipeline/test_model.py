@@ -13,7 +13,6 @@ sandbox over HTTP), so a lapse, a backoff or a fence passes without waiting for 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,21 +37,12 @@ from sync_worker.pipeline.records import Claim
 from sync_worker.pipeline.sync import Syncer
 from sync_worker.runtime import Runtime
 from sync_worker.settings import Settings, load_settings
+from tests.fixtures.clock import Clock
 from tests.fixtures.sandbox import SandboxHandle
 
 USERS = 2
 LEASE = 10.0
 FIELDS = ("name", "metadata")
-
-
-class Clock:
-    """The clock of the store and the Syncers; rules move it."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -15,18 +15,9 @@ from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.ledger import Ledger
 from sync_worker.pipeline.pending import EVENTS_KEPT, PENDING_EVENTS, PendingStore
 from sync_worker.pipeline.records import Claim, FieldState, Snapshot
+from tests.fixtures.clock import Clock
 
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
+START = 1_000_000.0
 _ids = itertools.count()
 
 
@@ -68,7 +59,7 @@ def claim_and_read(pending: PendingStore) -> tuple[Claim, Snapshot]:
 
 
 def test_duplicate_event_id_is_refused(redis_url: str) -> None:
-    pending = store(raw_client(redis_url), Clock())
+    pending = store(raw_client(redis_url), Clock(START))
     first = event("u1", 1000, name="a")
     assert pending.accept(first).duplicate is False
     again = UserEvent(first.event_id, first.type, "u1", 2000, {"name": "b"})
@@ -79,7 +70,7 @@ def test_duplicate_event_id_is_refused(redis_url: str) -> None:
 
 def test_debounce_window_extends_until_max_wait(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock, window_seconds=2.0, max_wait_seconds=5.0)
     start = clock.now
     for step in range(10):
@@ -94,7 +85,7 @@ def test_debounce_window_extends_until_max_wait(redis_url: str) -> None:
 
 
 def test_fields_merge_latest_event_time_wins_per_field(redis_url: str) -> None:
-    clock = Clock()
+    clock = Clock(START)
     pending = store(raw_client(redis_url), clock)
     pending.accept(event("u1", 3000, name="newest"))
     pending.accept(event("u1", 1000, name="older", metadata={"plan": "free"}))
@@ -114,7 +105,7 @@ def test_a_pending_change_keeps_its_last_event_ids_and_counts_its_versions(
     """The version counts the events merged into the change (a stale or duplicate one adds
     nothing), and the change names the last EVENTS_KEPT events it covers, oldest first."""
     client = raw_client(redis_url)
-    pending = store(client, Clock())
+    pending = store(client, Clock(START))
     merged = [event("u1", 1000 + i, name=f"n{i}") for i in range(EVENTS_KEPT + 5)]
     assert [pending.accept(e).version for e in merged] == list(range(1, EVENTS_KEPT + 6))
     assert pending.accept(event("u1", 10, name="older")).changed is False
@@ -129,7 +120,7 @@ def test_a_pending_change_keeps_its_last_event_ids_and_counts_its_versions(
 
 def test_event_older_than_applied_state_changes_nothing(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("u1", 5000, name="applied"))
     clock.now += 3
@@ -148,7 +139,7 @@ def test_event_older_than_applied_state_changes_nothing(redis_url: str) -> None:
 
 def test_change_arriving_during_flight_is_kept_and_rescheduled(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("u1", 1000, name="first", metadata={"a": 1}))
     clock.now += 3
@@ -169,7 +160,7 @@ def test_change_arriving_during_flight_is_kept_and_rescheduled(redis_url: str) -
 
 
 def test_two_claims_never_hold_the_same_user(redis_url: str) -> None:
-    clock = Clock()
+    clock = Clock(START)
     first = store(raw_client(redis_url), clock)
     second = store(raw_client(redis_url), clock)
     first.accept(event("u1", 1000, name="x"))
@@ -180,7 +171,7 @@ def test_two_claims_never_hold_the_same_user(redis_url: str) -> None:
 
 def test_lapsed_lease_is_requeued_and_the_old_claim_is_fenced(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock, lease_seconds=10)
     pending.accept(event("u1", 1000, name="x"))
     clock.now += 3
@@ -197,7 +188,7 @@ def test_lapsed_lease_is_requeued_and_the_old_claim_is_fenced(redis_url: str) ->
 
 def test_hand_back_counts_attempts_and_reschedules(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("u1", 1000, name="x"))
     clock.now += 3
@@ -214,7 +205,7 @@ def test_hand_back_counts_attempts_and_reschedules(redis_url: str) -> None:
 
 def test_dead_letter_takes_the_change_out_atomically(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("u1", 1000, name="x"))
     clock.now += 3
@@ -235,7 +226,7 @@ def test_dead_letter_takes_the_change_out_atomically(redis_url: str) -> None:
 
 def test_restore_for_replay_is_guarded_and_skips_stale(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     fields = {"name": FieldState("from-dlq", 1000)}
     assert pending.restore("u1", fields, replay_of="dl_1") == 1
@@ -286,7 +277,7 @@ def test_interleavings_never_leave_a_stale_final_value(redis_url: str, ops: list
     ledger holds the newest value of each field (by event time), never an older one."""
     client = raw_client(redis_url)
     client.flushall()
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock, window_seconds=0, max_wait_seconds=1)
     model = Model()
     in_flight: list[tuple[Claim, object]] = []
@@ -320,7 +311,7 @@ def test_interleavings_never_leave_a_stale_final_value(redis_url: str, ops: list
 
 def test_rebind_moves_ledger_and_pending_change(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("old", 1000, name="before", metadata={"a": 1}))
     clock.now += 3
@@ -344,7 +335,7 @@ def test_replay_restored_while_in_flight_is_resolved_by_the_send_that_carries_it
     redis_url: str,
 ) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     client.hset(keys.dead_letter("dl_1"), mapping={"id": "dl_1", "user_id": "u1"})
     client.zadd(keys.DEAD_LETTERS, {"dl_1": clock.now})
@@ -364,7 +355,7 @@ def test_replay_restored_while_in_flight_is_resolved_by_the_send_that_carries_it
 
 def test_a_rebinding_send_settles_and_moves_in_one_step(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("old", 1000, external_id="new"))
     clock.now += 3
@@ -388,7 +379,7 @@ def test_a_rebinding_send_settles_and_moves_in_one_step(redis_url: str) -> None:
 
 def test_rebind_keeps_a_field_the_new_user_applied_later(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     Ledger(client).seed("new", {"name": "applied to new"}, ts_ms=5000)
     older = event("old", 3000, name="older than new's", metadata={"a": 1})
@@ -405,7 +396,7 @@ def test_rebind_keeps_a_field_the_new_user_applied_later(redis_url: str) -> None
 
 def test_rebind_of_a_change_entirely_older_than_the_new_users_drops_it(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     Ledger(client).seed("new", {"name": "applied to new"}, ts_ms=5000)
     pending.accept(event("old", 3000, name="older than new's"))
@@ -422,7 +413,7 @@ def test_rebind_drops_a_change_of_the_new_id_older_than_what_the_old_id_applied(
     redis_url: str,
 ) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     pending.accept(event("old", 3000, name="applied to old"))
     clock.now += 3
@@ -439,7 +430,7 @@ def test_rebind_drops_a_change_of_the_new_id_older_than_what_the_old_id_applied(
 
 def test_a_dead_letter_of_a_rebound_id_is_replayed_to_the_new_one(redis_url: str) -> None:
     client = raw_client(redis_url)
-    clock = Clock()
+    clock = Clock(START)
     pending = store(client, clock)
     dlq = DeadLetterQueue(client, pending=pending)
     client.hset(

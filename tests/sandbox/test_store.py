@@ -18,25 +18,16 @@ from sync_worker.sandbox.store import (
     parse_list_params,
     parse_patch,
 )
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_760_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clock import Clock
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock(1_760_000_000.0)
 
 
 @pytest.fixture
-def store(clock: FakeClock) -> CustomerStore:
+def store(clock: Clock) -> CustomerStore:
     return CustomerStore(clock=clock, rng=random.Random(7))
 
 
@@ -53,7 +44,7 @@ def test_iso_ms_has_milliseconds_and_z() -> None:
 
 
 def test_ids_increase_even_when_the_clock_stalls_or_steps_back(
-    store: CustomerStore, clock: FakeClock
+    store: CustomerStore, clock: Clock
 ) -> None:
     ids = [c.id for c in store.seed(50)]
     clock.now -= 3600
@@ -212,7 +203,7 @@ def test_create_many_is_all_or_nothing(
     assert len(store) == 0
 
 
-def test_token_bucket_allows_one_second_of_requests_then_refills(clock: FakeClock) -> None:
+def test_token_bucket_allows_one_second_of_requests_then_refills(clock: Clock) -> None:
     bucket = TokenBucket(4, clock=clock)
     assert [bucket.take() for _ in range(4)] == [0, 0, 0, 0]
     assert bucket.take() == pytest.approx(0.25)

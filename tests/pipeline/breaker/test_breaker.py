@@ -12,26 +12,14 @@ from sync_worker import redis_keys as keys
 from sync_worker.pipeline.breaker import Breaker
 from sync_worker.settings import ConfigError, load_settings
 from sync_worker.telemetry.stats import Stats
+from tests.fixtures.clock import Clock
 
 T0 = 1_800_000_000.0
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ moved by hand, so backoffs and leases pass without sleeping.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -18,25 +17,13 @@ from structlog.testing import capture_logs
 from sync_worker import redis_keys as keys
 from sync_worker.telemetry.ops_webhooks import OpsDeliverer, OpsEmitter
 from sync_worker.telemetry.stats import Stats
+from tests.fixtures.clock import Clock
 from tests.fixtures.redis_server import free_port
 from tests.telemetry.ops_webhooks.conftest import OPS_SECRET, Receiver
 
 MAX_ATTEMPTS = 3
 BACKOFF_MAX = 60.0
 TIMEOUT = 2.0
-
-
-class Clock:
-    """Real time at first, then only what the test adds."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
