@@ -32,7 +32,7 @@ from celery.worker.request import Request
 from kombu import Queue
 from redis import RedisError
 
-from sync_worker.connections import broker_transport, broker_transport_options
+from sync_worker.connections import broker_ssl, broker_transport, broker_transport_options
 from sync_worker.consumer_watchdog import ConsumerWatch, Verdict
 from sync_worker.logging import configure_logging, get_logger
 from sync_worker.pipeline.records import Claim
@@ -109,6 +109,7 @@ def create_celery_app(settings: Settings) -> SyncCelery:
     }
     celery.conf.update(
         broker_transport=broker_transport(settings),
+        broker_use_ssl=broker_ssl(settings),
         broker_transport_options=transport,
         result_backend_transport_options={
             "visibility_timeout": visibility,

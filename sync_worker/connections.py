@@ -8,6 +8,7 @@ through a failover.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -15,10 +16,15 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio as aioredis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.sentinel import Sentinel
 
+from sync_worker.logging import get_logger
 from sync_worker.settings import Settings
+
+log = get_logger(__name__)
 
 # Long-running processes need these: a half-open connection must not hang a call forever.
 CLIENT_OPTIONS: dict[str, Any] = {
@@ -88,6 +94,69 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {"master_name": settings.redis_sentinel_master}
 
 
+# Redis answering but refusing writes: at `maxmemory` under `noeviction`, or a replica.
+WRITES_REFUSED = (OutOfMemoryError, ReadOnlyError)
+
+
+class WriteRefusalSafeQoS(kombu_redis.QoS):
+    """kombu's book of the messages a worker holds, kept going while Redis refuses writes.
+
+    kombu writes down in Redis each message it hands to the worker (to deliver it again if the
+    worker dies) and crosses it out on ack. At `maxmemory` Redis refuses both, and the error,
+    raised in the consumer's event loop, ended the worker ("Unrecoverable error"). Refused now,
+    each is logged and the message goes on: one not written down runs all the same (its users'
+    leases cover a crash, see pending.py); one not crossed out is delivered again after the
+    visibility timeout and finds its users settled. The worker's own count of the messages it
+    holds is kept right either way: a refused ack still frees its prefetch slot, where it used
+    to hold it until the consumer restarted, so that after `worker_concurrency` refusals the
+    consumer took no task at all.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except WRITES_REFUSED as error:
+            _refused("record", delivery_tag, error)
+            kombu_virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            super().ack(delivery_tag)
+        except WRITES_REFUSED as error:
+            _refused("ack", delivery_tag, error)
+            kombu_virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except WRITES_REFUSED as error:
+            _refused("reject", delivery_tag, error)
+            kombu_virtual.QoS.ack(self, delivery_tag)
+
+
+def _refused(action: str, delivery_tag: str, error: Exception) -> None:
+    log.warning(
+        "broker_write_refused",
+        action=action,
+        delivery_tag=delivery_tag,
+        error_type=type(error).__name__,
+        error=str(error),
+        why="Redis refuses writes; the message goes on, at least once",
+    )
+
+
+class SafeRedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel with the QoS above."""
+
+    QoS = WriteRefusalSafeQoS
+
+
+class SafeRedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with the channel above."""
+
+    Channel = SafeRedisChannel
+
+
 class FailoverSafeSentinelChannel(kombu_redis.SentinelChannel):
     """kombu's Sentinel channel, safe to close after its connection was collected.
 
@@ -99,6 +168,8 @@ class FailoverSafeSentinelChannel(kombu_redis.SentinelChannel):
     master. Those messages stay in kombu's unacked set until they are restored from there, and
     their users' leases lapse and are swept back in any case (see pending.py).
     """
+
+    QoS = WriteRefusalSafeQoS
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
@@ -113,8 +184,19 @@ class FailoverSafeSentinelTransport(kombu_redis.SentinelTransport):
     Channel = FailoverSafeSentinelChannel
 
 
-def broker_transport(settings: Settings) -> str | None:
-    """The kombu transport for the broker: ours behind Sentinel, else the URL's own."""
+def broker_transport(settings: Settings) -> str:
+    """The kombu transport for the broker: kombu's own, kept going while Redis refuses writes
+    (and, behind Sentinel, through a failover)."""
     if sentinel_target(settings.redis_url) is None:
-        return None
+        return f"{__name__}:SafeRedisTransport"
     return f"{__name__}:FailoverSafeSentinelTransport"
+
+
+def broker_ssl(settings: Settings) -> dict[str, Any] | None:
+    """TLS for the broker of a `rediss://` URL, verified as our own clients verify it.
+
+    kombu turns TLS on from the URL's scheme only with its own transport's name, and then
+    without checking the certificate; with ours it must be asked for."""
+    if not settings.redis_url.startswith("rediss://"):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import threading
 import time
@@ -88,7 +89,18 @@ def test_the_broker_behind_sentinel_uses_the_failover_safe_transport() -> None:
         assert connection.transport_cls == "sync_worker.connections:FailoverSafeSentinelTransport"
         assert isinstance(connection.transport, FailoverSafeSentinelTransport)
     with plain.connection_for_write() as connection:
-        assert connection.transport_cls == "redis"
+        assert connection.transport_cls == "sync_worker.connections:SafeRedisTransport"
+        assert not connection.ssl
+
+
+def test_a_rediss_broker_speaks_tls_and_checks_the_certificate() -> None:
+    """Our transport's name turns off kombu's TLS from the `rediss` scheme, so it is asked for
+    (kombu's channel connects with TLS when the connection has `ssl`), and verified as redis-py
+    verifies our own clients' connections (kombu alone would not verify it)."""
+    app = create_celery_app(Settings(redis_url="rediss://:pw@redis.example:6380/0"))
+    with app.connection_for_write() as connection:
+        assert connection.transport_cls == "sync_worker.connections:SafeRedisTransport"
+        assert connection.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def outcome_within(seconds: float, call: Callable[[], Any]) -> BaseException | Any:

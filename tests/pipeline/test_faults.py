@@ -3,6 +3,7 @@ two workers racing. Each asserts what the sandbox finally holds: nothing lost, n
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -99,6 +100,42 @@ def test_a_worker_frozen_while_redis_restarts_takes_tasks_again(stack: Stack) ->
     wait_for(lambda: all_named(stack, expected), timeout=60)
     assert worker.alive()
     assert "consumer_stalled" not in worker.log()
+
+
+def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> None:
+    """Redis at `maxmemory` with `noeviction` answers but refuses every write, with every slot
+    of the worker busy on a PATCH and a task waiting: intake answers 503 with Retry-After
+    (nothing stored, so the sender must retry); the worker's task acks and records are refused
+    (once, that ended the worker), yet it keeps taking tasks without its watchdog; once memory
+    is freed every event accepted before, and the one re-sent after, reaches Recur."""
+    ids = seed(stack, 60)
+    control = stack.sandbox.control
+    control.update_faults(latency_ms=1500)
+    before = {user: f"{user} before the limit" for user in ids}
+    for user in ids:
+        assert stack.post(user_event(f"evt_{user}_b", user, name=before[user])).status_code == 202
+    wait_for(lambda: control.requests(method="PATCH"), timeout=30)
+    client = stack.redis
+    client.config_set("maxmemory", "1")
+    try:
+        late = user_event("evt_late", ids[0], name=f"{ids[0]} after the limit")
+        refused = stack.post(late)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"]
+        time.sleep(8)  # the PATCHes in flight end: their settling and acks are refused
+    finally:
+        client.config_set("maxmemory", "0")
+    control.update_faults(latency_ms=0)
+    assert stack.post(late).status_code == 202
+    expected = {**before, ids[0]: f"{ids[0]} after the limit"}
+    wait_for(lambda: all_named(stack, expected), timeout=60)
+    assert stack.dead_letters() == []
+    worker = next(p for p in stack.processes if p.command == "worker")
+    assert worker.alive()
+    log = worker.log()
+    refused = [json.loads(line) for line in log.splitlines() if "broker_write_refused" in line]
+    assert "ack" in {line["action"] for line in refused}
+    assert "consumer_stalled" not in log
 
 
 class WorkerSupervisor:
