@@ -133,8 +133,16 @@ class WriteRefusalSafeQoS(kombu_redis.QoS):
             _refused("reject", delivery_tag, error)
             kombu_virtual.QoS.ack(self, delivery_tag)
 
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        # The periodic sweep that delivers again the messages held past the visibility
+        # timeout: refused, it is tried at its next turn, without a traceback every 5 s.
+        try:
+            super().restore_visible(*args, **kwargs)
+        except WRITES_REFUSED as error:
+            _refused("restore", None, error)
 
-def _refused(action: str, delivery_tag: str, error: Exception) -> None:
+
+def _refused(action: str, delivery_tag: str | None, error: Exception) -> None:
     log.warning(
         "broker_write_refused",
         action=action,
