@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ssl
+import shutil
 import subprocess
 import threading
 import time
@@ -93,14 +93,80 @@ def test_the_broker_behind_sentinel_uses_the_failover_safe_transport() -> None:
         assert not connection.ssl
 
 
-def test_a_rediss_broker_speaks_tls_and_checks_the_certificate() -> None:
-    """Our transport's name turns off kombu's TLS from the `rediss` scheme, so it is asked for
-    (kombu's channel connects with TLS when the connection has `ssl`), and verified as redis-py
-    verifies our own clients' connections (kombu alone would not verify it)."""
-    app = create_celery_app(Settings(redis_url="rediss://:pw@redis.example:6380/0"))
-    with app.connection_for_write() as connection:
-        assert connection.transport_cls == "sync_worker.connections:SafeRedisTransport"
-        assert connection.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA of
+    the test's own (its port, and the CA's file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make the test's certificates")
+
+    def openssl(command: str) -> None:
+        subprocess.run(["openssl", *command.split()], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ca -keyout ca.key -out ca.pem")
+    openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr")
+    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509 -req -days 1 -CAcreateserial -CA ca.pem -CAkey ca.key -in server.csr "
+        "-out server.pem -extfile san.cnf"
+    )
+    found = find_redis_server()
+    assert found is not None
+    port = free_port()
+    options = (
+        f"--port 0 --bind 127.0.0.1 --tls-port {port} --tls-cert-file server.pem "
+        "--tls-key-file server.key --tls-ca-cert-file ca.pem --tls-auth-clients no"
+    )
+    process = subprocess.Popen(
+        [found.path, *options.split(), "--save", ""],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(
+        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(tmp_path / "ca.pem")
+    )
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.skip("this redis-server was built without TLS")
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield port, tmp_path / "ca.pem"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_a_rediss_url_speaks_tls_and_checks_the_certificate(
+    tls_redis: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu turns TLS on from the `rediss` scheme only under its own transport's name, and
+    then checks no certificate; ours asks for TLS, and the broker checks the certificate as
+    our own clients do: trusted, both talk to the server; not trusted, both are refused."""
+    port, ca = tls_redis
+    settings = Settings(redis_url=f"rediss://127.0.0.1:{port}/0")
+    app = create_celery_app(settings)
+
+    def broker_ping() -> bool:
+        with app.connection_for_write() as connection:
+            return bool(connection.default_channel.client.ping())
+
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        redis_client(settings).ping()
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):  # kombu's own error type
+        broker_ping()
+    # OpenSSL reads the trusted certificates' file from here when a context loads its defaults.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    assert redis_client(settings).ping()
+    assert broker_ping()
 
 
 def outcome_within(seconds: float, call: Callable[[], Any]) -> BaseException | Any:
