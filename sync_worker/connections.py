@@ -19,7 +19,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from sync_worker.logging import get_logger
 from sync_worker.settings import Settings
@@ -153,10 +153,45 @@ def _refused(action: str, delivery_tag: str | None, error: Exception) -> None:
     )
 
 
+class _DemotionIsDisconnection:
+    """A broker connection that takes its server's demotion to a replica as a lost connection.
+
+    A primary turned replica (a failover that keeps the old primary, a managed Redis whose
+    address moves to the new one) answers the consumer's blocked `BRPOP` with `UNBLOCKED` and
+    every write with `READONLY`: kombu raised them in the consumer's event loop, which ended
+    the worker ("Unrecoverable error"). As a connection error, Celery reconnects with backoff,
+    to the new primary wherever the URL or the sentinels now lead, and consumes again.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as error:
+            if not isinstance(error, ReadOnlyError) and not str(error).startswith("UNBLOCKED"):
+                raise
+            self.disconnect()  # type: ignore[attr-defined]
+            raise redis.ConnectionError(f"the broker is no longer the primary: {error}") from error
+
+
+class BrokerConnection(_DemotionIsDisconnection, redis.Connection):
+    """A broker connection (see `_DemotionIsDisconnection`)."""
+
+
+class BrokerSSLConnection(_DemotionIsDisconnection, redis.SSLConnection):
+    """A broker connection over TLS (see `_DemotionIsDisconnection`)."""
+
+
+class BrokerSentinelConnection(_DemotionIsDisconnection, SentinelManagedConnection):
+    """A broker connection to the master the sentinels name (see `_DemotionIsDisconnection`:
+    redis-py's own takes `READONLY` as lost, not `UNBLOCKED`)."""
+
+
 class SafeRedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel with the QoS above."""
+    """kombu's Redis channel with the QoS and connections above."""
 
     QoS = WriteRefusalSafeQoS
+    connection_class = BrokerConnection
+    connection_class_ssl = BrokerSSLConnection
 
 
 class SafeRedisTransport(kombu_redis.Transport):
@@ -178,6 +213,7 @@ class FailoverSafeSentinelChannel(kombu_redis.SentinelChannel):
     """
 
     QoS = WriteRefusalSafeQoS
+    connection_class = BrokerSentinelConnection
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:

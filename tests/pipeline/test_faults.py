@@ -15,6 +15,7 @@ import redis
 
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.pending import PendingStore
+from tests.fixtures.redis_server import free_port
 from tests.fixtures.stack import Proc, Stack, user_event, wait_for
 
 pytestmark = pytest.mark.slow
@@ -137,6 +138,38 @@ def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> No
     assert {"ack", "restore"} <= {line["action"] for line in refused}
     assert "Error in timer" not in log  # the restore sweep's refusals, once a traceback each
     assert "consumer_stalled" not in log
+
+
+def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack) -> None:
+    """The primary becomes a replica (of a primary that is not there: it keeps its data) with
+    PATCHes in flight, then a primary again, as a failover that keeps the old primary, or a
+    managed Redis moving its address, does to the connections already open: the blocked
+    `BRPOP` is answered `UNBLOCKED`, writes `READONLY`. Intake answers 503; the worker takes
+    it as a lost connection (once, it ended the worker), reconnects, and every event arrives."""
+    ids = seed(stack, 20)
+    control = stack.sandbox.control
+    control.update_faults(latency_ms=1500)
+    before = {user: f"{user} before the demotion" for user in ids}
+    for user in ids:
+        assert stack.post(user_event(f"evt_{user}_b", user, name=before[user])).status_code == 202
+    wait_for(lambda: control.requests(method="PATCH"), timeout=30)
+    client = stack.redis
+    client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        late = user_event("evt_late", ids[0], name=f"{ids[0]} after the demotion")
+        refused = stack.post(late)
+        assert refused.status_code == 503, refused.text
+        time.sleep(8)  # the PATCHes in flight end: their settling and acks are refused
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    control.update_faults(latency_ms=0)
+    assert stack.post(late).status_code == 202
+    expected = {**before, ids[0]: f"{ids[0]} after the demotion"}
+    wait_for(lambda: all_named(stack, expected), timeout=60)
+    assert stack.dead_letters() == []
+    worker = next(p for p in stack.processes if p.command == "worker")
+    assert worker.alive()
+    assert "consumer_stalled" not in worker.log()
 
 
 class WorkerSupervisor:
