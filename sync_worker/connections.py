@@ -94,8 +94,12 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {"master_name": settings.redis_sentinel_master}
 
 
+class BrokerDemoted(redis.ConnectionError):
+    """The broker's server is a replica now (see `_DemotionIsDisconnection`)."""
+
+
 # Redis answering but refusing writes: at `maxmemory` under `noeviction`, or a replica.
-WRITES_REFUSED = (OutOfMemoryError, ReadOnlyError)
+WRITES_REFUSED = (OutOfMemoryError, ReadOnlyError, BrokerDemoted)
 
 
 class WriteRefusalSafeQoS(kombu_redis.QoS):
@@ -170,7 +174,7 @@ class _DemotionIsDisconnection:
             if not isinstance(error, ReadOnlyError) and not str(error).startswith("UNBLOCKED"):
                 raise
             self.disconnect()  # type: ignore[attr-defined]
-            raise redis.ConnectionError(f"the broker is no longer the primary: {error}") from error
+            raise BrokerDemoted(f"the broker is no longer the primary: {error}") from error
 
 
 class BrokerConnection(_DemotionIsDisconnection, redis.Connection):

@@ -140,13 +140,15 @@ def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> No
     assert "consumer_stalled" not in log
 
 
-def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack) -> None:
+@pytest.mark.parametrize("users", [3, 60], ids=["a-slot-free", "every-slot-busy"])
+def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack, users: int) -> None:
     """The primary becomes a replica (of a primary that is not there: it keeps its data) with
-    PATCHes in flight, then a primary again, as a failover that keeps the old primary, or a
-    managed Redis moving its address, does to the connections already open: the blocked
-    `BRPOP` is answered `UNBLOCKED`, writes `READONLY`. Intake answers 503; the worker takes
-    it as a lost connection (once, it ended the worker), reconnects, and every event arrives."""
-    ids = seed(stack, 20)
+    PATCHes in flight, then a primary again, as a failover that keeps the old primary does to
+    the connections already open: a blocked `BRPOP` (a slot free) is answered `UNBLOCKED`, and
+    the acks of the tasks that end (every slot busy) `READONLY`. Intake answers 503; the worker
+    takes both as a lost connection (once, the first ended it, and the second held its slots
+    until the watchdog came), reconnects, and every event arrives."""
+    ids = seed(stack, users)
     control = stack.sandbox.control
     control.update_faults(latency_ms=1500)
     before = {user: f"{user} before the demotion" for user in ids}
