@@ -161,7 +161,7 @@ def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack, users: 
         late = user_event("evt_late", ids[0], name=f"{ids[0]} after the demotion")
         refused = stack.post(late)
         assert refused.status_code == 503, refused.text
-        time.sleep(8)  # the PATCHes in flight end: their settling and acks are refused
+        time.sleep(4)  # the PATCHes in flight end: their settling and acks are refused
     finally:
         client.execute_command("REPLICAOF", "NO", "ONE")
     control.update_faults(latency_ms=0)
