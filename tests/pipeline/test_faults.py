@@ -8,7 +8,9 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -103,36 +105,57 @@ def test_a_worker_frozen_while_redis_restarts_takes_tasks_again(stack: Stack) ->
     assert "consumer_stalled" not in worker.log()
 
 
-def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> None:
-    """Redis at `maxmemory` with `noeviction` answers but refuses every write, with every slot
-    of the worker busy on a PATCH and a task waiting: intake answers 503 with Retry-After
-    (nothing stored, so the sender must retry); the worker's task acks and records are refused
-    (once, that ended the worker), yet it keeps taking tasks without its watchdog; once memory
-    is freed every event accepted before, and the one re-sent after, reaches Recur."""
-    ids = seed(stack, 60)
+def sync_through_refused_writes(
+    stack: Stack,
+    users: int,
+    *,
+    refuse: Callable[[redis.Redis], Any],
+    allow: Callable[[redis.Redis], Any],
+    seconds: float,
+) -> Proc:
+    """Accept an event for each of `users`, and once PATCHes are in flight make Redis refuse
+    writes (`refuse`) for `seconds`, long enough for them to end, then `allow` writes again.
+    Meanwhile intake answers 503 with Retry-After (nothing stored, so the sender must retry);
+    then every event, the refused one re-sent included, reaches Recur and none is dead-lettered.
+    Returns the worker, alive."""
+    ids = seed(stack, users)
     control = stack.sandbox.control
     control.update_faults(latency_ms=1500)
-    before = {user: f"{user} before the limit" for user in ids}
+    before = {user: f"{user} before" for user in ids}
     for user in ids:
         assert stack.post(user_event(f"evt_{user}_b", user, name=before[user])).status_code == 202
     wait_for(lambda: control.requests(method="PATCH"), timeout=30)
     client = stack.redis
-    client.config_set("maxmemory", "1")
+    refuse(client)
     try:
-        late = user_event("evt_late", ids[0], name=f"{ids[0]} after the limit")
+        late = user_event("evt_late", ids[0], name=f"{ids[0]} after")
         refused = stack.post(late)
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"]
-        time.sleep(8)  # the PATCHes in flight end: their settling and acks are refused
+        time.sleep(seconds)
     finally:
-        client.config_set("maxmemory", "0")
+        allow(client)
     control.update_faults(latency_ms=0)
     assert stack.post(late).status_code == 202
-    expected = {**before, ids[0]: f"{ids[0]} after the limit"}
-    wait_for(lambda: all_named(stack, expected), timeout=60)
+    wait_for(lambda: all_named(stack, {**before, ids[0]: f"{ids[0]} after"}), timeout=60)
     assert stack.dead_letters() == []
     worker = next(p for p in stack.processes if p.command == "worker")
     assert worker.alive()
+    return worker
+
+
+def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> None:
+    """Redis at `maxmemory` with `noeviction` answers but refuses every write, with every slot
+    of the worker busy on a PATCH and a task waiting: the worker's task acks and records are
+    refused (once, that ended the worker), yet it keeps taking tasks without its watchdog, and
+    nothing is lost (see `sync_through_refused_writes`). 8 s: a restore sweep (every 5 s) too."""
+    worker = sync_through_refused_writes(
+        stack,
+        60,
+        refuse=lambda client: client.config_set("maxmemory", "1"),
+        allow=lambda client: client.config_set("maxmemory", "0"),
+        seconds=8,
+    )
     log = worker.log()
     refused = [json.loads(line) for line in log.splitlines() if "broker_write_refused" in line]
     assert {"ack", "restore"} <= {line["action"] for line in refused}
@@ -145,32 +168,16 @@ def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack, users: 
     """The primary becomes a replica (of a primary that is not there: it keeps its data) with
     PATCHes in flight, then a primary again, as a failover that keeps the old primary does to
     the connections already open: a blocked `BRPOP` (a slot free) is answered `UNBLOCKED`, and
-    the acks of the tasks that end (every slot busy) `READONLY`. Intake answers 503; the worker
-    takes both as a lost connection (once, the first ended it, and the second held its slots
-    until the watchdog came), reconnects, and every event arrives."""
-    ids = seed(stack, users)
-    control = stack.sandbox.control
-    control.update_faults(latency_ms=1500)
-    before = {user: f"{user} before the demotion" for user in ids}
-    for user in ids:
-        assert stack.post(user_event(f"evt_{user}_b", user, name=before[user])).status_code == 202
-    wait_for(lambda: control.requests(method="PATCH"), timeout=30)
-    client = stack.redis
-    client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
-    try:
-        late = user_event("evt_late", ids[0], name=f"{ids[0]} after the demotion")
-        refused = stack.post(late)
-        assert refused.status_code == 503, refused.text
-        time.sleep(4)  # the PATCHes in flight end: their settling and acks are refused
-    finally:
-        client.execute_command("REPLICAOF", "NO", "ONE")
-    control.update_faults(latency_ms=0)
-    assert stack.post(late).status_code == 202
-    expected = {**before, ids[0]: f"{ids[0]} after the demotion"}
-    wait_for(lambda: all_named(stack, expected), timeout=60)
-    assert stack.dead_letters() == []
-    worker = next(p for p in stack.processes if p.command == "worker")
-    assert worker.alive()
+    the acks of the tasks that end (every slot busy) `READONLY`. The worker takes both as a
+    lost connection (once, the first ended it, and the second held its slots until the
+    watchdog came), reconnects, and nothing is lost (see `sync_through_refused_writes`)."""
+    worker = sync_through_refused_writes(
+        stack,
+        users,
+        refuse=lambda client: client.execute_command("REPLICAOF", "127.0.0.1", str(free_port())),
+        allow=lambda client: client.execute_command("REPLICAOF", "NO", "ONE"),
+        seconds=4,
+    )
     assert "consumer_stalled" not in worker.log()
 
 
