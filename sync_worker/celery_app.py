@@ -185,7 +185,22 @@ class SyncConsumer(Consumer):
     down; they come back by themselves (kombu restores unacknowledged messages after the
     visibility timeout, and the pending store offers their users again once their lease lapses).
     So the failed cleanup is logged and the consumer goes on to reconnect.
+
+    It also starts without mingle, whatever the command line says. Mingle asks the other
+    workers for the tasks they were told to revoke, and waits a second for their answers, at
+    every start and after every reconnection. recur-sync revokes no task (a user's work is
+    fenced by its lease, not by a revoke), so that second only delayed the recovery.
     """
+
+    def __init__(
+        self,
+        on_task_request: Callable[..., Any],
+        *,
+        worker_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = {**(worker_options or {}), "without_mingle": True}
+        super().__init__(on_task_request, worker_options=options, **kwargs)
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Celery's cleanup of the lost connection; a failure in it is logged, not fatal."""

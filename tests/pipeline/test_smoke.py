@@ -19,9 +19,11 @@ def test_one_event_becomes_one_patch(stack: Stack) -> None:
 
 
 def test_plain_celery_worker_command_syncs_too(web_stack: Stack) -> None:
-    """`celery -A sync_worker.celery_app worker`, with no options, runs the same worker."""
+    """`celery -A sync_worker.celery_app worker`, with no options, runs the same worker, and
+    like it does not wait a second for neighbours (mingle) before it takes tasks."""
     worker = web_stack.spawn("celery", "-A", "sync_worker.celery_app", "worker", module="celery")
     wait_for(lambda: "ready." in worker.log(), timeout=60)
+    assert "mingle" not in worker.log()
     web_stack.sandbox.control.create_customer("a@b.tw", name="old", external_id="user_1")
     assert web_stack.post(user_event("evt_c", "user_1", name="via celery")).status_code == 202
     wait_for(lambda: web_stack.sandbox.control.requests(method="PATCH"))
