@@ -138,13 +138,13 @@ def test_a_consumer_deaf_after_every_restart_ends_the_worker(web_stack: Stack) -
 
 
 def test_a_consumer_still_reconnecting_after_a_long_outage_is_left_alone(web_stack: Stack) -> None:
-    """Over a 20 s Redis outage Celery's own reconnection backoff grows to 10 s: once Redis is
+    """Over a 12 s Redis outage Celery's own reconnection backoff grows to 8 s: once Redis is
     back, tasks wait while the consumer sleeps out its backoff. That consumer is reconnecting,
     not stalled, and the watchdog (5 s here) must not restart it."""
     ids = seed(web_stack, 3)
     worker = web_stack.start_worker(name="patient", env={"CONSUMER_STALL_SECONDS": "5"})
     web_stack.redis_server.stop()
-    wait_for(lambda: "Trying again in 10.00 seconds" in worker.log(), timeout=60)
+    wait_for(lambda: "Trying again in 8.00 seconds" in worker.log(), timeout=60)
     web_stack.redis_server.start()
     # Tasks waiting from the first second Redis is back (empty batches: nothing to sync).
     publisher = create_celery_app(Settings(redis_url=web_stack.redis_server.url))
