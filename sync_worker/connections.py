@@ -98,8 +98,9 @@ class BrokerDemoted(redis.ConnectionError):
     """The broker's server is a replica now (see `_DemotionIsDisconnection`)."""
 
 
-# Redis answering but refusing writes: at `maxmemory` under `noeviction`, or a replica.
-WRITES_REFUSED = (OutOfMemoryError, ReadOnlyError, BrokerDemoted)
+# Redis answering but refusing writes: at `maxmemory` under `noeviction`, or a replica (whose
+# `READONLY` the broker's connections raise as BrokerDemoted, see `_DemotionIsDisconnection`).
+WRITES_REFUSED = (OutOfMemoryError, BrokerDemoted)
 
 
 class WriteRefusalSafeQoS(kombu_redis.QoS):
@@ -175,6 +176,13 @@ class _DemotionIsDisconnection:
                 raise
             self.disconnect()  # type: ignore[attr-defined]
             raise BrokerDemoted(f"the broker is no longer the primary: {error}") from error
+        except redis.ConnectionError as error:
+            # redis-py's Sentinel connection has already turned `READONLY` into a plain
+            # ConnectionError (and disconnected): named a demotion still, a refused ack frees
+            # its slot (see WriteRefusalSafeQoS) rather than hold it until the watchdog comes.
+            if isinstance(error, BrokerDemoted) or not isinstance(error.__context__, ReadOnlyError):
+                raise
+            raise BrokerDemoted(f"the broker is no longer the primary: {error}") from error
 
 
 class BrokerConnection(_DemotionIsDisconnection, redis.Connection):
@@ -187,7 +195,7 @@ class BrokerSSLConnection(_DemotionIsDisconnection, redis.SSLConnection):
 
 class BrokerSentinelConnection(_DemotionIsDisconnection, SentinelManagedConnection):
     """A broker connection to the master the sentinels name (see `_DemotionIsDisconnection`:
-    redis-py's own takes `READONLY` as lost, not `UNBLOCKED`)."""
+    redis-py's own takes `READONLY` as lost, but not as a demotion, and not `UNBLOCKED`)."""
 
 
 class SafeRedisChannel(kombu_redis.Channel):

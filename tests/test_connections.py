@@ -215,3 +215,37 @@ def test_the_worker_fanout_read_fails_after_a_redis_restart_rather_than_wait_for
             assert isinstance(raised, connection.connection_errors), raised
     finally:
         server.stop(kill=True)
+
+
+@pytest.mark.parametrize("through", ["url", "sentinel"])
+def test_an_ack_refused_by_a_demoted_broker_frees_its_slot(
+    request: pytest.FixtureRequest, redis_server: RedisServer, through: str
+) -> None:
+    """A worker's ack answered `READONLY` (its Redis demoted to a replica, by a failover or by
+    hand) is logged and frees the message's prefetch slot, whether the broker is reached by URL
+    or through the sentinels. Behind Sentinel, redis-py's connection turned `READONLY` into a
+    plain ConnectionError first, which kept the slot: with every slot so kept, the consumer
+    took no task until the watchdog restarted it."""
+    if through == "sentinel":
+        port = request.getfixturevalue("sentinel")
+        url = f"sentinel://127.0.0.1:{port}/0"
+    else:
+        url = redis_server.url
+    app = create_celery_app(Settings(redis_url=url, redis_sentinel_master="testmaster"))
+    queue = Queue("demoted", Exchange("demoted"), routing_key="demoted")
+    admin = redis.Redis(port=redis_server.port)
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        channel.basic_qos(prefetch_count=1)
+        connection.Producer(channel).publish(
+            {"n": 1}, exchange=queue.exchange, routing_key="demoted", declare=[queue]
+        )
+        message = queue(channel).get(no_ack=False)
+        assert message is not None
+        assert not channel.qos.can_consume()
+        admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        try:
+            message.ack()
+        finally:
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        assert channel.qos.can_consume(), "the refused ack freed its slot"
