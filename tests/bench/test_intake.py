@@ -40,7 +40,7 @@ def test_each_round_runs_every_server_once_in_turn(monkeypatch: pytest.MonkeyPat
 
 def test_a_paced_series_is_summed_up_by_its_medians_and_its_runs_under_the_target() -> None:
     base = Series("baseline", "baseline", 1, runs=[run(5.0, 40.0, rate=4000.0)])
-    ours = Series("ours", "web", 2, runs=[run(5.0, 12.0, rate=5000.0)])
+    ours = Series("ours", "web", 2, runs=[run(5.0, 12.0, rate=5000.0)], compared_with=base)
     paced = Series(
         "ours",
         "web",
@@ -48,7 +48,8 @@ def test_a_paced_series_is_summed_up_by_its_medians_and_its_runs_under_the_targe
         "at 2,000/s offered",
         [run(1.0, 4.0, server_cpu=250), run(3.0, 90.0, server_cpu=390), run(2.0, 14.0)],
     )
-    rows = summary_rows([base, ours, paced], base, 15.0)
+    rows = summary_rows([base, ours, paced], 15.0)
+    assert rows[0][5] == "1.00"
     assert rows[1][:6] == ["ours", 5000, 5000.0, 5.0, 12.0, "1.25"]
     label, requests, _, p50, p99, ratio, cpu, under, statuses = rows[2]
     assert label == "ours at 2,000/s offered (median of 3 runs)"
@@ -56,6 +57,17 @@ def test_a_paced_series_is_summed_up_by_its_medians_and_its_runs_under_the_targe
     assert cpu == "300 / 100 / -"
     assert under == "2 of 3"
     assert statuses == "202:6000"
+
+
+def test_a_flat_out_ratio_divides_by_the_baseline_of_the_same_set_up() -> None:
+    """With a replica attached, ours is compared with the bare endpoint run with the replica
+    attached too, not with the one run before the replica started."""
+    alone = Series("baseline", "baseline", 1, runs=[run(5.0, 9.0, rate=4000.0)])
+    attached = Series("baseline (replica)", "baseline", 1, runs=[run(5.0, 9.0, rate=3000.0)])
+    ours = Series("ours (replica)", "web", 2, runs=[run(5.0, 9.0, rate=2700.0)])
+    ours.compared_with = attached
+    rows = summary_rows([alone, attached, ours], 15.0)
+    assert [row[5] for row in rows] == ["1.00", "1.00", "0.90"]
 
 
 def test_the_rounds_table_puts_each_runs_of_one_round_side_by_side() -> None:
