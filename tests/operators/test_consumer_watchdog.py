@@ -117,6 +117,8 @@ def test_a_deaf_consumer_is_restarted_and_the_events_go_out(web_stack: Stack) ->
     expected = {user: f"{user} heard" for user in ids}
     post_names(web_stack, expected)
     wait_for(lambda: all_named(web_stack, expected), timeout=60)
+    # The worker logs each outcome once Recur has answered: after the sandbox holds the name.
+    wait_for(lambda: worker.log().count('"result": "applied"') == len(ids), timeout=10)
     log = worker.log()
     assert '"event": "consumer_stalled"' in log, log
     assert "restarting the consumer" in log
