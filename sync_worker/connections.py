@@ -61,11 +61,23 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     return SentinelTarget(hosts=hosts, db=db, password=password)
 
 
+def _primary_options(url: str, plain: type[Any], tls: type[Any]) -> dict[str, Any]:
+    """Our connection class for a one-server URL (see `_DemotionIsDisconnection`); none for a
+    Unix socket, a local server that no failover moves."""
+    scheme = urlsplit(url).scheme
+    if scheme == "redis":
+        return {"connection_class": plain}
+    if scheme == "rediss":
+        return {"connection_class": tls}
+    return {}
+
+
 def redis_client(settings: Settings, **options: Any) -> redis.Redis:
     """A client of the Redis the settings name (the master, behind Sentinel)."""
     merged = {**CLIENT_OPTIONS, **options}
     target = sentinel_target(settings.redis_url)
     if target is None:
+        merged.update(_primary_options(settings.redis_url, PrimaryConnection, PrimarySSLConnection))
         return redis.Redis.from_url(settings.redis_url, **merged)
     sentinel = Sentinel(target.hosts, socket_timeout=merged["socket_timeout"])  # type: ignore[no-untyped-call]
     master = sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -79,6 +91,9 @@ def async_redis_client(settings: Settings, **options: Any) -> aioredis.Redis:
     merged = {**CLIENT_OPTIONS, **options}
     target = sentinel_target(settings.redis_url)
     if target is None:
+        merged.update(
+            _primary_options(settings.redis_url, AsyncPrimaryConnection, AsyncPrimarySSLConnection)
+        )
         return aioredis.Redis.from_url(settings.redis_url, **merged)
     sentinel = AsyncSentinel(target.hosts, socket_timeout=merged["socket_timeout"])  # type: ignore[no-untyped-call]
     master = sentinel.master_for(
@@ -94,13 +109,13 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {"master_name": settings.redis_sentinel_master}
 
 
-class BrokerDemoted(redis.ConnectionError):
-    """The broker's server is a replica now (see `_DemotionIsDisconnection`)."""
+class PrimaryDemoted(redis.ConnectionError):
+    """The Redis server of a connection is a replica now (see `_DemotionIsDisconnection`)."""
 
 
 # Redis answering but refusing writes: at `maxmemory` under `noeviction`, or a replica (whose
-# `READONLY` the broker's connections raise as BrokerDemoted, see `_DemotionIsDisconnection`).
-WRITES_REFUSED = (OutOfMemoryError, BrokerDemoted)
+# `READONLY` our connections raise as PrimaryDemoted, see `_DemotionIsDisconnection`).
+WRITES_REFUSED = (OutOfMemoryError, PrimaryDemoted)
 
 
 class WriteRefusalSafeQoS(kombu_redis.QoS):
@@ -158,52 +173,88 @@ def _refused(action: str, delivery_tag: str | None, error: Exception) -> None:
     )
 
 
+def _demotion(error: redis.ResponseError) -> bool:
+    return isinstance(error, ReadOnlyError) or str(error).startswith("UNBLOCKED")
+
+
+def _demoted(error: Exception) -> PrimaryDemoted:
+    return PrimaryDemoted(f"the Redis server is no longer the primary: {error}")
+
+
 class _DemotionIsDisconnection:
-    """A broker connection that takes its server's demotion to a replica as a lost connection.
+    """A connection that takes its server's demotion to a replica as a lost connection.
 
     A primary turned replica (a failover that keeps the old primary, a managed Redis whose
-    address moves to the new one) answers the consumer's blocked `BRPOP` with `UNBLOCKED` and
-    every write with `READONLY`: kombu raised them in the consumer's event loop, which ended
-    the worker ("Unrecoverable error"). As a connection error, Celery reconnects with backoff,
-    to the new primary wherever the URL or the sentinels now lead, and consumes again.
+    address moves to the new one) answers a blocked `BRPOP` with `UNBLOCKED` and every write
+    with `READONLY`, on the connections already open to it:
+    - kombu raised them in the consumer's event loop, which ended the worker ("Unrecoverable
+      error"); as a connection error, Celery reconnects with backoff, to the new primary
+      wherever the URL or the sentinels now lead, and consumes again;
+    - our own clients kept their pooled connections to it, so every write failed until the
+      process was restarted; disconnected, the call is retried (redis-py's retry on connection
+      errors) on a new connection, to wherever the URL now leads. Nothing ran on the replica,
+      so running the call again is its first run.
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as error:
-            if not isinstance(error, ReadOnlyError) and not str(error).startswith("UNBLOCKED"):
+            if not _demotion(error):
                 raise
             self.disconnect()  # type: ignore[attr-defined]
-            raise BrokerDemoted(f"the broker is no longer the primary: {error}") from error
+            raise _demoted(error) from error
         except redis.ConnectionError as error:
             # redis-py's Sentinel connection has already turned `READONLY` into a plain
             # ConnectionError (and disconnected): named a demotion still, a refused ack frees
             # its slot (see WriteRefusalSafeQoS) rather than hold it until the watchdog comes.
-            if isinstance(error, BrokerDemoted) or not isinstance(error.__context__, ReadOnlyError):
+            if isinstance(error, PrimaryDemoted) or not isinstance(
+                error.__context__, ReadOnlyError
+            ):
                 raise
-            raise BrokerDemoted(f"the broker is no longer the primary: {error}") from error
+            raise _demoted(error) from error
 
 
-class BrokerConnection(_DemotionIsDisconnection, redis.Connection):
-    """A broker connection (see `_DemotionIsDisconnection`)."""
+class _AsyncDemotionIsDisconnection:
+    """`_DemotionIsDisconnection` for the asyncio client (the web's)."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as error:
+            if not _demotion(error):
+                raise
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise _demoted(error) from error
 
 
-class BrokerSSLConnection(_DemotionIsDisconnection, redis.SSLConnection):
-    """A broker connection over TLS (see `_DemotionIsDisconnection`)."""
+class PrimaryConnection(_DemotionIsDisconnection, redis.Connection):
+    """A connection to the primary a `redis://` URL names (see `_DemotionIsDisconnection`)."""
 
 
-class BrokerSentinelConnection(_DemotionIsDisconnection, SentinelManagedConnection):
-    """A broker connection to the master the sentinels name (see `_DemotionIsDisconnection`:
-    redis-py's own takes `READONLY` as lost, but not as a demotion, and not `UNBLOCKED`)."""
+class PrimarySSLConnection(_DemotionIsDisconnection, redis.SSLConnection):
+    """A connection to the primary a `rediss://` URL names (see `_DemotionIsDisconnection`)."""
+
+
+class PrimarySentinelConnection(_DemotionIsDisconnection, SentinelManagedConnection):
+    """A connection to the master the sentinels name (see `_DemotionIsDisconnection`: redis-py's
+    own takes `READONLY` as lost, but not as a demotion, and not `UNBLOCKED`)."""
+
+
+class AsyncPrimaryConnection(_AsyncDemotionIsDisconnection, aioredis.Connection):
+    """`PrimaryConnection` for the asyncio client."""
+
+
+class AsyncPrimarySSLConnection(_AsyncDemotionIsDisconnection, aioredis.SSLConnection):
+    """`PrimarySSLConnection` for the asyncio client."""
 
 
 class SafeRedisChannel(kombu_redis.Channel):
     """kombu's Redis channel with the QoS and connections above."""
 
     QoS = WriteRefusalSafeQoS
-    connection_class = BrokerConnection
-    connection_class_ssl = BrokerSSLConnection
+    connection_class = PrimaryConnection
+    connection_class_ssl = PrimarySSLConnection
 
 
 class SafeRedisTransport(kombu_redis.Transport):
@@ -225,7 +276,7 @@ class FailoverSafeSentinelChannel(kombu_redis.SentinelChannel):
     """
 
     QoS = WriteRefusalSafeQoS
-    connection_class = BrokerSentinelConnection
+    connection_class = PrimarySentinelConnection
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from kombu import Exchange, Queue
 from sync_worker.celery_app import create_celery_app
 from sync_worker.connections import (
     FailoverSafeSentinelTransport,
+    async_redis_client,
     broker_transport_options,
     redis_client,
     sentinel_target,
@@ -24,6 +26,7 @@ from sync_worker.connections import (
 from sync_worker.devstack.stack import find_redis_server
 from sync_worker.settings import Settings
 from tests.fixtures.redis_server import RedisServer, free_port
+from tests.ha.topology import StallingProxy
 
 
 def test_plain_url_is_not_a_sentinel() -> None:
@@ -249,3 +252,40 @@ def test_an_ack_refused_by_a_demoted_broker_frees_its_slot(
         finally:
             admin.execute_command("REPLICAOF", "NO", "ONE")
         assert channel.qos.can_consume(), "the refused ack freed its slot"
+
+
+def test_our_clients_follow_a_plain_url_to_the_new_primary_after_a_failover(
+    tmp_path: Path,
+) -> None:
+    """A managed Redis fails over by moving its address to the new primary and demoting the
+    old one, under the connections already open to it. Our clients (the web's asyncio one, the
+    worker's) kept their pooled connections to the old primary, and every write was refused
+    `READONLY` until the process was restarted. Now the refused call is retried on a new
+    connection, which the address leads to the new primary."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = (RedisServer.on_free_port(tmp_path / name) for name in ("old", "new"))
+    address = StallingProxy(old.port)  # the managed Redis's one address
+    settings = Settings(redis_url=f"redis://127.0.0.1:{address.port}/0")
+    client = redis_client(settings)
+
+    async def write_across_the_failover() -> None:
+        web = async_redis_client(settings)
+        try:
+            await web.set("web", "before")
+            client.set("worker", "before")
+            address.upstream_port = new.port
+            redis.Redis(port=old.port).replicaof("127.0.0.1", new.port)
+            await web.set("web", "after")
+            client.set("worker", "after")
+        finally:
+            await web.aclose()
+
+    try:
+        asyncio.run(write_across_the_failover())
+        assert redis.Redis(port=new.port).mget("web", "worker") == [b"after", b"after"]
+    finally:
+        client.close()
+        address.close()
+        old.stop(kill=True)
+        new.stop(kill=True)
