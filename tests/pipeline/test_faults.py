@@ -121,6 +121,7 @@ def sync_through_refused_writes(
     writes (`refuse`) for `seconds`, long enough for them to end, then `allow` writes again.
     Meanwhile intake answers 503 with Retry-After (nothing stored, so the sender must retry);
     then every event, the refused one re-sent included, reaches Recur and none is dead-lettered.
+    A task that Redis failed under says so in a line naming its users, not in a traceback.
     Returns the worker, alive."""
     ids = seed(stack, users)
     control = stack.sandbox.control
@@ -145,6 +146,11 @@ def sync_through_refused_writes(
     assert stack.dead_letters() == []
     worker = next(p for p in stack.processes if p.command == "worker")
     assert worker.alive()
+    log = worker.log()
+    assert "raised unexpected" not in log
+    for line in log.splitlines():
+        if "sync_batch_interrupted" in line:
+            assert set(json.loads(line)["users"]) <= set(ids), line
     return worker
 
 
@@ -163,6 +169,8 @@ def test_redis_at_maxmemory_refuses_intake_and_loses_nothing(stack: Stack) -> No
     log = worker.log()
     refused = [json.loads(line) for line in log.splitlines() if "broker_write_refused" in line]
     assert {"ack", "restore"} <= {line["action"] for line in refused}
+    # The PATCHes in flight ended under the limit: their settles were refused.
+    assert "sync_batch_interrupted" in log
     assert "Error in timer" not in log  # the restore sweep's refusals, once a traceback each
     assert "consumer_stalled" not in log
 
