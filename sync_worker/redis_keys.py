@@ -16,6 +16,9 @@ EVENT_SEEN = PREFIX + "event:"
 REPLICATION_BARRIER = PREFIX + "replication-barrier"
 """counter written just before a WAIT, so the WAIT covers every write the primary had before it."""
 
+WRITE_PROBE = PREFIX + "write-probe"
+"""never exists: an empty SETRANGE of it asks Redis whether it takes writes (write_refusal.py)."""
+
 # Operator routes.
 AUTH_FAILURES = PREFIX + "auth-failures:"
 """auth-failures:{client address} -> failed admin logins in the current minute (expires)."""

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from sync_worker.cli.dlq import console, open_runtime
 from sync_worker.ops.status import StatusSnapshot, format_age, gather_status
+from sync_worker.write_refusal import MESSAGES
 
 
 def _report_line(report: dict[str, Any] | None) -> str:
@@ -78,6 +79,8 @@ def _print(out: Console, snapshot: StatusSnapshot) -> None:
         )
     grid.add_row("sync", state)
     grid.add_row("mode", snapshot.mode)
+    if snapshot.redis_refusal is not None:
+        grid.add_row("redis writes", f"[bold red]refused[/]: {MESSAGES[snapshot.redis_refusal]}")
     if snapshot.min_replicas or snapshot.replicas_online:  # a lone Redis has nothing to say
         grid.add_row("redis replicas", _replicas_line(snapshot))
     grid.add_row("circuit breaker", _breaker_line(snapshot.breaker))

@@ -17,6 +17,7 @@ from sync_worker import lua
 from sync_worker import redis_keys as keys
 from sync_worker.replication import replicas_online
 from sync_worker.runtime import Runtime
+from sync_worker.write_refusal import write_refusal
 
 CELERY_QUEUES = ("sync", "maintenance")
 """The Celery queues (celery_app.SYNC_QUEUE and MAINTENANCE_QUEUE). Not imported from there:
@@ -49,6 +50,8 @@ class StatusSnapshot:
     """Redis replicas in sync with the primary (`replication.replicas_online`)."""
     min_replicas: int = 0
     """REDIS_MIN_REPLICAS as this process resolves it."""
+    redis_refusal: str | None = None
+    """Why Redis refuses writes now (`write_refusal.py`), or None when it takes them."""
     collected_at: float = field(default_factory=time.time)
 
     @property
@@ -192,6 +195,7 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
     client = runtime.redis
     depths = runtime.pending.depths()
     workers = live_workers(client, stall_seconds=runtime.settings.dispatcher_stall_seconds)
+    replication = client.info("replication")
     return StatusSnapshot(
         mode=sync_mode(runtime.settings.mode_label, workers),
         queues=queue_depths(client),
@@ -206,6 +210,7 @@ def gather_status(runtime: Runtime) -> StatusSnapshot:
         last_reconciliation=last_reconciliation(client),
         breaker=runtime.breaker.snapshot(),
         oldest_due_seconds=oldest_due_seconds(client, time.time()),
-        replicas_online=replicas_online(client.info("replication")),
+        replicas_online=replicas_online(replication),
         min_replicas=runtime.settings.min_replicas,
+        redis_refusal=write_refusal(client, replication),
     )

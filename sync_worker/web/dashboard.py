@@ -38,6 +38,7 @@ from sync_worker.web.charts import (
 from sync_worker.web.state import web_state
 from sync_worker.web.throttle import client_address
 from sync_worker.web.user_page import search_form, user_html
+from sync_worker.write_refusal import MESSAGES
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/admin")
@@ -189,6 +190,11 @@ def _status_html(snapshot: StatusSnapshot, csrf: str) -> str:
             "<div class='banner bad' id='stalled'><strong>Dispatcher stalled</strong> on "
             f"{escape(', '.join(stalled))}: no round done lately, so that worker sends nothing; "
             "see <code>sync-worker status</code> for its last error.</div>"
+        )
+    if snapshot.redis_refusal is not None:
+        state += (
+            "<div class='banner bad' id='redis-writes'><strong>Redis refuses writes</strong>: "
+            f"{escape(MESSAGES[snapshot.redis_refusal])}.</div>"
         )
     if snapshot.replicas_missing:
         state += (

@@ -10,7 +10,8 @@ and then wait with nobody to send them. No worker at all stays 200 (web itself i
 `workers alive` gauge and its alert say so), as before.
 
 With fewer Redis replicas in sync than REDIS_MIN_REPLICAS, `/readyz` answers 503
-`replicas_missing`: intake would refuse every event with 503, and this says why.
+`replicas_missing`: intake would refuse every event with 503, and this says why. So it does when
+Redis answers but refuses writes (`redis_not_primary`, `redis_full`: see write_refusal.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sync_worker import redis_keys as keys
 from sync_worker.ops.status import worker_view
 from sync_worker.replication import replicas_online
 from sync_worker.web.state import web_state
+from sync_worker.write_refusal import MESSAGES, write_refusal_async
 
 router = APIRouter()
 
@@ -40,19 +42,26 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: Redis reachable with enough replicas, and the sync not paused; 503 with the
-    reason otherwise."""
+    """Ready: Redis reachable, taking writes, with enough replicas, and the sync not paused;
+    503 with the reason otherwise."""
     state = web_state(request)
     wanted = state.settings.min_replicas
     try:
         await state.redis.ping()
-        online = replicas_online(await state.redis.info("replication")) if wanted else 0
+        replication = await state.redis.info("replication")
+        refusal = await write_refusal_async(state.redis, replication)
+        online = replicas_online(replication) if wanted else 0
         paused = await state.redis.get(keys.PAUSED)
         breaker = await state.redis.hget(keys.BREAKER, "state")
         workers = await _workers(state.redis, state.settings.dispatcher_stall_seconds)
     except (redis.RedisError, OSError) as error:
         return JSONResponse(
             {"status": "unavailable", "reason": "redis_unreachable", "error": str(error)},
+            status_code=503,
+        )
+    if refusal is not None:
+        return JSONResponse(
+            {"status": "unavailable", "reason": refusal, "message": MESSAGES[refusal]},
             status_code=503,
         )
     if online < wanted:

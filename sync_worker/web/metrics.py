@@ -152,6 +152,11 @@ def gauge_families(runtime: Runtime, values: dict[str, float]) -> Iterator[Metri
     yield _gauge("workers_alive", "Workers with a recent heartbeat.", len(snapshot.workers))
     yield from dispatcher_families(snapshot)
     yield _gauge(
+        "redis_writes_refused",
+        "1 while Redis answers but refuses writes (a replica, at maxmemory): intake answers 503.",
+        float(snapshot.redis_refusal is not None),
+    )
+    yield _gauge(
         "redis_replicas_connected",
         "Redis replicas in sync with the primary (online, acknowledged within 10 s).",
         snapshot.replicas_online,
