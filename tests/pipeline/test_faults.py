@@ -193,6 +193,35 @@ def test_redis_demoted_to_a_replica_and_back_loses_nothing(stack: Stack, users: 
     assert "consumer_stalled" not in worker.log()
 
 
+def test_redis_pausing_writes_delays_intake_and_sync_and_loses_nothing(stack: Stack) -> None:
+    """`CLIENT PAUSE WRITE` is how Redis starts a coordinated failover (`FAILOVER`, and managed
+    Redis services): every write waits until the pause ends, reads go on. With PATCHes in
+    flight and an event posted during the pause, the post is answered `202` once the pause
+    ends, every name arrives, nothing is dead-lettered, and the worker never needs its
+    watchdog nor ends a task in a traceback."""
+    ids = seed(stack, 20)
+    control = stack.sandbox.control
+    control.update_faults(latency_ms=300)
+    before = {user: f"{user} before" for user in ids}
+    for user in ids:
+        assert stack.post(user_event(f"evt_{user}_b", user, name=before[user])).status_code == 202
+    wait_for(lambda: control.requests(method="PATCH"), timeout=30)
+    stack.redis.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+    posted = time.monotonic()
+    during = stack.post(user_event("evt_during", ids[0], name=f"{ids[0]} during"))
+    waited = time.monotonic() - posted
+    assert during.status_code == 202, during.text
+    assert waited > 2, "the post was answered while writes were paused"
+    control.update_faults(latency_ms=0)
+    wait_for(lambda: all_named(stack, {**before, ids[0]: f"{ids[0]} during"}), timeout=60)
+    assert stack.dead_letters() == []
+    worker = next(p for p in stack.processes if p.command == "worker")
+    assert worker.alive()
+    log = worker.log()
+    assert "consumer_stalled" not in log
+    assert "raised unexpected" not in log
+
+
 class WorkerSupervisor:
     """What `sync-worker dev` or a container runtime does for the worker: start it again when it
     exits, so the later crashes are still tested. Each exit is kept with its log, for the test
