@@ -8,14 +8,15 @@ from typing import Any
 import redis
 
 from sync_worker.celery_app import SYNC_BATCH_TASK, SyncRequest, app
+from sync_worker.connections import WRITES_REFUSED
 from sync_worker.logging import get_logger
 from sync_worker.pipeline.records import Claim
 from sync_worker.reconcile.reconciler import Reconciler
 
 log = get_logger(__name__)
 
-# Redis lost, or refusing writes (at `maxmemory`; a demoted primary is a lost connection).
-REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.OutOfMemoryError)
+# Redis lost, or refusing writes.
+REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, *WRITES_REFUSED)
 
 
 @app.task(name=SYNC_BATCH_TASK, acks_late=True, Request=SyncRequest)
