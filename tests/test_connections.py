@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from kombu import Exchange, Queue
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from sync_worker.celery_app import create_celery_app
 from sync_worker.connections import (
+    AsyncPrimaryConnection,
     FailoverSafeSentinelTransport,
     PrimaryDemoted,
     async_redis_client,
@@ -402,3 +404,34 @@ def test_a_scripts_refused_write_is_raised_alike_on_each_redis_version(
             client.eval(WRITE, 1, "worker", "v")
         with pytest.raises(PrimaryDemoted):
             asyncio.run(in_a_pipeline())
+
+
+COMMANDS: list[tuple[Any, ...]] = [
+    (
+        "EVALSHA",
+        "ab12",
+        2,
+        "rs:pending:王大明",
+        b"raw\r\nbytes",
+        1_700_000_000_000,
+        2.5,
+        -1,
+        0.1,
+        "",
+    ),
+    ("SET", "big", "x" * 10_000),  # past redis-py's buffer cutoff: packed in chunks there
+    ("CONFIG GET", "maxmemory"),  # a two-word command name, split into its words
+]
+
+
+def test_the_webs_connections_pack_commands_as_redis_pys_own_do() -> None:
+    """The web's connections pack with hiredis (see `_PackedByHiredis`): the bytes must be
+    what redis-py's asyncio connection sends, for every type of argument we pass."""
+    ours, theirs = AsyncPrimaryConnection(), aioredis.Connection()
+    for command in COMMANDS:
+        assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
+    assert b"".join(ours.pack_commands(COMMANDS)) == b"".join(theirs.pack_commands(COMMANDS))
+    with pytest.raises(redis.DataError):
+        ours.pack_command("SET", "k", True)
+    web = async_redis_client(Settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert web.connection_pool.connection_class is AsyncPrimaryConnection
