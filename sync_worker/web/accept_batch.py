@@ -3,11 +3,17 @@
 Under load, several intake requests become ready in the same turn of the event loop. Sent one by
 one, each accept script cost a write and a read on a connection of its own (and, with
 REDIS_MIN_REPLICAS, a `WAIT` of its own); the write's system call was the largest single cost of
-a request in the web process. Here a request queues its call, and at the end of the loop's turn
-everything queued goes out as one pipeline on one connection, followed by one `WAIT` when
-replicas are required: `WAIT` counts every earlier write of its connection, so one answer covers
-every script of the pipeline. Nothing waits for a batch to fill: a lone request is sent in the
-turn it arrived, as before.
+a request in the web process. Here a request queues its call, and everything queued goes out as
+one pipeline on one connection, followed by one `WAIT` when replicas are required: `WAIT` counts
+every earlier write of its connection, so one answer covers every script of the pipeline.
+
+When the pipeline goes out: at the end of the turn a request arrived in, when none is out; else
+as soon as the one out comes back, with every request that arrived meanwhile. A request arriving
+alone on an idle Redis waits for nothing. But at a steady rate, with Redis writing its AOF with
+`appendfsync always`, each request arriving alone used to cost Redis a `fsync` of its own
+(~250 µs on the bench machine, in which Redis serves nothing else), and the queue behind those
+made the intake's p99 (bench/README.md, intake); requests that arrive while one is out now
+share the next one's.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class _Call:
 
 
 class AcceptBatcher:
-    """Runs one registered script for many callers, a pipeline per turn of the event loop."""
+    """Runs one registered script for many callers, in pipelines: a call arriving while
+    pipelines are out goes in the next ones (see the module)."""
 
     def __init__(
         self, client: aioredis.Redis, script: Any, *, replicas: int, timeout_ms: int
@@ -53,9 +60,9 @@ class AcceptBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, bool]] = loop.create_future()
         self._queued.append(_Call(script_keys, args, future))
-        if len(self._queued) == 1:
+        if len(self._queued) == 1 and not self._sending:
             # After the callbacks already due this turn: the other requests that arrived with
-            # this one queue their calls first.
+            # this one queue their calls first. With a pipeline out, `_sent` sends them.
             loop.call_soon(self._send_queued)
         return await future
 
@@ -64,7 +71,13 @@ class AcceptBatcher:
         for start in range(0, len(calls), MAX_BATCH):
             task = asyncio.ensure_future(self._send(calls[start : start + MAX_BATCH]))
             self._sending.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._sending.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        """A pipeline came back (or failed): the last one out sends what queued meanwhile."""
+        self._sending.discard(task)
+        if not self._sending and self._queued:
+            self._send_queued()
 
     async def _send(self, calls: list[_Call]) -> None:
         try:

@@ -92,3 +92,33 @@ def test_a_flushed_script_cache_is_loaded_again(redis_url: str, redis_client: re
     results = asyncio.run(run_together(redis_url, calls(redis_url, 10), replicas=0))
     assert [AcceptResult.from_reply(reply).version for reply, _ in results] == [1] * 10
     assert command_calls(redis_client, "script|load") == 1
+
+
+def test_calls_arriving_while_a_pipeline_is_out_go_together_in_the_next(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """One call every 5 ms while the first pipeline is out (its `WAIT`, 500 ms without a
+    replica): the other ten wait for it and go out together, 2 pipelines (2 `WAIT`s) for 11
+    calls where each used to go alone."""
+    batch = calls(redis_url, 11)
+    redis_client.script_load(ACCEPT_SCRIPT)
+    redis_client.config_resetstat()
+
+    async def one_every_5_ms() -> list[tuple[Any, bool]]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            batcher = AcceptBatcher(
+                client, client.register_script(ACCEPT_SCRIPT), replicas=1, timeout_ms=500
+            )
+            started = []
+            for script_keys, args in batch:
+                started.append(asyncio.ensure_future(batcher.run(script_keys, args)))
+                await asyncio.sleep(0.005)
+            return await asyncio.gather(*started)
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(one_every_5_ms())
+    assert [AcceptResult.from_reply(reply).version for reply, _ in results] == [1] * 11
+    assert command_calls(redis_client, "evalsha") == 11
+    assert command_calls(redis_client, "wait") == 2
