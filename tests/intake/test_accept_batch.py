@@ -4,6 +4,7 @@ one `WAIT`, each caller gets its own reply or error, and a flushed script cache 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import redis
@@ -13,7 +14,7 @@ from redis.exceptions import ResponseError
 from sync_worker import redis_keys as keys
 from sync_worker.intake.events import UserEvent
 from sync_worker.pipeline.pending import ACCEPT_SCRIPT, AcceptResult, PendingStore
-from sync_worker.web.accept_batch import AcceptBatcher
+from sync_worker.web.accept_batch import SEND_QUEUED, AcceptBatcher
 
 
 def calls(redis_url: str, count: int) -> list[tuple[list[str], list[Any]]]:
@@ -98,11 +99,14 @@ def test_calls_arriving_while_a_pipeline_is_out_go_together_in_the_next(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     """One call every 5 ms while the first pipeline is out (its `WAIT`, 500 ms without a
-    replica): the other ten wait for it and go out together, 2 pipelines (2 `WAIT`s) for 11
-    calls where each used to go alone."""
+    replica): the next SEND_QUEUED (8) go together as soon as they are queued, and the last
+    two once both pipelines came back. 3 pipelines (3 `WAIT`s) for 11 calls, where each used
+    to go alone."""
+    assert SEND_QUEUED == 8
     batch = calls(redis_url, 11)
     redis_client.script_load(ACCEPT_SCRIPT)
     redis_client.config_resetstat()
+    sent_at: list[float] = []
 
     async def one_every_5_ms() -> list[tuple[Any, bool]]:
         client = aioredis.Redis.from_url(redis_url)
@@ -114,11 +118,17 @@ def test_calls_arriving_while_a_pipeline_is_out_go_together_in_the_next(
             for script_keys, args in batch:
                 started.append(asyncio.ensure_future(batcher.run(script_keys, args)))
                 await asyncio.sleep(0.005)
-            return await asyncio.gather(*started)
+            start = time.monotonic()
+            for call in started:
+                await call
+                sent_at.append(time.monotonic() - start)
+            return [call.result() for call in started]
         finally:
             await client.aclose()
 
     results = asyncio.run(one_every_5_ms())
     assert [AcceptResult.from_reply(reply).version for reply, _ in results] == [1] * 11
     assert command_calls(redis_client, "evalsha") == 11
-    assert command_calls(redis_client, "wait") == 2
+    assert command_calls(redis_client, "wait") == 3
+    # the last two waited for a WAIT of their own after the second pipeline's
+    assert sent_at[-1] - sent_at[-3] > 0.4
