@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -17,9 +18,25 @@ BENCHMARKS = [
 ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run the benchmarks in turn, each printing its table (bench/README.md has "
+        "the figures and targets); each is also `python -m bench.<name>`, with options of its "
+        "own (`--help`).",
+    )
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}",
+    )
+    names = parser.parse_args(argv).names or BENCHMARKS
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"no benchmark {', '.join(unknown)}; there are {', '.join(BENCHMARKS)}")
     failed = []
-    for name in BENCHMARKS:
+    for name in names:
         print(f"\n=== bench.{name} ===", flush=True)
         if subprocess.call([sys.executable, "-m", f"bench.{name}"]) != 0:
             failed.append(name)
