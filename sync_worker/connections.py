@@ -287,6 +287,9 @@ class PrimarySentinelConnection(_DemotionIsDisconnection, SentinelManagedConnect
     own takes `READONLY` as lost, but not as a demotion, and not `UNBLOCKED`)."""
 
 
+_HIREDIS_PACKER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+
+
 class _PackedByHiredis:
     """An asyncio connection that packs its commands with hiredis's C packer.
 
@@ -302,20 +305,20 @@ class _PackedByHiredis:
         return _HIREDIS_PACKER.pack(*args)  # type: ignore[no-any-return]
 
 
-_HIREDIS_PACKER = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+class _AsyncPrimary(_PackedByHiredis, _AsyncDemotionIsDisconnection):
+    """What each asyncio connection of ours adds to redis-py's: hiredis packing, and a demotion
+    taken as a lost connection."""
 
 
-class AsyncPrimaryConnection(_PackedByHiredis, _AsyncDemotionIsDisconnection, aioredis.Connection):
+class AsyncPrimaryConnection(_AsyncPrimary, aioredis.Connection):
     """`PrimaryConnection` for the asyncio client."""
 
 
-class AsyncPrimarySSLConnection(
-    _PackedByHiredis, _AsyncDemotionIsDisconnection, aioredis.SSLConnection
-):
+class AsyncPrimarySSLConnection(_AsyncPrimary, aioredis.SSLConnection):
     """`PrimarySSLConnection` for the asyncio client."""
 
 
-class AsyncPrimarySentinelConnection(_AsyncDemotionIsDisconnection, AsyncSentinelManagedConnection):
+class AsyncPrimarySentinelConnection(_AsyncPrimary, AsyncSentinelManagedConnection):
     """`PrimarySentinelConnection` for the asyncio client."""
 
 
