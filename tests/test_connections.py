@@ -347,6 +347,7 @@ def test_a_redis_7_script_error_is_left_as_redis_py_raised_it() -> None:
 
 
 WRITE = "return redis.call('SET', KEYS[1], ARGV[1])"
+REDIS_VERSIONS = redis_server_versions()
 
 
 def sentinels_of(client: Any) -> list[Any]:
@@ -357,7 +358,7 @@ def sentinels_of(client: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize("through", ["url", "sentinel"])
-@pytest.mark.parametrize("binary", redis_server_versions().values(), ids=redis_server_versions())
+@pytest.mark.parametrize("binary", REDIS_VERSIONS.values(), ids=list(REDIS_VERSIONS))
 def test_a_scripts_refused_write_is_raised_alike_on_each_redis_version(
     binary: str, through: str, tmp_path: Path
 ) -> None:
