@@ -1,9 +1,12 @@
 """Sync throughput: 10,000 distinct users, one event each, the sandbox answering in 20 ms.
 
 Baseline: a plain httpx loop sending the same 10,000 PATCHes with the same concurrency as the
-worker (one thread and one keep-alive client per slot). Ours: the real worker process, from the
-first event accepted to the last PATCH applied (the ledger holds every user). Both runs use the
-same sandbox and Redis, in this process run. Targets (issue 19): ours at least the baseline's
+worker (one thread and one keep-alive client per slot). Before it, the same PATCHes from a client
+that does nothing but the HTTP (one event loop, h11, a sixth of the loop's CPU): how near the loop
+is to what the sandbox allows at that concurrency and latency (at most concurrency / latency
+PATCH/s; its own handling and timers add to each call's 20 ms). Ours: the real worker process, from
+the first event accepted to the last PATCH applied (the ledger holds every user). Every run uses
+the same sandbox and Redis, in this process run. Targets (issue 19): ours at least the baseline's
 rate, and the worker's CPU per synced user at most the loop's CPU per PATCH.
 
     python -m bench.sync_throughput [--users N] [--concurrency C] [--pool threads|prefork]
@@ -12,13 +15,17 @@ rate, and the worker's CPU per synced user at most the loop's CPU per PATCH.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import h11
 import httpx
 import redis
+import uvloop
 
 from bench.harness import (
     SANDBOX_KEY,
@@ -75,6 +82,54 @@ def baseline(sandbox: str, users: int, concurrency: int) -> float:
         list(pool.map(patch, [f"warm_{i}" for i in range(1, WARM + 1)]))
         started = time.perf_counter()
         list(pool.map(patch, ids))
+    return time.perf_counter() - started
+
+
+def ceiling(sandbox: str, users: int, concurrency: int) -> float:
+    """Seconds for `concurrency` keep-alive connections on one event loop to PATCH every user
+    once, parsing with h11 and nothing else: a client whose own cost hardly counts."""
+    url = httpx.URL(sandbox)
+    host, port = url.host, url.port or 80
+
+    async def connection(queue: list[str]) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        http = h11.Connection(our_role=h11.CLIENT)
+        while queue:
+            user = queue.pop()
+            body = json.dumps({"name": f"{user} ceiling"}).encode()
+            head = [
+                ("Host", f"{host}:{port}"),
+                ("Authorization", f"Bearer {SANDBOX_KEY}"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+            ]
+            target = f"/v1/customers/external/{user}"
+            writer.write(
+                http.send(h11.Request(method="PATCH", target=target, headers=head))
+                + http.send(h11.Data(data=body))
+                + http.send(h11.EndOfMessage())
+            )
+            status = 0
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    http.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            if status != 200:
+                raise SystemExit(f"the ceiling's PATCH of {user} got {status}")
+            http.start_next_cycle()
+        writer.close()
+
+    async def send(ids: list[str]) -> None:
+        queue = ids[::-1]
+        await asyncio.gather(*(connection(queue) for _ in range(concurrency)))
+
+    uvloop.run(send([f"warm_{i}" for i in range(1, WARM + 1)]))
+    started = time.perf_counter()
+    uvloop.run(send([f"user_{i}" for i in range(1, users + 1)]))
     return time.perf_counter() - started
 
 
@@ -137,6 +192,10 @@ def main() -> None:
     with environment() as (processes, redis_url):
         sandbox = start_sandbox(processes, latency_ms=args.latency_ms)
         seed(sandbox, args.users, args.latency_ms)
+        own_cpu = cpu_seconds()
+        bound = ceiling(sandbox, args.users, args.concurrency)
+        bound_cpu = cpu_seconds() - own_cpu
+        seed(sandbox, args.users, args.latency_ms)
         sandbox_cpu = cpu_seconds(processes.pids["sandbox"])
         own_cpu = cpu_seconds()
         base = baseline(sandbox, args.users, args.concurrency)
@@ -147,6 +206,8 @@ def main() -> None:
         mine, extra = ours(processes, redis_url, sandbox, args.users, args.concurrency, args.pool)
         my_sandbox_cpu = cpu_seconds(processes.pids["sandbox"]) - sandbox_cpu
     rows = [
+        ["the HTTP alone (one event loop, h11)", args.concurrency, bound, args.users / bound,
+         f"{base / bound:.2f}", f"{bound_cpu:.2f} / - / -", f"{bound_cpu / base_cpu:.2f}"],
         ["baseline: httpx loop", args.concurrency, base, args.users / base, "1.00",
          f"{base_cpu:.2f} / - / {base_sandbox_cpu:.2f}", "1.00"],
         [f"recur-sync worker ({args.pool})", args.concurrency, mine, args.users / mine,
