@@ -2,12 +2,12 @@
 
 Baseline: a plain httpx loop sending the same 10,000 PATCHes with the same concurrency as the
 worker (one thread and one keep-alive client per slot). Before it, the same PATCHes from a client
-that does nothing but the HTTP (one event loop, h11, a sixth of the loop's CPU): how near the loop
-is to what the sandbox allows at that concurrency and latency (at most concurrency / latency
-PATCH/s; its own handling and timers add to each call's 20 ms). Ours: the real worker process, from
-the first event accepted to the last PATCH applied (the ledger holds every user). Every run uses
-the same sandbox and Redis, in this process run. Targets (issue 19): ours at least the baseline's
-rate, and the worker's CPU per synced user at most the loop's CPU per PATCH.
+that does nothing but the HTTP (one event loop, h11, a sixth to a fifth of the loop's CPU): how
+near the loop is to what the sandbox allows at that concurrency and latency (at most concurrency /
+latency PATCH/s, and less: a call takes it a little longer than its latency). Ours: the real worker
+process, from the first event accepted to the last PATCH applied (the ledger holds every user).
+Every run uses the same sandbox and Redis, in this process run. Targets (issue 19): ours at least
+the baseline's rate, and the worker's CPU per synced user at most the loop's CPU per PATCH.
 
     python -m bench.sync_throughput [--users N] [--concurrency C] [--pool threads|prefork]
 """
